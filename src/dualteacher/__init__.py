@@ -1,0 +1,35 @@
+"""dualteacher: semi-supervised semantic segmentation with Dual Teacher and its baselines.
+
+The Python API mirrors the CLI::
+
+    from dualteacher import load_config, train, evaluate_checkpoint
+    cfg = load_config("configs/demo.yaml", ["train.steps=100"])
+    result = train(cfg)          # dualteacher train configs/demo.yaml train.steps=100
+    evaluate_checkpoint(result.out_dir + "/best.pt")   # dualteacher eval RUN/best.pt
+
+Heavy modules (torch, models) are imported lazily so ``import dualteacher`` stays fast.
+"""
+
+__version__ = "0.1.0"
+
+_API = {
+    "Config": "dualteacher.config",
+    "load_config": "dualteacher.config",
+    "train": "dualteacher.engine.trainer",
+    "TrainResult": "dualteacher.engine.trainer",
+    "evaluate_checkpoint": "dualteacher.engine.evaluate",
+    "run_demo": "dualteacher.demo",
+    "build_model": "dualteacher.models",
+    "list_models": "dualteacher.models",
+    "DualTeacherError": "dualteacher.errors",
+}
+
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str):
+    if name in _API:
+        import importlib
+
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'dualteacher' has no attribute {name!r}")

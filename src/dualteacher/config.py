@@ -1,0 +1,297 @@
+"""Typed configuration: dataclasses are the schema, YAML files hold overrides.
+
+A config is loaded as ``defaults <- YAML file <- key=value overrides`` with OmegaConf structured
+configs, so an unknown key or a value of the wrong type is an error that lists the valid keys.
+The resolved config is written to the run directory and into every checkpoint.
+
+Sections: ``data``, ``model``, ``method``, ``optim``, ``train``, ``eval``. ``data.name``,
+``model.name`` and ``method.name`` pick the registered dataset, model and method.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from dualteacher.errors import ConfigError
+
+IGNORE_INDEX = 255  # label value that is never trained on or scored (VOC border, padding)
+
+
+# --------------------------------------------------------------------------------------- data
+@dataclass
+class DemoDataConfig:
+    """The built-in demo dataset (see ``dualteacher.data.demo``)."""
+
+    num_labeled: int = 24  # few labels: this is the semi-supervised setting
+    num_unlabeled: int = 1200
+    num_val: int = 200
+    image_size: int = 64  # square images, in pixels
+    seed: int = 0  # the whole dataset is a pure function of this seed
+
+
+@dataclass
+class StrongAugConfig:
+    """Per-image photometric "strong" view, applied before normalisation (UniMatch style)."""
+
+    jitter_p: float = 0.8
+    brightness: float = 0.5
+    contrast: float = 0.5
+    saturation: float = 0.5
+    hue: float = 0.25
+    grayscale_p: float = 0.2
+    blur_p: float = 0.5
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+
+
+@dataclass
+class DataConfig:
+    name: str = "demo"  # registered dataset: see `dualteacher.data.DATASETS`
+    root: str | None = None  # dataset root on disk (unused by the demo)
+    labeled: str | None = None  # split file listing the labelled ids (None: dataset default)
+    unlabeled: str | None = None  # split file listing the unlabelled ids
+    crop_size: int = 64  # square training crop
+    scale_range: tuple[float, float] = (0.5, 2.0)  # random rescale factor of the weak view
+    base_size: int | None = None  # short side the scale factor applies to; None: image's own
+    hflip: bool = True
+    batch_size: int = 8  # labelled images per step and process
+    batch_size_u: int | None = None  # unlabelled images per step and process; None: batch_size
+    num_workers: int = 0  # DataLoader workers per loader; 0 loads in the main process
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # ImageNet statistics
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    strong: StrongAugConfig = field(default_factory=StrongAugConfig)
+    demo: DemoDataConfig = field(default_factory=DemoDataConfig)
+
+
+# -------------------------------------------------------------------------------------- model
+@dataclass
+class ModelConfig:
+    name: str = "unet-r18"  # registered model: `dualteacher models` lists them
+    pretrained: str | None = None  # local file with encoder weights
+
+
+# ------------------------------------------------------------------------------------- method
+class DualTeacherMode(StrEnum):
+    faithful = "faithful"  # behaviour of the official code (spec section 2), quirks included
+    clean = "clean"  # fixes spec section 7 items 3, 4 and 7
+
+
+@dataclass
+class DualTeacherConfig:
+    mode: DualTeacherMode = DualTeacherMode.faithful
+    # Official code: the EMA index i restarts at every epoch, so momentum min(1 - 1/(i+1), cap)
+    # is 0 at each shift start and the active teacher is re-copied from the student.
+    # false: i counts steps globally, teachers are progressively averaged.
+    ema_restart: bool = True
+    ic_weight: float = 0.2  # weight of the IC (strong-view consistency) term
+    switch_every: int = 1  # epochs per shift
+    cutmix_beta: float = 4.0  # box area ratio lam ~ Beta(a, a)
+
+
+@dataclass
+class MeanTeacherConfig:
+    unsup_weight: float = 1.0
+
+
+@dataclass
+class MethodConfig:
+    name: str = "dual_teacher"  # registered method: supervised | mean_teacher | dual_teacher
+    conf_thresh: float = 0.95  # confidence above which a pseudo-label counts
+    ema_momentum: float = 0.99  # cap of the EMA momentum
+    dual_teacher: DualTeacherConfig = field(default_factory=DualTeacherConfig)
+    mean_teacher: MeanTeacherConfig = field(default_factory=MeanTeacherConfig)
+
+
+# -------------------------------------------------------------------------------------- optim
+class OptimName(StrEnum):
+    sgd = "sgd"
+    adamw = "adamw"
+
+
+class Schedule(StrEnum):
+    poly = "poly"
+    constant = "constant"
+
+
+@dataclass
+class OptimConfig:
+    name: OptimName = OptimName.sgd
+    lr: float = 0.01  # learning rate of the backbone; the head gets lr * head_lr_mult
+    head_lr_mult: float = 1.0
+    momentum: float = 0.9  # SGD
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW
+    weight_decay: float = 1e-4
+    schedule: Schedule = Schedule.poly
+    poly_power: float = 0.9
+    warmup_steps: int = 0  # linear warm-up from lr * warmup_ratio
+    warmup_ratio: float = 1e-6
+
+
+# -------------------------------------------------------------------------------------- train
+@dataclass
+class TrainConfig:
+    steps: int = 1000  # optimizer steps in total
+    epoch_steps: int | None = None  # steps per epoch; None: one pass over the labelled set
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int | None = None  # torch CPU threads; None: torch default
+    out_dir: str | None = None  # run directory; None: runs/<config name>
+    eval_every: int = 200  # steps between validations (the last step is always evaluated)
+    eval_teachers: bool = True  # also evaluate every teacher
+    log_every: int = 10
+    ckpt_every: int = 200  # steps between writes of latest.pt
+    tensorboard: bool = True
+    progress: bool = True  # tqdm progress bar
+
+
+# --------------------------------------------------------------------------------------- eval
+class EvalMode(StrEnum):
+    whole = "whole"  # the whole image at once (padded to the model's multiple)
+    sliding = "sliding"  # windows of crop_size every stride pixels, logits averaged
+    resize = "resize"  # resize the short side to short_side, predict, upsample back
+
+
+@dataclass
+class EvalConfig:
+    mode: EvalMode = EvalMode.whole
+    crop_size: int = 512  # sliding window size
+    stride: int = 341  # sliding window stride
+    short_side: int = 512  # resize mode
+    batch_size: int = 16  # images per forward in whole mode when sizes agree
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# ------------------------------------------------------------------------------------ loading
+def _valid_keys(node: Any, prefix: str = "") -> list[str]:
+    keys = []
+    for k, v in node.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, DictConfig):
+            keys += _valid_keys(v, name + ".")
+        else:
+            keys.append(name)
+    return keys
+
+
+def _explain(err: OmegaConfBaseException, schema: DictConfig, source: str) -> ConfigError:
+    full_key = getattr(err, "full_key", None) or ""
+    if isinstance(err, ConfigKeyError):
+        section = full_key.rsplit(".", 1)[0] if "." in full_key else ""
+        node = OmegaConf.select(schema, section) if section else schema
+        valid = _valid_keys(node, section + "." if section else "")
+        close = difflib.get_close_matches(full_key, _valid_keys(schema), n=3)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        return ConfigError(
+            f"unknown config key '{full_key}' in {source}.{hint}\n"
+            f"Valid keys here: {', '.join(valid)}"
+        )
+    msg = str(err).splitlines()[0]
+    return ConfigError(f"bad value for config key '{full_key}' in {source}: {msg}")
+
+
+def builtin_config_dir() -> Path:
+    """Directory of the configs shipped with the package (``dualteacher configs`` lists them)."""
+    return Path(__file__).parent / "configs"
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A config path as given, or the name of a built-in config (``demo`` or ``demo.yaml``)."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    name = p.name if p.suffix in (".yaml", ".yml") else p.name + ".yaml"
+    builtin = builtin_config_dir() / name
+    if builtin.is_file() and len(p.parts) <= 2:
+        return builtin
+    raise ConfigError(
+        f"config file not found: {path}. Give a YAML path or a built-in config name "
+        f"(`dualteacher configs` lists them)."
+    )
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    base: dict | None = None,
+) -> Config:
+    """Load a config: defaults, then ``base`` (e.g. a checkpoint's config), then the YAML file
+    at ``path``, then ``key=value`` overrides.
+
+    Raises:
+        ConfigError: unknown key (the message lists the valid keys) or a wrong type.
+    """
+    schema = OmegaConf.structured(Config)
+    merged = schema
+    if base is not None:
+        try:
+            merged = OmegaConf.merge(merged, base)
+        except OmegaConfBaseException as e:
+            raise _explain(e, schema, "stored config") from None
+    if path is not None:
+        cfg_path = resolve_config_path(path)
+        try:
+            loaded = yaml.safe_load(cfg_path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{cfg_path} is not valid YAML: {e}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{cfg_path} must hold a mapping of sections, got {type(loaded)}")
+        try:
+            merged = OmegaConf.merge(merged, loaded)
+        except OmegaConfBaseException as e:
+            raise _explain(e, schema, str(cfg_path)) from None
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(
+                f"override '{item}' is not of the form key=value (e.g. train.steps=10)"
+            )
+        try:
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+        except OmegaConfBaseException as e:
+            raise _explain(e, schema, f"override '{item}'") from None
+    try:
+        cfg = OmegaConf.to_object(merged)
+    except (ValidationError, OmegaConfBaseException) as e:
+        raise _explain(e, schema, str(path)) from None
+    assert isinstance(cfg, Config)
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict:
+    """Plain dict of a config (enums as their values), for YAML and checkpoints."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)
+
+
+def to_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def diff(a: Config, b: Config) -> dict[str, tuple[Any, Any]]:
+    """Keys whose values differ between two configs: ``{dotted.key: (a_value, b_value)}``."""
+
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            if isinstance(v, dict):
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = v
+        return out
+
+    fa, fb = flat(to_dict(a)), flat(to_dict(b))
+    return {k: (fa.get(k), fb.get(k)) for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)}

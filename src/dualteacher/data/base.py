@@ -1,0 +1,183 @@
+"""Sources of (image, mask) pairs and the training / evaluation datasets built on them.
+
+A *source* knows where samples are and how to read one; it applies no augmentation. The
+training datasets wrap a source with the weak / strong views, the evaluation dataset returns
+whole images. Every dataset (demo, VOC, Cityscapes, ADE20K, the user's folders) is a source.
+
+Sample keys produced for the training step (``_x`` labelled, ``_u`` unlabelled):
+- labelled:   ``image`` (3, h, w) float normalised, ``mask`` (h, w) int64 with 255 = ignore;
+- unlabelled: ``image`` weak view, ``image_s`` strong view of the same crop (when asked for),
+  ``ignore`` (h, w) bool, True on padding added by the crop (no image content there).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+
+from dualteacher.config import IGNORE_INDEX, DataConfig
+from dualteacher.data.transforms import normalize, strong_transform, weak_transform
+
+
+@dataclass
+class Sample:
+    image: np.ndarray  # (H, W, 3) uint8 RGB
+    mask: np.ndarray | None  # (H, W) integer class ids, IGNORE_INDEX = ignore; None: unlabelled
+    name: str  # stable id, e.g. the file stem
+
+
+class SegSource:
+    """Base class: ``len(source)`` samples, ``source.load(i)`` reads one."""
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def load(self, index: int) -> Sample:
+        raise NotImplementedError
+
+
+class ArraySource(SegSource):
+    """Samples held in memory: ``images`` (N, H, W, 3) uint8, ``masks`` (N, H, W) or None."""
+
+    def __init__(self, images: np.ndarray, masks: np.ndarray | None, prefix: str = "img"):
+        self.images, self.masks, self.prefix = images, masks, prefix
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def load(self, index: int) -> Sample:
+        mask = None if self.masks is None else self.masks[index]
+        return Sample(self.images[index], mask, f"{self.prefix}_{index:05d}")
+
+
+@dataclass
+class DataBundle:
+    """What a dataset builder returns: the three sets and the label space."""
+
+    labeled: SegSource
+    unlabeled: SegSource | None
+    val: SegSource
+    classes: list[str]
+    palette: list[tuple[int, int, int]] = field(default_factory=list)
+    ignore_index: int = IGNORE_INDEX
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+@contextmanager
+def seeded(seed: int):
+    """Run a block with torch's and Python's global RNGs seeded, then restore them.
+
+    torchvision's v2 transforms draw from the global RNGs; seeding per sample makes every
+    augmentation a pure function of (run seed, draw index), whatever the number of workers,
+    which is what makes resumed and deterministic runs exact.
+    """
+    state = random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(state)
+
+
+def _to_tv(sample: Sample) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
+    image = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(sample.image)).permute(2, 0, 1))
+    if sample.mask is None:  # unlabelled: an all-zero mask marks where image content is
+        mask = torch.zeros(sample.image.shape[:2], dtype=torch.uint8)
+    else:
+        mask = torch.from_numpy(np.ascontiguousarray(sample.mask)).to(torch.uint8)
+    return image, tv_tensors.Mask(mask)
+
+
+class LabeledTrainSet(Dataset):
+    """Weak view of labelled samples. Indexed by ``(index, seed)`` pairs from the sampler."""
+
+    def __init__(self, source: SegSource, cfg: DataConfig):
+        self.source = source
+        self.weak = weak_transform(cfg)
+        self.norm = normalize(cfg)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
+        index, seed = key
+        sample = self.source.load(index)
+        if sample.mask is None:
+            raise ValueError(f"labelled sample {sample.name} has no mask")
+        image, mask = _to_tv(sample)
+        with seeded(seed):
+            image, mask = self.weak(image, mask)
+        return {
+            "image": self.norm(image).as_subclass(torch.Tensor),
+            "mask": mask.as_subclass(torch.Tensor).long(),
+        }
+
+
+class UnlabeledTrainSet(Dataset):
+    """Weak view, optional per-image strong view, and the padding mask of unlabelled samples."""
+
+    def __init__(self, source: SegSource, cfg: DataConfig, with_strong: bool):
+        self.source = source
+        self.weak = weak_transform(cfg)
+        self.strong = strong_transform(cfg.strong) if with_strong else None
+        self.norm = normalize(cfg)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
+        index, seed = key
+        sample = self.source.load(index)
+        sample = Sample(sample.image, None, sample.name)  # never read an unlabelled mask
+        image, pad = _to_tv(sample)
+        with seeded(seed):
+            image, pad = self.weak(image, pad)
+            out = {"image": self.norm(image).as_subclass(torch.Tensor)}
+            if self.strong is not None:
+                out["image_s"] = self.norm(self.strong(image)).as_subclass(torch.Tensor)
+        out["ignore"] = pad.as_subclass(torch.Tensor) == IGNORE_INDEX
+        return out
+
+
+class EvalSet(Dataset):
+    """Whole images for evaluation: ``image`` (3, H, W) normalised, ``mask`` (H, W), ``name``."""
+
+    def __init__(self, source: SegSource, cfg: DataConfig):
+        self.source = source
+        self.norm = normalize(cfg)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> dict:
+        sample = self.source.load(index)
+        image, mask = _to_tv(sample)
+        out = {"image": self.norm(image).as_subclass(torch.Tensor), "name": sample.name}
+        if sample.mask is not None:
+            out["mask"] = mask.as_subclass(torch.Tensor).long()
+        return out
+
+
+class SubsetSource(SegSource):
+    """A source restricted to ``indices`` (in that order)."""
+
+    def __init__(self, source: SegSource, indices: Sequence[int]):
+        self.source, self.indices = source, list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def load(self, index: int) -> Sample:
+        return self.source.load(self.indices[index])

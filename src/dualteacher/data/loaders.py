@@ -1,0 +1,114 @@
+"""Training and evaluation loaders.
+
+Training data come as an endless stream: draw ``p = 0, 1, 2, ...`` of a stream takes position
+``p % n`` of a fresh permutation per pass (pass ``p // n``), each pass shuffled from
+``(seed, stream, pass)``. Rank ``r`` of ``W`` takes draws ``r, r + W, ...``. Each draw also
+carries its own augmentation seed. So the data order and every augmentation depend only on the
+run seed and the step: a resumed run continues with exactly the batches an uninterrupted run
+would have seen, with any number of workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from dualteacher.config import DataConfig
+from dualteacher.data.base import DataBundle, LabeledTrainSet, UnlabeledTrainSet
+from dualteacher.errors import DataError
+
+STREAM_LABELED, STREAM_UNLABELED = 1, 2
+
+
+def _mix(*xs: int) -> int:
+    """A stable 63-bit hash of integers (seeds must not depend on Python's hash salt)."""
+    digest = hashlib.blake2b(repr(xs).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+class StreamSampler(Sampler):
+    """Endless ``(index, augmentation_seed)`` pairs, see the module docstring."""
+
+    def __init__(
+        self,
+        n: int,
+        seed: int,
+        stream: int,
+        rank: int = 0,
+        world_size: int = 1,
+        start: int = 0,
+        shuffle: bool = True,
+    ):
+        self.n, self.seed, self.stream = n, seed, stream
+        self.rank, self.world_size, self.start, self.shuffle = rank, world_size, start, shuffle
+
+    def permutation(self, pass_index: int) -> torch.Tensor:
+        if not self.shuffle:
+            return torch.arange(self.n)
+        g = torch.Generator().manual_seed(_mix(self.seed, self.stream, pass_index))
+        return torch.randperm(self.n, generator=g)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        k = self.start  # local draw counter of this rank
+        cached_pass, perm = -1, None
+        while True:
+            p = self.rank + self.world_size * k  # global draw index
+            pass_index, pos = divmod(p, self.n)
+            if pass_index != cached_pass:
+                cached_pass, perm = pass_index, self.permutation(pass_index)
+            yield int(perm[pos]), _mix(self.seed, self.stream, p, 7)
+            k += 1
+
+
+def _loader(dataset, sampler, batch_size: int, cfg: DataConfig, device: torch.device):
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=cfg.num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=cfg.num_workers > 0,
+        drop_last=True,
+        # A private generator: creating the iterator must not consume the global RNG, or a
+        # resumed run would diverge from an uninterrupted one.
+        generator=torch.Generator().manual_seed(0),
+    )
+
+
+def build_train_loaders(
+    bundle: DataBundle,
+    cfg: DataConfig,
+    *,
+    seed: int,
+    start_step: int,
+    need_unlabeled: bool,
+    need_strong: bool,
+    rank: int = 0,
+    world_size: int = 1,
+    device: torch.device | str = "cpu",
+) -> tuple[DataLoader, DataLoader | None]:
+    """Endless labelled and unlabelled loaders positioned at ``start_step``."""
+    device = torch.device(device)
+    if len(bundle.labeled) == 0:
+        raise DataError("the labelled set is empty: give images with masks (see data.labeled)")
+    bx = cfg.batch_size
+    bu = cfg.batch_size_u or cfg.batch_size
+    sx = StreamSampler(len(bundle.labeled), seed, STREAM_LABELED, rank, world_size, start_step * bx)
+    loader_x = _loader(LabeledTrainSet(bundle.labeled, cfg), sx, bx, cfg, device)
+    loader_u = None
+    if need_unlabeled:
+        if bundle.unlabeled is None or len(bundle.unlabeled) == 0:
+            raise DataError(
+                "the unlabelled set is empty, but this method trains on unlabelled images: "
+                "give unlabelled images (data.unlabeled) or use method.name=supervised"
+            )
+        su = StreamSampler(
+            len(bundle.unlabeled), seed, STREAM_UNLABELED, rank, world_size, start_step * bu
+        )
+        loader_u = _loader(
+            UnlabeledTrainSet(bundle.unlabeled, cfg, need_strong), su, bu, cfg, device
+        )
+    return loader_x, loader_u

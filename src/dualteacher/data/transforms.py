@@ -1,0 +1,92 @@
+"""Paired image + mask transforms, built from ``torchvision.transforms.v2``.
+
+v2 dispatches on tv_tensors: an ``Image`` is resized bilinearly and padded with 0, a ``Mask``
+with nearest neighbour and padded with ``IGNORE_INDEX``, so image and mask stay aligned and
+label values are never interpolated.
+
+- weak view: random rescale, crop (padded where the image is smaller), horizontal flip;
+- strong view: per-image colour jitter, greyscale and blur on the weak view, before
+  normalisation (spec section 7 item 4 "clean");
+- ``normalize``: uint8 -> float and (x - mean) / std.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+from dualteacher.config import IGNORE_INDEX, DataConfig, StrongAugConfig
+
+
+class RandomScale(v2.Transform):
+    """Rescale by a factor drawn uniformly from ``scale_range``.
+
+    The factor applies to the image's own short side, or to ``base_size`` when given (mmseg's
+    fixed-scale convention: every image first goes to short side ``base_size``).
+    """
+
+    def __init__(self, scale_range: tuple[float, float], base_size: int | None = None):
+        super().__init__()
+        self.scale_range = scale_range
+        self.base_size = base_size
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        h, w = v2.query_size(flat_inputs)
+        factor = float(torch.empty(1).uniform_(*self.scale_range))
+        if self.base_size is not None:
+            factor *= self.base_size / min(h, w)
+        return {"size": [max(1, round(h * factor)), max(1, round(w * factor))]}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return self._call_kernel(F.resize, inpt, params["size"], antialias=True)
+
+
+def weak_transform(cfg: DataConfig) -> v2.Compose:
+    """Random rescale, crop to ``cfg.crop_size`` (padding: image 0, mask ignore), flip."""
+    ops: list[v2.Transform] = []
+    if cfg.scale_range != (1.0, 1.0) or cfg.base_size is not None:
+        ops.append(RandomScale(tuple(cfg.scale_range), cfg.base_size))
+    ops.append(
+        v2.RandomCrop(
+            cfg.crop_size,
+            pad_if_needed=True,
+            fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX},
+        )
+    )
+    if cfg.hflip:
+        ops.append(v2.RandomHorizontalFlip(0.5))
+    return v2.Compose(ops)
+
+
+def strong_transform(cfg: StrongAugConfig) -> v2.Compose:
+    """Photometric strong view of one uint8 image (UniMatch's recipe by default)."""
+    kernel = 2 * math.ceil(3 * cfg.blur_sigma[1]) + 1  # covers +-3 sigma of the widest blur
+    return v2.Compose(
+        [
+            v2.RandomApply(
+                [v2.ColorJitter(cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue)],
+                p=cfg.jitter_p,
+            ),
+            v2.RandomGrayscale(cfg.grayscale_p),
+            v2.RandomApply([v2.GaussianBlur(kernel, sigma=tuple(cfg.blur_sigma))], p=cfg.blur_p),
+        ]
+    )
+
+
+def normalize(cfg: DataConfig) -> v2.Compose:
+    """uint8 image -> float32 normalised with ``cfg.mean`` / ``cfg.std``."""
+    return v2.Compose(
+        [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(cfg.mean), list(cfg.std))]
+    )
+
+
+def denormalize(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """Inverse of ``normalize`` for a float ``(..., 3, H, W)`` tensor, back to [0, 1]."""
+    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(-1, 1, 1)
+    return x * s + m

@@ -1,0 +1,1 @@
+"""The engine: a plain iteration loop, evaluation, checkpoints and distributed helpers."""

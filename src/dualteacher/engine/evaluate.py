@@ -1,0 +1,145 @@
+"""Evaluation: whole-image, sliding-window or resized inference, scored by ``metrics.py``.
+
+Every validation image is scored exactly once at its original resolution: under DDP rank ``r``
+of ``W`` takes images ``r, r + W, ...`` (no padding duplicates) and the confusion matrices
+are summed once at the end.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Subset
+
+from dualteacher.config import EvalConfig, EvalMode
+from dualteacher.metrics import ConfusionMatrix, SegMetrics
+
+
+def _sliding(model: nn.Module, image: torch.Tensor, num_classes: int, crop: int, stride: int):
+    """Average of softmax-free logits over windows of ``crop`` every ``stride`` pixels."""
+    b, _, h, w = image.shape
+    logits = image.new_zeros(b, num_classes, h, w)
+    count = image.new_zeros(1, 1, h, w)
+    rows = max(1, math.ceil((h - crop) / stride) + 1) if h > crop else 1
+    cols = max(1, math.ceil((w - crop) / stride) + 1) if w > crop else 1
+    for r in range(rows):
+        for c in range(cols):
+            y0 = min(r * stride, max(h - crop, 0))
+            x0 = min(c * stride, max(w - crop, 0))
+            y1, x1 = min(y0 + crop, h), min(x0 + crop, w)
+            logits[:, :, y0:y1, x0:x1] += model(image[:, :, y0:y1, x0:x1]).float()
+            count[:, :, y0:y1, x0:x1] += 1
+    return logits / count
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module, image: torch.Tensor, cfg: EvalConfig, num_classes: int
+) -> torch.Tensor:
+    """Logits ``(B, K, H, W)`` at the input's resolution for normalised ``image`` (B, 3, H, W)."""
+    h, w = image.shape[-2:]
+    if cfg.mode == EvalMode.whole:
+        return model(image).float()
+    if cfg.mode == EvalMode.sliding:
+        return _sliding(model, image, num_classes, cfg.crop_size, cfg.stride)
+    # resize: short side to cfg.short_side, predict, upsample the logits to the input size
+    scale = cfg.short_side / min(h, w)
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    small = F.interpolate(image, size=size, mode="bilinear", align_corners=False)
+    logits = model(small).float()
+    return F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+
+
+def _batches(loader: DataLoader, device: torch.device):
+    """Group consecutive samples of equal size into batches (whole images differ in size)."""
+    for samples in loader:
+        groups: dict[tuple[int, int], list[dict]] = {}
+        for s in samples:
+            groups.setdefault(tuple(s["image"].shape[-2:]), []).append(s)
+        for group in groups.values():
+            yield (
+                torch.stack([s["image"] for s in group]).to(device, non_blocking=True),
+                torch.stack([s["mask"] for s in group]).to(device, non_blocking=True),
+            )
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    dataset,
+    num_classes: int,
+    cfg: EvalConfig,
+    device: torch.device,
+    ignore_index: int = 255,
+    rank: int = 0,
+    world_size: int = 1,
+) -> SegMetrics:
+    """mIoU of ``model`` on ``dataset`` (an ``EvalSet``), dataset-level confusion matrix."""
+    was_training = model.training
+    model.eval()
+    part = Subset(dataset, range(rank, len(dataset), world_size))
+    batch_size = cfg.batch_size if cfg.mode == EvalMode.whole else 1
+    # A private generator: starting an iterator must not consume the global RNG (exact resume).
+    loader = DataLoader(
+        part, batch_size=batch_size, collate_fn=list, generator=torch.Generator().manual_seed(0)
+    )
+    cm = ConfusionMatrix(num_classes, ignore_index, device=device)
+    for image, mask in _batches(loader, device):
+        logits = predict_logits(model, image, cfg, num_classes)
+        cm.update(logits.argmax(1), mask)
+    cm.all_reduce()
+    model.train(was_training)
+    return cm.compute()
+
+
+def format_table(metrics: dict[str, SegMetrics], classes: list[str]) -> str:
+    """Per-class IoU table, one column per evaluated model."""
+    names = list(metrics)
+    width = max(12, *(len(c) for c in classes))
+    lines = [f"{'class':<{width}}" + "".join(f"{n:>12}" for n in names)]
+    for i, c in enumerate(classes):
+        cells = "".join(f"{metrics[n].iou[i]:>12.2f}" for n in names)
+        lines.append(f"{c:<{width}}" + cells.replace("nan", "  -"))
+    lines.append(f"{'mIoU':<{width}}" + "".join(f"{metrics[n].miou:>12.2f}" for n in names))
+    lines.append(f"{'pixel acc':<{width}}" + "".join(f"{metrics[n].acc:>12.2f}" for n in names))
+    return "\n".join(lines)
+
+
+def evaluate_checkpoint(
+    path: str | Path, overrides: list[str] | tuple[str, ...] = (), models: str = "student"
+) -> dict[str, SegMetrics]:
+    """Evaluate a checkpoint on the validation set of the data it was trained on.
+
+    ``overrides`` (``key=value``) change the stored config, e.g. ``eval.mode=sliding`` or
+    ``data.root=/other/path``. ``models``: ``student``, ``all`` (student and teachers) or a
+    comma-separated list of names.
+    """
+    from dualteacher.engine.trainer import build_run
+
+    run = build_run(checkpoint=path, overrides=overrides, for_training=False)
+    available = run.method.eval_models()
+    wanted = list(available) if models == "all" else models.split(",")
+    unknown = [m for m in wanted if m not in available]
+    if unknown:
+        from dualteacher.errors import ConfigError
+
+        raise ConfigError(
+            f"{path} has no model named {', '.join(unknown)}; it has: {', '.join(available)}"
+        )
+    return {
+        name: evaluate(
+            available[name],
+            run.val_set,
+            run.bundle.num_classes,
+            run.cfg.eval,
+            run.device,
+            run.bundle.ignore_index,
+            run.dist.rank,
+            run.dist.world_size,
+        )
+        for name in wanted
+    }

@@ -1,0 +1,57 @@
+"""Optimizer parameter groups and the learning-rate schedule (pure functions of the step)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from dualteacher.config import OptimConfig, OptimName, Schedule
+from dualteacher.models import SegModel
+
+
+def param_groups(model: SegModel, cfg: OptimConfig) -> list[dict]:
+    """Backbone at ``lr``, the rest (decoder, head) at ``lr * head_lr_mult``.
+
+    With AdamW, norms and biases (1-D parameters) get no weight decay (SegFormer's recipe);
+    SGD decays everything (UniMatch's recipe).
+    """
+    encoder = {id(p) for p in model.encoder.parameters()}
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        no_decay = cfg.name == OptimName.adamw and p.ndim <= 1
+        groups.setdefault((id(p) in encoder, no_decay), []).append(p)
+    out = []
+    for (is_encoder, no_decay), params in sorted(groups.items(), reverse=True):
+        lr = cfg.lr if is_encoder else cfg.lr * cfg.head_lr_mult
+        wd = 0.0 if no_decay else cfg.weight_decay
+        name = ("backbone" if is_encoder else "head") + ("_no_decay" if no_decay else "")
+        out.append({"params": params, "lr": lr, "weight_decay": wd, "name": name})
+    return out
+
+
+def build_optimizer(model: SegModel, cfg: OptimConfig) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg)
+    if cfg.name == OptimName.sgd:
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+
+
+def lr_factor(step: int, total_steps: int, cfg: OptimConfig) -> float:
+    """Multiplier of every group's base lr at ``step``.
+
+    Linear warm-up from ``warmup_ratio`` over ``warmup_steps``, then ``poly``:
+    ``(1 - step / total_steps) ** poly_power`` (or ``constant``: 1).
+    """
+    if step < cfg.warmup_steps:
+        return cfg.warmup_ratio + (1 - cfg.warmup_ratio) * step / cfg.warmup_steps
+    if cfg.schedule == Schedule.constant:
+        return 1.0
+    return max(0.0, 1.0 - step / max(1, total_steps)) ** cfg.poly_power
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, cfg: OptimConfig):
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total_steps, cfg)
+    )

@@ -1,0 +1,42 @@
+"""Semi-supervised methods, one module each, all driven by the same engine.
+
+Names used throughout (UniMatch's convention):
+
+- ``_x`` labelled, ``_u`` unlabelled; ``_w`` / ``_s`` weak / strong view (``x_u`` is the weak
+  view, ``x_s`` the strong one);
+- ``student`` (the trained network), ``teachers`` / ``active_teacher`` (EMA copies that make
+  pseudo-labels);
+- ``pseudo_label`` / ``pl`` (argmax of teacher softmax), ``conf`` (its max probability),
+  ``conf_thresh`` (confidence a pseudo-label needs to count), ``mask_ratio`` (share of
+  unlabelled pixels above it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from dualteacher.config import Config
+from dualteacher.errors import ConfigError
+from dualteacher.methods.base import Method, StepInfo
+from dualteacher.methods.dual_teacher import DualTeacher
+from dualteacher.methods.mean_teacher import MeanTeacher
+from dualteacher.methods.supervised import Supervised
+from dualteacher.models import SegModel
+
+METHODS: dict[str, type[Method]] = {
+    "supervised": Supervised,
+    "mean_teacher": MeanTeacher,
+    "dual_teacher": DualTeacher,
+}
+
+
+def build_method(cfg: Config, student: SegModel, make_model: Callable[[], SegModel]) -> Method:
+    """The method named by ``cfg.method.name``, around ``student``."""
+    if cfg.method.name not in METHODS:
+        raise ConfigError(
+            f"unknown method method.name={cfg.method.name!r}. Available: {', '.join(METHODS)}"
+        )
+    return METHODS[cfg.method.name](student, cfg, make_model)
+
+
+__all__ = ["METHODS", "Method", "StepInfo", "build_method"]

@@ -1,0 +1,53 @@
+"""The one EMA update of the project."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+import torch
+import torch.nn as nn
+
+
+class BufferPolicy(StrEnum):
+    """What an EMA update does with buffers (BatchNorm running mean / var / count).
+
+    - ``keep``: buffers are not touched. The official Dual Teacher code averages parameters
+      only; its teachers run in train mode, so their BN statistics are their own running
+      averages over the batches they predict on.
+    - ``ema``: floating-point buffers are averaged with the same momentum as the parameters,
+      integer buffers (``num_batches_tracked``) copied. For teachers that predict in eval mode.
+    - ``copy``: buffers are copied from the student.
+    """
+
+    keep = "keep"
+    ema = "ema"
+    copy = "copy"
+
+
+def ema_momentum(i: int, cap: float) -> float:
+    """``min(1 - 1/(i+1), cap)``: 0 at ``i = 0`` (a hard copy), then warming up to ``cap``."""
+    return min(1.0 - 1.0 / (i + 1), cap)
+
+
+class EMA:
+    """``teacher <- momentum * teacher + (1 - momentum) * student`` over parameters, and over
+    buffers as ``buffers`` says (see ``BufferPolicy``). The teacher never gets gradients."""
+
+    def __init__(self, buffers: BufferPolicy | str = BufferPolicy.keep):
+        self.buffers = BufferPolicy(buffers)
+
+    @torch.no_grad()
+    def update(self, teacher: nn.Module, student: nn.Module, momentum: float) -> None:
+        t_params = list(teacher.parameters())
+        s_params = list(student.parameters())
+        if len(t_params) != len(s_params):
+            raise ValueError("teacher and student have different parameter lists")
+        # lerp_(s, w): t + w * (s - t) = (1 - w) * t + w * s, with w = 1 - momentum
+        torch._foreach_lerp_(t_params, [p.detach() for p in s_params], 1.0 - momentum)
+        if self.buffers is BufferPolicy.keep:
+            return
+        for tb, sb in zip(teacher.buffers(), student.buffers()):
+            if self.buffers is BufferPolicy.ema and tb.is_floating_point():
+                tb.lerp_(sb, 1.0 - momentum)
+            else:
+                tb.copy_(sb)

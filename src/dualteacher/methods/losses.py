@@ -1,0 +1,32 @@
+"""Pseudo-labels and the masked cross-entropy they are trained with."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+@torch.no_grad()
+def pseudo_label(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Teacher logits ``(B, K, H, W)`` -> ``(prob (B, K, H, W), conf (B, H, W), label (B, H, W))``
+    with ``conf, label = max(softmax(logits))`` over classes."""
+    prob = logits.float().softmax(dim=1)
+    conf, label = prob.max(dim=1)
+    return prob, conf, label
+
+
+def masked_ce(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    keep: torch.Tensor,
+    valid: torch.Tensor,
+    ignore_index: int = 255,
+) -> torch.Tensor:
+    """``sum(CE * keep) / count(valid)``: confident pixels trained, averaged over all valid ones.
+
+    ``keep`` (B, H, W) bool marks confident pixels; ``valid`` (B, H, W) bool the pixels that
+    count in the denominator (not padding). This is UniMatch's and the official IC loss's
+    normalisation: a batch with few confident pixels gives a small loss, not a noisy one.
+    """
+    ce = F.cross_entropy(logits, target, reduction="none", ignore_index=ignore_index)
+    return (ce * (keep & valid)).sum() / valid.sum().clamp(min=1)

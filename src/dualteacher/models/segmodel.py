@@ -1,0 +1,53 @@
+"""``SegModel``: any-size wrapper around an encoder / decoder / head segmentation network."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class SegModel(nn.Module):
+    """Images ``(B, 3, H, W)`` of any size -> logits ``(B, K, H, W)``.
+
+    The wrapped ``net`` follows segmentation-models-pytorch's layout: ``net.encoder(x)`` gives a
+    list of feature maps, ``net.decoder(features)`` a decoded map, ``net.segmentation_head``
+    the logits at input resolution. Inputs are padded on the bottom/right with zeros (the
+    normalised mean colour) to a multiple of ``size_divisor`` and the logits cropped back, so
+    classic 321/513 crops and whole images of any size work.
+    """
+
+    def __init__(self, net: nn.Module, size_divisor: int, name: str, num_classes: int):
+        super().__init__()
+        self.net = net
+        self.size_divisor = size_divisor
+        self.name = name
+        self.num_classes = num_classes
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self.net.encoder
+
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        d = self.size_divisor
+        ph, pw = (-h) % d, (-w) % d
+        return F.pad(x, (0, pw, 0, ph)) if ph or pw else x
+
+    def forward(self, x: torch.Tensor, feature_noise: nn.Module | None = None):
+        """Logits for ``x``.
+
+        With ``feature_noise`` (e.g. ``nn.Dropout2d(0.5)``, UniMatch's feature perturbation),
+        returns ``(logits, logits_fp)``: the decoder also runs on perturbed copies of every
+        encoder feature map, in the same batch.
+        """
+        h, w = x.shape[-2:]
+        features = self.net.encoder(self._pad(x))
+        if feature_noise is None:
+            logits = self.net.segmentation_head(self.net.decoder(features))
+            return logits[..., :h, :w]
+        b = x.shape[0]
+        # (2B, C_i, h_i, w_i) per level: clean features, then their perturbed copies
+        both = [torch.cat([f, feature_noise(f)]) if f.dim() == 4 else f for f in features]
+        logits = self.net.segmentation_head(self.net.decoder(both))[..., :h, :w]
+        return logits[:b], logits[b:]

@@ -1,0 +1,40 @@
+"""Shared fixtures: a tiny, seeded, CPU-only setup (32 px demo images, 2-image batches)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dualteacher.config import Config, load_config
+
+TINY = [
+    "data.demo.num_labeled=8",
+    "data.demo.num_unlabeled=16",
+    "data.demo.num_val=6",
+    "data.demo.image_size=32",
+    "data.crop_size=32",
+    "data.batch_size=2",
+    "train.steps=4",
+    "train.eval_every=2",
+    "train.ckpt_every=2",
+    "train.log_every=1",
+    "train.threads=1",
+    "train.progress=false",
+    "train.tensorboard=false",
+]
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads():
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def tiny_overrides() -> list[str]:
+    return list(TINY)
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path) -> Config:
+    return load_config("demo", [*TINY, f"train.out_dir={tmp_path / 'run'}"])
