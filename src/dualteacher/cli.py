@@ -12,6 +12,7 @@ EPILOG = """examples:
   dualteacher demo                                   supervised vs. dual_teacher on demo data
   dualteacher train configs/demo.yaml train.steps=200
   dualteacher eval runs/demo_dual_teacher/best.pt --models all
+  dualteacher check configs/demo.yaml data.name=folder data.root=my_data
 """
 
 
@@ -41,6 +42,44 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     from dualteacher.demo import run_demo
 
     run_demo(args.out, args.overrides)
+
+
+def _cmd_check(args: argparse.Namespace) -> None:
+    from dualteacher.config import load_config
+    from dualteacher.data.check import check_data, format_report
+
+    cfg = load_config(args.config, args.overrides)
+    report = check_data(cfg, workers=args.workers, progress=sys.stderr.isatty())
+    print(format_report(report))
+    if not report.ok:
+        sys.exit(1)
+
+
+def _cmd_splits(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from dualteacher.config import DataConfig
+    from dualteacher.data import SPLIT_POOLS
+    from dualteacher.data.splits import draw_split, write_split
+    from dualteacher.errors import ConfigError
+
+    if args.dataset not in SPLIT_POOLS:
+        raise ConfigError(f"--dataset {args.dataset}: choose one of {', '.join(SPLIT_POOLS)}")
+    if args.blended and args.dataset != "voc":
+        raise ConfigError("--blended applies to --dataset voc only")
+    cfg = DataConfig(name=args.dataset, root=args.root)
+    candidates, rest = SPLIT_POOLS[args.dataset](cfg, args.blended)
+    labeled, unlabeled = draw_split(candidates, args.labeled, args.fraction, args.seed)
+    out = Path(args.out)
+    root = Path(args.root).expanduser()
+    write_split(out / "labeled.txt", labeled, root, with_masks=True)
+    write_split(out / "unlabeled.txt", sorted(unlabeled + rest, key=lambda e: e.name), root, False)
+    print(
+        f"wrote {out / 'labeled.txt'} ({len(labeled)} of {len(candidates)} candidates) and "
+        f"{out / 'unlabeled.txt'} ({len(unlabeled) + len(rest)}); paths relative to {root}\n"
+        f"use: data.name={args.dataset} data.root={args.root} "
+        f"data.labeled={out / 'labeled.txt'} data.unlabeled={out / 'unlabeled.txt'}"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,6 +136,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
     p.add_argument("overrides", nargs="*", help="config overrides key=value (e.g. train.steps=200)")
     p.set_defaults(func=_cmd_demo)
+
+    p = add(
+        "check",
+        "read every image and mask of a dataset config; report counts, class frequencies and "
+        "every bad file (exit status 1 when there is any)",
+        "dualteacher check configs/voc_classic_r101_321.yaml data.root=data/VOC2012",
+    )
+    p.add_argument("config", help="YAML config file, or the name of a built-in config")
+    p.add_argument("overrides", nargs="*", help="config overrides key=value (e.g. data.root=...)")
+    p.add_argument("--workers", type=int, default=None, help="reading threads (default: CPUs)")
+    p.set_defaults(func=_cmd_check)
+
+    p = add(
+        "splits",
+        "write reproducible labelled / unlabelled split files (labeled.txt, unlabeled.txt)",
+        "dualteacher splits --root data/VOC2012 --dataset voc --labeled 366 --seed 0 "
+        "--out splits/voc/366",
+    )
+    p.add_argument("--root", required=True, help="dataset root (as data.root)")
+    p.add_argument("--dataset", required=True, help="voc | cityscapes | ade20k | folder")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--labeled", type=int, help="number of labelled images")
+    group.add_argument("--fraction", type=float, help="fraction of the candidates to label")
+    p.add_argument(
+        "--blended",
+        action="store_true",
+        help="voc: draw from all 10,582 augmented images (default: the classic 1,464)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.set_defaults(func=_cmd_splits)
     return parser
 
 

@@ -55,8 +55,11 @@ class StrongAugConfig:
 class DataConfig:
     name: str = "demo"  # registered dataset: see `dualteacher.data.DATASETS`
     root: str | None = None  # dataset root on disk (unused by the demo)
-    labeled: str | None = None  # split file listing the labelled ids (None: dataset default)
-    unlabeled: str | None = None  # split file listing the unlabelled ids
+    # Split files (ids, image paths, or "image mask" pairs; see `dualteacher.data.splits`).
+    # None: the dataset's default (README "Datasets").
+    labeled: str | None = None  # labelled images
+    unlabeled: str | None = None  # unlabelled images (their masks, if listed, are never read)
+    val: str | None = None  # validation images (e.g. a subset, or UniMatch's val.txt)
     crop_size: int = 64  # square training crop
     scale_range: tuple[float, float] = (0.5, 2.0)  # random rescale factor of the weak view
     base_size: int | None = None  # short side the scale factor applies to; None: image's own
@@ -135,10 +138,17 @@ class OptimConfig:
 
 
 # -------------------------------------------------------------------------------------- train
+class EpochUnit(StrEnum):
+    labeled = "labeled"  # one pass over the labelled set (official Dual Teacher code)
+    unlabeled = "unlabeled"  # one pass over the unlabelled set (UniMatch / U2PL protocols)
+
+
 @dataclass
 class TrainConfig:
-    steps: int = 1000  # optimizer steps in total
-    epoch_steps: int | None = None  # steps per epoch; None: one pass over the labelled set
+    steps: int = 1000  # optimizer steps in total (unless train.epochs is set)
+    epochs: int | None = None  # if set, the run is epochs * steps per epoch (train.steps unused)
+    epoch_unit: EpochUnit = EpochUnit.labeled  # what one epoch is a pass over
+    epoch_steps: int | None = None  # steps per epoch; None: from epoch_unit and the batch size
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int | None = None  # torch CPU threads; None: torch default
@@ -164,7 +174,7 @@ class EvalConfig:
     crop_size: int = 512  # sliding window size
     stride: int = 341  # sliding window stride
     short_side: int = 512  # resize mode
-    batch_size: int = 16  # images per forward in whole mode when sizes agree
+    batch_size: int = 16  # whole mode: images per forward (when sizes agree); sliding: windows
 
 
 @dataclass

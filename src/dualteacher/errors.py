@@ -19,3 +19,21 @@ class DataError(DualTeacherError):
 
 class CheckpointError(DualTeacherError):
     """Unreadable checkpoint, or one made for another model or dataset."""
+
+
+class BadSampleError(DataError):
+    """One sample cannot be used: a missing, unreadable or inconsistent image or mask file.
+
+    ``path`` is the offending file and ``reason`` a short description; ``dualteacher check``
+    collects these, and a loader may choose to skip such samples instead of stopping.
+    """
+
+    def __init__(self, path, reason: str = "", fix: str = ""):
+        if not reason:
+            # A DataLoader worker re-raises the error as BadSampleError(formatted traceback):
+            # keep the original message, drop the worker's traceback.
+            path = str(path).rsplit("BadSampleError: ", 1)[-1].strip()
+            super().__init__(path)
+        else:
+            super().__init__(f"{path}: {reason}" + (f". Fix: {fix}" if fix else ""))
+        self.path, self.reason, self.fix = path, reason, fix

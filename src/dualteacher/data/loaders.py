@@ -93,7 +93,8 @@ def build_train_loaders(
     """Endless labelled and unlabelled loaders positioned at ``start_step``."""
     device = torch.device(device)
     if len(bundle.labeled) == 0:
-        raise DataError("the labelled set is empty: give images with masks (see data.labeled)")
+        hint = getattr(bundle.labeled, "empty_hint", "") or "give images with masks (data.labeled)"
+        raise DataError(f"the labelled set is empty: {hint}")
     bx = cfg.batch_size
     bu = cfg.batch_size_u or cfg.batch_size
     sx = StreamSampler(len(bundle.labeled), seed, STREAM_LABELED, rank, world_size, start_step * bx)
@@ -101,9 +102,10 @@ def build_train_loaders(
     loader_u = None
     if need_unlabeled:
         if bundle.unlabeled is None or len(bundle.unlabeled) == 0:
+            hint = getattr(bundle.unlabeled, "empty_hint", "") or "give data.unlabeled=SPLIT_FILE"
             raise DataError(
-                "the unlabelled set is empty, but this method trains on unlabelled images: "
-                "give unlabelled images (data.unlabeled) or use method.name=supervised"
+                f"the unlabelled set of data.name={cfg.name} is empty, but this method trains "
+                f"on unlabelled images: {hint}; or use method.name=supervised"
             )
         su = StreamSampler(
             len(bundle.unlabeled), seed, STREAM_UNLABELED, rank, world_size, start_step * bu

@@ -16,22 +16,60 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
 from dualteacher.config import EvalConfig, EvalMode
+from dualteacher.errors import ConfigError
 from dualteacher.metrics import ConfusionMatrix, SegMetrics
 
 
-def _sliding(model: nn.Module, image: torch.Tensor, num_classes: int, crop: int, stride: int):
-    """Average of softmax-free logits over windows of ``crop`` every ``stride`` pixels."""
+def check_eval_config(cfg: EvalConfig) -> None:
+    """Raise ``ConfigError`` for settings that cannot work (checked before training starts)."""
+    if cfg.mode == EvalMode.sliding and not 0 < cfg.stride <= cfg.crop_size:
+        raise ConfigError(
+            f"eval.stride={cfg.stride} must be between 1 and eval.crop_size={cfg.crop_size}: a "
+            "larger stride leaves pixels that no window covers"
+        )
+    if cfg.mode == EvalMode.resize and cfg.short_side < 1:
+        raise ConfigError(f"eval.short_side={cfg.short_side} must be a positive number of pixels")
+
+
+def window_starts(size: int, crop: int, stride: int) -> list[int]:
+    """Offsets of windows of ``crop`` every ``stride`` pixels along a side of ``size``; the
+    last window is moved back to end at the border (mmseg's convention), so every pixel is
+    covered and no window leaves the image. A side shorter than ``crop`` gets one window."""
+    if size <= crop:
+        return [0]
+    n = math.ceil((size - crop) / stride) + 1
+    return [min(i * stride, size - crop) for i in range(n)]
+
+
+def _sliding(
+    model: nn.Module,
+    image: torch.Tensor,
+    num_classes: int,
+    crop: int,
+    stride: int,
+    windows_per_forward: int = 1,
+) -> torch.Tensor:
+    """Average logits over windows of ``crop`` every ``stride`` pixels.
+
+    ``image`` (B, 3, H, W) -> logits (B, K, H, W). Windows are cut from the image as they are
+    (a side shorter than ``crop`` gives a shorter window; the model pads to its divisor) and
+    ``windows_per_forward`` of them go through the model in one batch.
+    """
+    check_eval_config(EvalConfig(mode=EvalMode.sliding, crop_size=crop, stride=stride))
     b, _, h, w = image.shape
-    logits = image.new_zeros(b, num_classes, h, w)
-    count = image.new_zeros(1, 1, h, w)
-    rows = max(1, math.ceil((h - crop) / stride) + 1) if h > crop else 1
-    cols = max(1, math.ceil((w - crop) / stride) + 1) if w > crop else 1
-    for r in range(rows):
-        for c in range(cols):
-            y0 = min(r * stride, max(h - crop, 0))
-            x0 = min(c * stride, max(w - crop, 0))
-            y1, x1 = min(y0 + crop, h), min(x0 + crop, w)
-            logits[:, :, y0:y1, x0:x1] += model(image[:, :, y0:y1, x0:x1]).float()
+    logits = torch.zeros(b, num_classes, h, w, dtype=torch.float32, device=image.device)
+    count = torch.zeros(1, 1, h, w, dtype=torch.float32, device=image.device)
+    boxes = [
+        (y0, x0, min(y0 + crop, h), min(x0 + crop, w))
+        for y0 in window_starts(h, crop, stride)
+        for x0 in window_starts(w, crop, stride)
+    ]
+    for i in range(0, len(boxes), max(1, windows_per_forward)):
+        chunk = boxes[i : i + max(1, windows_per_forward)]
+        # (len(chunk) * B, 3, h_win, w_win): all windows of an image have the same size
+        out = model(torch.cat([image[:, :, y0:y1, x0:x1] for y0, x0, y1, x1 in chunk])).float()
+        for j, (y0, x0, y1, x1) in enumerate(chunk):
+            logits[:, :, y0:y1, x0:x1] += out[j * b : (j + 1) * b]
             count[:, :, y0:y1, x0:x1] += 1
     return logits / count
 
@@ -45,7 +83,7 @@ def predict_logits(
     if cfg.mode == EvalMode.whole:
         return model(image).float()
     if cfg.mode == EvalMode.sliding:
-        return _sliding(model, image, num_classes, cfg.crop_size, cfg.stride)
+        return _sliding(model, image, num_classes, cfg.crop_size, cfg.stride, cfg.batch_size)
     # resize: short side to cfg.short_side, predict, upsample the logits to the input size
     scale = cfg.short_side / min(h, w)
     size = (max(1, round(h * scale)), max(1, round(w * scale)))
@@ -68,7 +106,7 @@ def _batches(loader: DataLoader, device: torch.device):
 
 
 @torch.no_grad()
-def evaluate(
+def confusion_matrix(
     model: nn.Module,
     dataset,
     num_classes: int,
@@ -77,8 +115,9 @@ def evaluate(
     ignore_index: int = 255,
     rank: int = 0,
     world_size: int = 1,
-) -> SegMetrics:
-    """mIoU of ``model`` on ``dataset`` (an ``EvalSet``), dataset-level confusion matrix."""
+) -> ConfusionMatrix:
+    """This rank's confusion matrix: images ``rank, rank + world_size, ...`` of ``dataset``
+    (an ``EvalSet``), each scored once at its original resolution; not yet reduced."""
     was_training = model.training
     model.eval()
     part = Subset(dataset, range(rank, len(dataset), world_size))
@@ -91,8 +130,25 @@ def evaluate(
     for image, mask in _batches(loader, device):
         logits = predict_logits(model, image, cfg, num_classes)
         cm.update(logits.argmax(1), mask)
-    cm.all_reduce()
     model.train(was_training)
+    return cm
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    dataset,
+    num_classes: int,
+    cfg: EvalConfig,
+    device: torch.device,
+    ignore_index: int = 255,
+    rank: int = 0,
+    world_size: int = 1,
+) -> SegMetrics:
+    """mIoU of ``model`` on ``dataset`` (an ``EvalSet``): each rank scores its share of the
+    images (``confusion_matrix``), the matrices are summed once across ranks."""
+    cm = confusion_matrix(model, dataset, num_classes, cfg, device, ignore_index, rank, world_size)
+    cm.all_reduce()
     return cm.compute()
 
 
@@ -125,8 +181,6 @@ def evaluate_checkpoint(
     wanted = list(available) if models == "all" else models.split(",")
     unknown = [m for m in wanted if m not in available]
     if unknown:
-        from dualteacher.errors import ConfigError
-
         raise ConfigError(
             f"{path} has no model named {', '.join(unknown)}; it has: {', '.join(available)}"
         )

@@ -20,15 +20,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from dualteacher.config import Config, load_config, to_dict, to_yaml
+from dualteacher.config import Config, EpochUnit, load_config, to_dict, to_yaml
 from dualteacher.data import DataBundle, build_data
 from dualteacher.data.base import EvalSet
 from dualteacher.data.loaders import build_train_loaders
 from dualteacher.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from dualteacher.engine.distributed import DistInfo, init_distributed, resolve_device
-from dualteacher.engine.evaluate import evaluate
+from dualteacher.engine.evaluate import check_eval_config, evaluate
 from dualteacher.engine.optim import build_optimizer, build_scheduler
-from dualteacher.errors import CheckpointError
+from dualteacher.errors import CheckpointError, ConfigError
 from dualteacher.methods import Method, StepInfo, build_method
 from dualteacher.metrics import SegMetrics
 from dualteacher.models import SegModel, build_model
@@ -40,12 +40,29 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def steps_per_epoch(cfg: Config, num_labeled: int, world_size: int = 1) -> int:
+def steps_per_epoch(
+    cfg: Config, num_labeled: int, world_size: int = 1, num_unlabeled: int | None = None
+) -> int:
     """What an "epoch" is: ``train.epoch_steps`` if set, else one pass over the labelled set
-    (``num_labeled // global labelled batch``, at least 1). Dual Teacher switches by it."""
+    (``num_labeled // global labelled batch``, at least 1), or over the unlabelled set with
+    ``train.epoch_unit=unlabeled``. Dual Teacher switches teachers by it."""
     if cfg.train.epoch_steps:
         return cfg.train.epoch_steps
+    if cfg.train.epoch_unit == EpochUnit.unlabeled:
+        if not num_unlabeled:
+            raise ConfigError(
+                "train.epoch_unit=unlabeled, but the unlabelled set is empty: give unlabelled "
+                "images (data.unlabeled) or set train.epoch_unit=labeled"
+            )
+        batch_u = cfg.data.batch_size_u or cfg.data.batch_size
+        return max(1, num_unlabeled // (batch_u * world_size))
     return max(1, num_labeled // (cfg.data.batch_size * world_size))
+
+
+def total_steps(cfg: Config, epoch_steps: int) -> int:
+    """Length of the run: ``train.epochs * epoch_steps`` when ``train.epochs`` is set, else
+    ``train.steps``. The learning-rate schedule spans it."""
+    return cfg.train.epochs * epoch_steps if cfg.train.epochs else cfg.train.steps
 
 
 @dataclass
@@ -75,6 +92,7 @@ def build_run(
         state = load_checkpoint(checkpoint)
         cfg = load_config(None, overrides, base=state["config"])
     assert cfg is not None
+    check_eval_config(cfg.eval)
     device = resolve_device(cfg.train.device)
     dist = init_distributed(device)
     if cfg.train.threads:
@@ -169,7 +187,7 @@ def train(cfg: Config, *, stop_after: int | None = None) -> TrainResult:
     """Train ``cfg`` in ``cfg.train.out_dir``, resuming from its ``latest.pt`` if present.
 
     ``stop_after``: leave after this global step with ``latest.pt`` written, as an interrupted
-    run would (tests use it; the schedule still spans ``train.steps``).
+    run would (tests use it; the schedule still spans the whole run, see ``total_steps``).
     """
     out_dir = Path(cfg.train.out_dir or default_out_dir(cfg))
     latest = out_dir / "latest.pt"
@@ -177,9 +195,10 @@ def train(cfg: Config, *, stop_after: int | None = None) -> TrainResult:
     method, dist, device = run.method, run.dist, run.device
     student = method.student
     optimizer = build_optimizer(student, cfg.optim)
-    total = cfg.train.steps
+    num_unlabeled = len(run.bundle.unlabeled) if run.bundle.unlabeled is not None else 0
+    epoch_steps = steps_per_epoch(cfg, len(run.bundle.labeled), dist.world_size, num_unlabeled)
+    total = total_steps(cfg, epoch_steps)
     scheduler = build_scheduler(optimizer, total, cfg.optim)
-    epoch_steps = steps_per_epoch(cfg, len(run.bundle.labeled), dist.world_size)
 
     start, best, history, t_train = 0, {"miou": float("-inf"), "step": 0}, [], 0.0
     if latest.is_file():

@@ -1,0 +1,186 @@
+"""``dualteacher check``: read every file of a dataset config and report what is wrong.
+
+For the labelled, unlabelled and validation sets: the number of images, image sizes, every
+file that is missing, unreadable or corrupt, every mask of the wrong size or with label values
+that are not classes, and the class pixel frequencies of the labelled and validation masks.
+Reading uses the same ``load`` as training, so a config that checks clean trains without data
+errors.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from dualteacher.config import IGNORE_INDEX, Config
+from dualteacher.data import build_data, set_problems
+from dualteacher.data.base import SegSource
+from dualteacher.data.files import image_key
+from dualteacher.errors import BadSampleError
+
+SETS = ("labeled", "unlabeled", "val")
+
+
+@dataclass
+class SetReport:
+    name: str  # labeled | unlabeled | val
+    origin: str  # where the set comes from (split file, folder, default list)
+    count: int  # samples listed
+    readable: int = 0  # samples that loaded without a problem
+    problems: list[BadSampleError] = field(default_factory=list)  # one per bad file
+    pixels: np.ndarray | None = None  # (K + 1,) labelled pixels per class, ignore last
+    min_size: tuple[int, int] | None = None  # (H, W) of the smallest image (by area)
+    max_size: tuple[int, int] | None = None
+
+    @property
+    def bad_files(self) -> int:
+        return len(self.problems)
+
+
+@dataclass
+class CheckReport:
+    dataset: str
+    root: str | None
+    classes: list[str]
+    sets: list[SetReport]
+    errors: list[str]  # set-level errors (an empty set a training run needs)
+    warnings: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and not any(s.problems for s in self.sets)
+
+
+def _scan_one(source: SegSource, index: int, num_classes: int):
+    """(image size, per-class pixel counts or None, problem or None) of one sample."""
+    try:
+        sample = source.load(index)
+    except BadSampleError as e:
+        return None, None, e
+    counts = None
+    if sample.mask is not None:
+        hist = np.bincount(np.asarray(sample.mask, np.int64).ravel(), minlength=256)
+        counts = np.append(hist[:num_classes], hist[IGNORE_INDEX])
+    return sample.image.shape[:2], counts, None
+
+
+def check_set(
+    name: str, source: SegSource | None, num_classes: int, workers: int, progress: bool
+) -> SetReport:
+    """Read every sample of ``source`` (threads: PIL decoding releases the GIL)."""
+    if source is None:
+        return SetReport(name, "none", 0)
+    report = SetReport(name, getattr(source, "origin", type(source).__name__), len(source))
+    seen: set[str] = set()
+    for p in set_problems(source):
+        if str(p.path) not in seen:
+            seen.add(str(p.path))
+            report.problems.append(p)
+    sizes = []
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        results = pool.map(lambda i: _scan_one(source, i, num_classes), range(len(source)))
+        for size, counts, problem in tqdm(
+            results, total=len(source), desc=name, disable=not progress, leave=False
+        ):
+            if problem is not None:
+                if str(problem.path) not in seen:
+                    seen.add(str(problem.path))
+                    report.problems.append(problem)
+                continue
+            report.readable += 1
+            sizes.append(size)
+            if counts is not None:
+                report.pixels = counts if report.pixels is None else report.pixels + counts
+    if sizes:
+        report.min_size = min(sizes, key=lambda s: (s[0] * s[1], s))
+        report.max_size = max(sizes, key=lambda s: (s[0] * s[1], s))
+    return report
+
+
+def check_data(cfg: Config, workers: int | None = None, progress: bool = False) -> CheckReport:
+    """Scan the labelled, unlabelled and validation sets of ``cfg.data`` fully."""
+    from dualteacher.methods import METHODS
+
+    workers = workers or min(8, os.cpu_count() or 1)
+    bundle = build_data(cfg.data, verify=False)
+    k = bundle.num_classes
+    sets = [check_set(s, getattr(bundle, s), k, workers, progress) for s in SETS]
+    errors, warnings = [], []
+    for s in sets:
+        source = getattr(bundle, s.name)
+        hint = getattr(source, "empty_hint", "")
+        method = METHODS.get(cfg.method.name)
+        needed = s.name != "unlabeled" or (method is not None and method.uses_unlabeled)
+        if s.count == 0 and needed:
+            errors.append(
+                f"the {s.name} set is empty (from {s.origin})" + (f": {hint}" if hint else "")
+            )
+        elif s.count == 0:
+            warnings.append(f"the {s.name} set is empty (from {s.origin})")
+        elif s.readable == 0:
+            errors.append(f"no sample of the {s.name} set can be read")
+    if hasattr(bundle.labeled, "entries") and hasattr(bundle.val, "entries"):
+        val_images = {image_key(e.image) for e in bundle.val.entries}
+        both = [e for e in bundle.labeled.entries if image_key(e.image) in val_images]
+        if both:
+            warnings.append(
+                f"{len(both)} labelled image(s) are also validation images (e.g. {both[0].image}):"
+                " validation scores will be optimistic"
+            )
+    for s in sets:
+        if s.pixels is not None and s.name == "labeled":
+            absent = [c for c, n in zip(bundle.classes, s.pixels[:k]) if n == 0]
+            if absent:
+                warnings.append(f"classes with no labelled pixel: {', '.join(absent)}")
+    return CheckReport(cfg.data.name, cfg.data.root, bundle.classes, sets, errors, warnings)
+
+
+def _size(s: tuple[int, int] | None) -> str:
+    return f"{s[1]}x{s[0]}" if s else "-"
+
+
+def _pct(n: float, total: float) -> str:
+    return f"{100 * n / total:8.2f}" if total > 0 else f"{'-':>8}"
+
+
+def format_report(report: CheckReport) -> str:
+    """Human-readable summary: per-set table, class pixel frequencies, every problem."""
+    lines = [f"dataset {report.dataset} (data.root={report.root}), {len(report.classes)} classes"]
+    lines.append("")
+    lines.append(f"{'set':<10}{'images':>8}{'bad':>6}  {'smallest':>10}  {'largest':>10}  from")
+    for s in report.sets:
+        lines.append(
+            f"{s.name:<10}{s.count:>8}{s.bad_files:>6}  {_size(s.min_size):>10}  "
+            f"{_size(s.max_size):>10}  {s.origin}"
+        )
+    scored = [s for s in report.sets if s.pixels is not None]
+    if scored:
+        k = len(report.classes)
+        ignore_label = "(ignore: % of all)"
+        width = max(len(ignore_label), *(len(c) for c in report.classes)) + 1
+        lines += ["", "class pixel frequencies, % of labelled (non-ignored) pixels"]
+        lines.append(f"{'class':<{width}}" + "".join(f"{s.name:>10}" for s in scored))
+        totals = [float(s.pixels[:k].sum()) for s in scored]
+        for i, c in enumerate(report.classes):
+            cells = "".join(f"  {_pct(s.pixels[i], t)}" for s, t in zip(scored, totals))
+            lines.append(f"{c:<{width}}{cells}")
+        ignore = "".join(f"  {_pct(s.pixels[k], float(s.pixels.sum()))}" for s in scored)
+        lines.append(f"{ignore_label:<{width}}{ignore}")
+    for w in report.warnings:
+        lines.append(f"warning: {w}")
+    problems = [(s.name, p) for s in report.sets for p in s.problems]
+    if problems or report.errors:
+        lines.append("")
+        lines.append(f"{len(problems) + len(report.errors)} error(s):")
+        lines += [f"  {e}" for e in report.errors]
+        lines += [f"  [{name}] {p}" for name, p in problems]
+    else:
+        lines += ["", "no problems found"]
+    return "\n".join(lines)
+
+
+__all__ = ["CheckReport", "SetReport", "check_data", "format_report"]

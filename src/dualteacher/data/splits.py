@@ -1,0 +1,162 @@
+"""Split files: which images are labelled, unlabelled or validation.
+
+Formats read (one sample per line; empty lines and lines starting with ``#`` are skipped):
+
+- an id: ``2007_000032`` (U2PL's VOC lists; the dataset knows where that id's files are);
+- one path: ``leftImg8bit/train/aachen/aachen_000000_000019_leftImg8bit.png`` (U2PL's
+  Cityscapes lists); the mask path is derived from the image path;
+- two paths: ``JPEGImages/2007_000032.jpg SegmentationClass/2007_000032.png`` (UniMatch,
+  UniMatch V2).
+
+Paths are relative to the dataset directory, to ``data.root`` or to the working directory
+(absolute paths work too).
+When a listed mask does not exist, the dataset may substitute an equivalent file (VOC:
+``SegmentationClassAug/`` for ``SegmentationClass/``; Cityscapes: ``*_labelIds.png`` for
+``*_labelTrainIds.png``). When a listed image does not exist at its path, its file name is
+looked up as an id (so Dual Teacher's ADE lists, which name physically split folders, work
+on the standard layout). Mask paths in unlabelled lists are ignored: unlabelled images are
+never read with a mask.
+
+``dualteacher splits`` writes ``labeled.txt`` (``image mask`` pairs) and ``unlabeled.txt``
+(image paths) relative to ``data.root``, drawn reproducibly from a seed; with the same seed,
+a smaller labelled set is a subset of a larger one.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from dualteacher.config import DataConfig
+from dualteacher.data.files import IMAGE_EXTS, Entry
+from dualteacher.errors import DataError
+
+FORMATS = (
+    "one id per line (2007_000032), one image path per line, or 'image mask' path pairs "
+    "(JPEGImages/2007_000032.jpg SegmentationClass/2007_000032.png), paths relative to data.root"
+)
+
+
+class Layout(Protocol):
+    """Where one dataset keeps its files (implemented by each dataset module)."""
+
+    root: Path  # the dataset directory (holding JPEGImages/, leftImg8bit/, images/, ...)
+
+    def from_id(self, name: str, labeled: bool) -> Entry:
+        """The files of the sample called ``name``; mask None when ``labeled`` is False."""
+        ...
+
+    def from_paths(self, image: Path, mask: Path | None) -> Entry:
+        """A labelled entry for ``image``: ``mask`` if it exists, else an equivalent file, or
+        the mask derived from the image path when ``mask`` is None (None if underivable)."""
+        ...
+
+
+def _is_path(token: str) -> bool:
+    return "/" in token or "\\" in token or Path(token).suffix.lower() in IMAGE_EXTS
+
+
+def find_split_file(value: str, cfg: DataConfig, key: str) -> Path:
+    """The split file named by config key ``key``: as given, else under ``data.root``."""
+    p = Path(value).expanduser()
+    tried = [p]
+    if not p.is_absolute() and cfg.root:
+        tried.append(Path(cfg.root).expanduser() / p)
+    for t in tried:
+        if t.is_file():
+            return t
+    raise DataError(
+        f"{key}={value}: file not found (looked at {', '.join(str(t) for t in tried)}). "
+        f"A split file lists {FORMATS}"
+    )
+
+
+def read_split(value: str, cfg: DataConfig, layout: Layout, labeled: bool, key: str) -> list[Entry]:
+    """Entries of the split file ``value`` (config key ``key``), see the module docstring."""
+    path = find_split_file(value, cfg, key)
+    # where relative paths may start: the dataset directory, data.root, the working directory
+    bases = [layout.root]
+    for extra in (Path(cfg.root).expanduser() if cfg.root else None, Path()):
+        if extra is not None and extra not in bases:
+            bases.append(extra)
+
+    def resolve(token: str) -> Path:
+        p = Path(token).expanduser()
+        if p.is_absolute():
+            return p
+        return next((b / p for b in bases if (b / p).exists()), bases[0] / p)
+
+    entries = []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        tokens = line.split()
+        if not tokens or tokens[0].startswith("#"):
+            continue
+        where = f"{path}, line {lineno}"
+        if len(tokens) > 2:
+            raise DataError(f"{where}: {len(tokens)} fields; a split file lists {FORMATS}")
+        if not _is_path(tokens[0]):
+            entry = layout.from_id(tokens[0], labeled)
+        else:
+            image = resolve(tokens[0])
+            if not labeled:
+                entry = Entry(image, None, image.stem)
+            else:
+                entry = layout.from_paths(image, resolve(tokens[1]) if len(tokens) == 2 else None)
+            if not image.is_file():  # e.g. a physically split folder: look the name up
+                alt = layout.from_id(image.stem, labeled)
+                if alt.image.is_file():
+                    entry = alt
+        if not labeled:
+            entry = Entry(entry.image, None, entry.name)
+        elif entry.mask is None:
+            raise DataError(
+                f"{where}: cannot tell where the mask of {tokens[0]} is; give 'image mask' pairs"
+            )
+        entries.append(entry)
+    if not entries:
+        raise DataError(f"{key}={value}: {path} lists no images. A split file lists {FORMATS}")
+    return entries
+
+
+def draw_split(
+    candidates: list[Entry], labeled: int | None, fraction: float | None, seed: int
+) -> tuple[list[Entry], list[Entry]]:
+    """Split ``candidates`` into (labelled, rest) reproducibly.
+
+    ``labeled`` images, or ``round(fraction * len(candidates))``. The candidates are sorted by
+    name and permuted with ``seed``; the labelled set is a prefix of that permutation, so with
+    one seed a smaller labelled set is a subset of a larger one. Both outputs are sorted by name.
+    """
+    if (labeled is None) == (fraction is None):
+        raise DataError("give exactly one of a labelled count or a fraction")
+    n = len(candidates)
+    count = labeled if labeled is not None else round(fraction * n)
+    if fraction is not None and not 0 < fraction <= 1:
+        raise DataError(f"the fraction must be in (0, 1], got {fraction}")
+    if not 0 < count <= n:
+        raise DataError(f"cannot draw {count} labelled images from {n} candidates")
+    ordered = sorted(candidates, key=lambda e: e.name)
+    perm = np.random.default_rng(seed).permutation(n)
+    chosen = set(perm[:count].tolist())
+    lab = [e for i, e in enumerate(ordered) if i in chosen]
+    rest = [e for i, e in enumerate(ordered) if i not in chosen]
+    return lab, rest
+
+
+def _rel(path: Path, root: Path) -> str:
+    return Path(os.path.relpath(path, root)).as_posix()
+
+
+def write_split(path: Path, entries: list[Entry], root: Path, with_masks: bool) -> None:
+    """Write ``entries`` one per line, ``image mask`` or ``image``, relative to ``root``."""
+    lines = []
+    for e in entries:
+        if with_masks and e.mask is not None:
+            lines.append(f"{_rel(e.image, root)} {_rel(e.mask, root)}")
+        else:
+            lines.append(_rel(e.image, root))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")

@@ -1,0 +1,132 @@
+"""``dualteacher check`` on good trees and on deliberately broken ones."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dualteacher.cli import main
+from dualteacher.config import load_config
+from dualteacher.data.check import check_data
+from dualteacher.errors import BadSampleError
+
+from . import trees
+
+
+def run_check(capsys, *args: str) -> tuple[int, str]:
+    try:
+        main(["check", "demo", *args, "--workers", "2"])
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().out
+
+
+def row(out: str, name: str) -> list[str]:
+    return next(line.split() for line in out.splitlines() if line.startswith(name + " "))
+
+
+def test_check_good_folder_tree(tmp_path, capsys):
+    root = trees.make_folder(tmp_path)
+    code, out = run_check(capsys, "data.name=folder", f"data.root={root}")
+    assert code == 0, out
+    assert row(out, "labeled")[:3] == ["labeled", "4", "0"]
+    assert row(out, "unlabeled")[:3] == ["unlabeled", "4", "0"]
+    assert row(out, "val")[:3] == ["val", "2", "0"]
+    # class pixel frequencies: train masks are half background, val half cat / half dog
+    assert row(out, "background")[1:] == ["50.00", "0.00"]
+    assert row(out, "dog")[1:] == ["25.00", "50.00"]
+    assert "no problems found" in out
+
+
+def test_check_good_benchmark_trees(tmp_path):
+    trees.make_voc(tmp_path)
+    trees.make_cityscapes(tmp_path)
+    report = check_data(load_config(None, ["data.name=voc", f"data.root={tmp_path}"]), workers=1)
+    assert report.ok and [s.count for s in report.sets] == [4, 3, 2]
+    voc_ignore = report.sets[0].pixels[-1] / report.sets[0].pixels.sum()
+    assert voc_ignore == pytest.approx(2 / trees.H)  # the 2-row boundary band
+    val_ids = tmp_path / "VOCdevkit/VOC2012/ImageSets/Segmentation/val.txt"
+    cfg = load_config(None, ["data.name=voc", f"data.root={tmp_path}", f"data.labeled={val_ids}"])
+    assert "2 labelled image(s) are also validation images" in check_data(cfg).warnings[0]
+    cfg = load_config(None, ["data.name=cityscapes", f"data.root={tmp_path}"])
+    report = check_data(cfg, workers=1)
+    # the default method (dual_teacher) needs unlabelled images: an empty set is an error
+    assert not report.ok and "unlabeled set is empty" in report.errors[0]
+    cfg = load_config(
+        None, ["data.name=cityscapes", f"data.root={tmp_path}", "method.name=supervised"]
+    )
+    report = check_data(cfg, workers=1)
+    assert report.ok and report.warnings
+    names = report.classes
+    pixels = report.sets[0].pixels
+    assert pixels[names.index("road")] > 0 and pixels[names.index("bicycle")] > 0
+    assert pixels[names.index("wall")] == 0
+
+
+def test_check_names_every_bad_file(tmp_path, capsys):
+    root = trees.make_folder(tmp_path, n_train=5)  # img4 stays good
+    train, val = root / "train", root / "val"
+    jpeg = (train / "images" / "img0.jpg").read_bytes()
+    (train / "images" / "img0.jpg").write_bytes(jpeg[: len(jpeg) // 3])  # truncated JPEG
+    trees.save_mask(train / "masks" / "img1.png", np.zeros((20, 20), np.uint8))  # wrong size
+    trees.save_mask(train / "masks" / "img2.png", trees.halves(0, 7))  # 7: not a class
+    (train / "masks" / "img3.png").write_bytes(b"not a png at all")  # unreadable
+    trees.save_mask(train / "masks" / "ghost.png", trees.halves(0, 1))  # no image
+    Image.fromarray(trees.image(1)).save(val / "masks" / "v0.png")  # RGB colour mask
+    (val / "masks" / "v1.png").unlink()  # val image without mask
+    (root / "unlabeled" / "u1.jpg").write_bytes(b"\xff\xd8garbage")  # corrupt unlabelled image
+
+    code, out = run_check(capsys, "data.name=folder", f"data.root={root}")
+    assert code == 1
+    expect = {
+        train / "images" / "img0.jpg": "cannot read the image",
+        train / "masks" / "img1.png": "the mask is 20x20 but its image",
+        train / "masks" / "img2.png": "label values 7 are not classes",
+        train / "masks" / "img3.png": "cannot read the mask",
+        train / "masks" / "ghost.png": "mask without an image",
+        val / "masks" / "v0.png": "the mask is a RGB image of colours",
+        val / "masks" / "v1.png": "is missing",
+        root / "unlabeled" / "u1.jpg": "cannot read the image",
+    }
+    for path, reason in expect.items():
+        lines = [ln for ln in out.splitlines() if f"{path}:" in ln]
+        assert lines and reason in lines[0], (path, out)
+    # the 8 bad files, and the val set has no readable sample left
+    assert "9 error(s)" in out and "no sample of the val set can be read" in out
+    assert row(out, "labeled")[:3] == ["labeled", "5", "5"]  # 4 bad pairs + the orphan mask
+    assert row(out, "val")[:3] == ["val", "1", "2"]
+
+    # the same problems stop training before the first step, with the file named
+    with pytest.raises(SystemExit) as e:
+        main(
+            ["train", "demo", "data.name=folder", f"data.root={root}", "--out", str(tmp_path / "r")]
+        )
+    assert e.value.code == 2
+    assert "ghost.png" in capsys.readouterr().err
+
+
+def test_check_reports_missing_files_listed_in_a_split(tmp_path, capsys):
+    voc = trees.make_voc(tmp_path)
+    split = tmp_path / "lab.txt"
+    split.write_text("2007_000032\n2099_000001\n")
+    (voc / "SegmentationClass" / "2007_000032.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    code, out = run_check(capsys, "data.name=voc", f"data.root={tmp_path}", f"data.labeled={split}")
+    assert code == 1
+    assert f"{voc / 'JPEGImages' / '2099_000001.jpg'}: image file is missing" in out
+    assert f"{voc / 'SegmentationClass' / '2007_000032.png'}: cannot read the mask" in out
+    # no mask of the missing id exists in either folder: reported once, at the preferred path
+    assert f"{voc / 'SegmentationClass' / '2099_000001.png'}: mask of" in out
+
+
+def test_bad_sample_error_from_a_dataloader_worker_keeps_the_message():
+    # DataLoader workers re-raise an error as ExcType(formatted traceback)
+    msg = (
+        "Caught BadSampleError in DataLoader worker process 0.\nOriginal Traceback (most "
+        'recent call last):\n  File "x.py", line 1\ndualteacher.errors.BadSampleError: '
+        "/d/m.png: the mask is 2x2 but its image /d/i.jpg is 4x4. Fix: re-export it\n"
+    )
+    err = BadSampleError(msg)
+    assert str(err) == "/d/m.png: the mask is 2x2 but its image /d/i.jpg is 4x4. Fix: re-export it"
+    assert str(BadSampleError("/d/a.png", "broken", "redo it")) == "/d/a.png: broken. Fix: redo it"
