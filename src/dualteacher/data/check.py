@@ -74,7 +74,7 @@ def check_set(
     """Read every sample of ``source`` (threads: PIL decoding releases the GIL)."""
     if source is None:
         return SetReport(name, "none", 0)
-    report = SetReport(name, getattr(source, "origin", type(source).__name__), len(source))
+    report = SetReport(name, getattr(source, "origin", "in memory"), len(source))
     seen: set[str] = set()
     for p in set_problems(source):
         if str(p.path) not in seen:
