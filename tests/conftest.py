@@ -21,6 +21,7 @@ TINY = [
     "train.threads=1",
     "train.progress=false",
     "train.tensorboard=false",
+    "train.curves=false",  # curves.png costs a matplotlib render per validation
 ]
 
 

@@ -19,6 +19,7 @@ _API = {
     "TrainResult": "dualteacher.engine.trainer",
     "evaluate_checkpoint": "dualteacher.engine.evaluate",
     "run_demo": "dualteacher.demo",
+    "write_report": "dualteacher.report",
     "build_model": "dualteacher.models",
     "list_models": "dualteacher.models",
     "DualTeacherError": "dualteacher.errors",

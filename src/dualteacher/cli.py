@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import traceback
+from pathlib import Path
 
 from dualteacher import __version__
 
@@ -13,6 +15,10 @@ EPILOG = """examples:
   dualteacher train configs/demo.yaml train.steps=200
   dualteacher eval runs/demo_dual_teacher/best.pt --models all
   dualteacher check configs/demo.yaml data.name=folder data.root=my_data
+  dualteacher eval runs/demo_dual_teacher/best.pt --report runs/report
+  dualteacher predict runs/demo_dual_teacher/best.pt photos/ --out runs/pred
+  dualteacher compare demo --methods supervised,mean_teacher,dual_teacher --seeds 3
+  dualteacher configs                                list the built-in configs
 """
 
 
@@ -33,6 +39,11 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     from dualteacher.engine.checkpoint import load_checkpoint
     from dualteacher.engine.evaluate import evaluate_checkpoint, format_table
 
+    if args.report:
+        from dualteacher.report import write_report
+
+        write_report(args.checkpoint, args.report, args.overrides, args.models, args.samples)
+        return
     results = evaluate_checkpoint(args.checkpoint, args.overrides, models=args.models)
     classes = load_checkpoint(args.checkpoint)["classes"]
     print(format_table(results, classes))
@@ -82,6 +93,59 @@ def _cmd_splits(args: argparse.Namespace) -> None:
     )
 
 
+_OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.\w+)+=")
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from dualteacher.predict import format_failures, predict
+
+    # INPUT... may mix in config overrides (section.key=value) that are not existing paths.
+    overrides = [a for a in args.inputs if _OVERRIDE.match(a) and not Path(a).exists()]
+    inputs = [a for a in args.inputs if a not in overrides]
+    if args.device:
+        overrides.append(f"train.device={args.device}")
+    result = predict(
+        args.checkpoint,
+        inputs,
+        args.out,
+        overrides=overrides,
+        models=args.models,
+        batch_size=args.batch_size,
+        alpha=args.alpha,
+        workers=args.workers,
+    )
+    print(f"wrote {len(result.written)} prediction(s) to {args.out}")
+    if result.skipped:
+        print(f"skipped {len(result.skipped)} non-image file(s) in folders")
+    if result.failed:
+        print(format_failures(result), file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> None:
+    from dualteacher.compare import compare
+    from dualteacher.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    seeds = list(range(args.seeds)) if args.seeds else None
+    out = args.out or f"runs/compare_{Path(args.config).stem}"
+    compare(cfg, methods, out, seeds, steps=args.steps, minutes=args.minutes)
+
+
+def _cmd_configs(args: argparse.Namespace) -> None:
+    from dualteacher.config import builtin_config_dir
+
+    for path in sorted(builtin_config_dir().glob("*.yaml")):
+        first = next(
+            (ln.lstrip("#").strip() for ln in path.read_text().splitlines() if ln.startswith("#")),
+            "",
+        )
+        print(f"{path.stem:<20}{first}")
+    print(f"\n(in {builtin_config_dir()}; use a name or a path: dualteacher train demo)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dualteacher",
@@ -126,7 +190,63 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--models", default="student", help="student (default), all, or names separated by ','"
     )
+    p.add_argument(
+        "--report",
+        metavar="DIR",
+        help="write a report to DIR: iou.md, iou.json, confusion.png, samples.png",
+    )
+    p.add_argument(
+        "--samples", type=int, default=8, help="validation images in samples.png (default 8)"
+    )
     p.set_defaults(func=_cmd_eval)
+
+    p = add(
+        "predict",
+        "segment images (files, folders, globs) with a checkpoint: index, colour and overlay PNGs",
+        "dualteacher predict runs/demo/dual_teacher/best.pt photos/ 'more/*.jpg' --out runs/pred"
+        "\n  dualteacher predict best.pt big.jpg eval.mode=sliding eval.crop_size=256 --out pred",
+    )
+    p.add_argument("checkpoint", help="latest.pt / best.pt of a run")
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="image files, folders (searched recursively) or glob patterns; config overrides "
+        "section.key=value may follow (e.g. eval.mode=sliding)",
+    )
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument(
+        "--models", default="student", help="student (default), all, or names separated by ','"
+    )
+    p.add_argument("--batch-size", type=int, help="images per forward (default eval.batch_size)")
+    p.add_argument("--alpha", type=float, default=0.5, help="colour weight of the overlay")
+    p.add_argument("--device", help="cpu, cuda, cuda:N (default: the checkpoint's train.device)")
+    p.add_argument("--workers", type=int, default=0, help="image-reading worker processes")
+    p.set_defaults(func=_cmd_predict)
+
+    p = add(
+        "compare",
+        "train several methods on the same data, model, seeds and budget and tabulate them",
+        "dualteacher compare demo --methods supervised,dual_teacher --steps 500 --seeds 3"
+        "\n  dualteacher compare configs/demo.yaml data.demo.num_labeled=48 "
+        "--methods supervised,mean_teacher,dual_teacher --minutes 5 --out runs/cmp",
+    )
+    p.add_argument("config", help="YAML config file, or the name of a built-in config")
+    p.add_argument("overrides", nargs="*", help="config overrides key=value, shared by all runs")
+    p.add_argument("--methods", required=True, help="method names separated by ','")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=int, help="steps per run (default: train.steps)")
+    budget.add_argument(
+        "--minutes",
+        type=float,
+        help="training wall-clock per run; steps are set from a short timing probe",
+    )
+    p.add_argument("--seeds", type=int, help="run seeds 0..K-1 (default: train.seed only)")
+    p.add_argument("--out", help="output directory (default runs/compare_<config name>)")
+    p.set_defaults(func=_cmd_compare)
+
+    p = add("configs", "list the built-in configs", "dualteacher configs")
+    p.set_defaults(func=_cmd_configs)
 
     p = add(
         "demo",
@@ -171,11 +291,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse stops filling a positional list at the first option, so overrides (or inputs)
+    # given after e.g. --methods come back as extras: hand them to that list.
+    target = next((n for n in ("overrides", "inputs") if hasattr(args, n)), None)
+    if extra:
+        if target is None or any(a.startswith("-") for a in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        getattr(args, target).extend(extra)
     from dualteacher.errors import DualTeacherError
 
     try:
-        args.func(args)
+        code = args.func(args)
     except DualTeacherError as e:
         if args.debug:
             traceback.print_exc()
@@ -184,6 +312,8 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    if code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

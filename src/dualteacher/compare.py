@@ -1,94 +1,243 @@
-"""Train several methods on the same data, model, seeds and step budget, and compare them.
+"""Train several methods on the same data, model, seeds and budget, and compare them.
 
-``dualteacher demo`` is this comparison of ``supervised`` and ``dual_teacher`` on the built-in
-demo dataset. Results go to ``OUT/summary.json`` (``{"results": [{"method", "miou",
-"best_miou", "seconds", ...}]}``, mIoU in percent) and ``OUT/miou_vs_time.png``; each run keeps
-its own directory ``OUT/<method>[_seed<k>]``.
+``dualteacher compare CONFIG --methods a,b [--steps N | --minutes M] [--seeds K]`` and
+``dualteacher demo`` (supervised vs. dual_teacher on the demo data) both run ``compare``.
+Every run keeps its own directory ``OUT/<method>[_seed<k>]`` (re-running on the same ``OUT``
+resumes unfinished runs and reuses finished ones). Written to ``OUT``:
+
+- ``summary.json``: ``{"results": [{"method", "miou", "best_miou", "seconds", ...}], ...}``,
+  one entry per method, means over seeds (mIoU in percent), plus spreads, per-seed values,
+  step time and peak memory;
+- ``summary.md``: the same as a Markdown table;
+- ``miou_vs_time.png``: validation mIoU of the student against training wall-clock.
+
+Budgets. ``steps``: every run does that many optimizer steps. ``minutes``: every run gets that
+much training wall-clock (validation excluded). A short timing probe per method (2 warm-up
+and 8 timed steps) turns the minutes into a step count, so the learning-rate schedule, which
+is defined on ``train.steps``, runs to its end; ``train.max_minutes`` also stops a run that
+turns out slower than the probe, in which case its schedule is cut short (``stopped_by_time``).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from dataclasses import replace
 from pathlib import Path
 
 from dualteacher.config import Config
-from dualteacher.engine.trainer import TrainResult, train
+from dualteacher.data import build_data
+from dualteacher.engine.trainer import TrainResult, measure_step_seconds, train
+from dualteacher.errors import ConfigError
+
+PROBE_WARMUP, PROBE_STEPS = 2, 8
 
 
-def _with(cfg: Config, method: str, seed: int, out_dir: Path) -> Config:
+def _with(cfg: Config, method: str, seed: int, out_dir: Path | None, **train_kw) -> Config:
     return replace(
         cfg,
         method=replace(cfg.method, name=method),
-        train=replace(cfg.train, seed=seed, out_dir=str(out_dir)),
+        train=replace(
+            cfg.train, seed=seed, out_dir=None if out_dir is None else str(out_dir), **train_kw
+        ),
     )
 
 
+def _mean(xs: list[float]) -> float:
+    return statistics.fmean(xs) if xs else float("nan")
+
+
+def _std(xs: list[float]) -> float | None:
+    """Sample standard deviation over seeds; None for one seed."""
+    return statistics.stdev(xs) if len(xs) > 1 else None
+
+
 def compare(
-    cfg: Config, methods: list[str], out_dir: str | Path, seeds: list[int] | None = None
+    cfg: Config,
+    methods: list[str],
+    out_dir: str | Path,
+    seeds: list[int] | None = None,
+    *,
+    steps: int | None = None,
+    minutes: float | None = None,
 ) -> dict:
-    """Train every method for every seed with ``cfg``; write and return the summary."""
+    """Train every method for every seed with ``cfg``; write and return the summary.
+
+    Args:
+        cfg: the shared config (data, model, optimizer, ...); ``method.name`` and
+            ``train.seed`` / ``train.out_dir`` are set per run.
+        methods: registered method names.
+        out_dir: where the runs and the summary go.
+        seeds: seeds to run each method with (default: ``cfg.train.seed``).
+        steps: step budget per run (default: ``cfg.train.steps``).
+        minutes: training wall-clock budget per run instead of a step budget.
+    """
+    if steps is not None and minutes is not None:
+        raise ConfigError("give a step budget or a time budget (--steps or --minutes), not both")
+    if not methods:
+        raise ConfigError("no methods to compare: give --methods m1,m2")
+    if steps is not None:
+        cfg = replace(cfg, train=replace(cfg.train, steps=steps))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    seeds = seeds or [cfg.train.seed]
+    seeds = list(seeds) if seeds else [cfg.train.seed]
+    bundle = build_data(cfg.data)  # the same data for every run, built once
+
+    planned: dict[str, dict] = {}
+    for method in methods:
+        if minutes is None:
+            planned[method] = {"steps": cfg.train.steps}
+            continue
+        print(f"timing probe for {method} ({PROBE_WARMUP} + {PROBE_STEPS} steps) ...")
+        probe = _with(cfg, method, seeds[0], None, progress=False)
+        sec = measure_step_seconds(probe, PROBE_STEPS, PROBE_WARMUP, bundle=bundle)
+        n = max(1, math.floor(minutes * 60 / sec))
+        planned[method] = {"steps": n, "probe_step_seconds": sec}
+        print(f"  {sec:.3f} s/step -> {n} steps in {minutes:g} min")
+
     runs: dict[str, list[TrainResult]] = {}
     for method in methods:
         for seed in seeds:
             name = method if len(seeds) == 1 else f"{method}_seed{seed}"
             print(f"\n=== {name} ===")
-            runs.setdefault(method, []).append(train(_with(cfg, method, seed, out_dir / name)))
-    results = []
-    for method, rs in runs.items():
-        mious = [r.miou for r in rs]
-        row = {
-            "method": method,
-            "miou": statistics.fmean(mious),
-            "best_miou": statistics.fmean(r.best_miou for r in rs),
-            "seconds": statistics.fmean(r.train_seconds for r in rs),
-            "steps": rs[0].steps,
-            "seeds": seeds,
-            "miou_per_seed": mious,
-        }
-        if len(rs) > 1:
-            row["miou_std"] = statistics.stdev(mious)
-        results.append(row)
-    summary = {"results": results}
+            kw: dict = {"steps": planned[method]["steps"]}
+            if minutes is not None:
+                kw["max_minutes"] = minutes
+            run_cfg = _with(cfg, method, seed, out_dir / name, **kw)
+            runs.setdefault(method, []).append(train(run_cfg, bundle=bundle))
+
+    results = [_summarise(method, rs, seeds, planned[method]) for method, rs in runs.items()]
+    budget = {"minutes": minutes} if minutes is not None else {"steps": cfg.train.steps}
+    summary = {
+        "results": results,
+        "budget": budget,
+        "seeds": seeds,
+        "model": cfg.model.name,
+        "data": cfg.data.name,
+    }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    plot_miou_vs_time(runs, out_dir / "miou_vs_time.png")
+    (out_dir / "summary.md").write_text(format_markdown(summary))
+    _plot(runs, out_dir / "miou_vs_time.png")
     print("\n" + format_summary(results))
-    print(f"\nsummary: {out_dir / 'summary.json'}   plot: {out_dir / 'miou_vs_time.png'}")
+    print(
+        f"\nsummary: {out_dir / 'summary.json'}  table: {out_dir / 'summary.md'}  "
+        f"plot: {out_dir / 'miou_vs_time.png'}"
+    )
     return summary
 
 
+def _summarise(method: str, rs: list[TrainResult], seeds: list[int], plan: dict) -> dict:
+    mious = [r.miou for r in rs]
+    bests = [r.best_miou for r in rs]
+    teachers = sorted({n for r in rs for n in r.final if n != "student"})
+    row = {
+        "method": method,
+        "miou": _mean(mious),
+        "best_miou": _mean(bests),
+        "seconds": _mean([r.train_seconds for r in rs]),
+        "miou_std": _std(mious),
+        "best_miou_std": _std(bests),
+        "steps": rs[0].steps if len({r.steps for r in rs}) == 1 else [r.steps for r in rs],
+        "planned_steps": plan["steps"],
+        "step_seconds": _mean([r.step_seconds for r in rs]),
+        "peak_memory_mb": max(r.peak_memory_mb for r in rs),
+        "memory_kind": rs[0].memory_kind,
+        "seeds": seeds,
+        "miou_per_seed": mious,
+        "best_miou_per_seed": bests,
+        "best_step_per_seed": [r.best_step for r in rs],
+        "stopped_by_time": [r.stopped_by_time for r in rs],
+        "final_miou_teachers": {t: _mean([r.final[t].miou for r in rs]) for t in teachers},
+        "run_dirs": [r.out_dir for r in rs],
+    }
+    if "probe_step_seconds" in plan:
+        row["probe_step_seconds"] = plan["probe_step_seconds"]
+    return row
+
+
+def _pm(mean: float, std: float | None) -> str:
+    return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
+
+
 def format_summary(results: list[dict]) -> str:
-    lines = [f"{'method':<16}{'final mIoU':>12}{'best mIoU':>12}{'seconds':>10}"]
+    """Plain-text table for the terminal."""
+    head = f"{'method':<16}{'final mIoU':>16}{'best mIoU':>16}{'seconds':>9}{'s/step':>8}{'MiB':>7}"
+    lines = [head]
     for r in results:
-        spread = f" ±{r['miou_std']:.2f}" if "miou_std" in r else ""
         lines.append(
-            f"{r['method']:<16}{r['miou']:>12.2f}{r['best_miou']:>12.2f}{r['seconds']:>10.0f}"
-            + spread
+            f"{r['method']:<16}{_pm(r['miou'], r.get('miou_std')):>16}"
+            f"{_pm(r['best_miou'], r.get('best_miou_std')):>16}{r['seconds']:>9.0f}"
+            f"{r.get('step_seconds', float('nan')):>8.3f}{r.get('peak_memory_mb', 0):>7.0f}"
         )
     return "\n".join(lines)
 
 
-def plot_miou_vs_time(runs: dict[str, list[TrainResult]], path: Path) -> None:
-    """Validation mIoU of the student against training wall-clock, one line per run."""
-    import matplotlib
+_MEMORY_NOTE = {
+    "cuda_max_allocated": "peak CUDA memory allocated by tensors (torch.cuda.max_memory_allocated)",
+    "peak_rss": "peak resident memory of the process during the run (Linux VmHWM)",
+    "peak_rss_process": "peak resident memory of the process so far (getrusage)",
+}
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    for i, (method, rs) in enumerate(runs.items()):
-        for j, r in enumerate(rs):
-            t = [h["time"] for h in r.history]
-            m = [h["miou_student"] for h in r.history]
-            ax.plot(t, m, color=f"C{i}", marker="o", ms=3, label=method if j == 0 else None)
-    ax.set_xlabel("training wall-clock (s)")
-    ax.set_ylabel("validation mIoU (%) of the student")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+def format_markdown(summary: dict) -> str:
+    """``summary.md``: the comparison table with how it was measured."""
+    results = summary["results"]
+    seeds = summary["seeds"]
+    seed_list = ", ".join(map(str, seeds))
+    spread = (
+        f"as mean ± std over {len(seeds)} seeds ({seed_list})"
+        if len(seeds) > 1
+        else f"with seed {seed_list}"
+    )
+    budget = summary["budget"]
+    budget_text = (
+        f"{budget['minutes']:g} min of training per run"
+        if "minutes" in budget
+        else f"{budget['steps']} steps per run"
+    )
+    lines = [
+        "# Comparison",
+        "",
+        f"Data `{summary['data']}`, model `{summary['model']}`, {budget_text}; student mIoU "
+        f"(%) {spread}.",
+        "",
+        "| method | final mIoU | best mIoU | steps | train time (s) | s/step | peak memory (MiB) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        steps = r["steps"] if isinstance(r["steps"], int) else "/".join(map(str, r["steps"]))
+        lines.append(
+            f"| {r['method']} | {_pm(r['miou'], r.get('miou_std'))} | "
+            f"{_pm(r['best_miou'], r.get('best_miou_std'))} | {steps} | {r['seconds']:.1f} | "
+            f"{r['step_seconds']:.3f} | {r['peak_memory_mb']:.0f} |"
+        )
+    kinds = sorted({r["memory_kind"] for r in results})
+    lines += [
+        "",
+        "Final: the last validation; best: the best validation of the run. Train time is the "
+        "wall-clock of the training steps, validation excluded; s/step is its mean per step. "
+        "Peak memory: " + "; ".join(_MEMORY_NOTE.get(k, k) for k in kinds) + ".",
+    ]
+    if "minutes" in budget:
+        lines.append(
+            "Steps were set from a timing probe per method so that the learning-rate schedule "
+            "ends with the budget; a run slower than its probe was stopped at the budget."
+        )
+    teachers = [r for r in results if r.get("final_miou_teachers")]
+    if teachers:
+        lines += ["", "Final mIoU of the teachers:", ""]
+        for r in teachers:
+            parts = ", ".join(f"{t} {v:.2f}" for t, v in r["final_miou_teachers"].items())
+            lines.append(f"- {r['method']}: {parts}")
+    return "\n".join(lines) + "\n"
+
+
+def _plot(runs: dict[str, list[TrainResult]], path: Path) -> None:
+    from dualteacher.plots import plot_miou_vs_time
+
+    curves = {
+        method: [[(h["time"], h["miou_student"]) for h in r.history] for r in rs]
+        for method, rs in runs.items()
+    }
+    plot_miou_vs_time(curves, path)

@@ -159,6 +159,12 @@ class TrainConfig:
     ckpt_every: int = 200  # steps between writes of latest.pt
     tensorboard: bool = True
     progress: bool = True  # tqdm progress bar
+    # Wall-clock budget of the training steps (validation excluded), in minutes: the loop stops
+    # after the step that exhausts it, with a final validation and checkpoint there. The LR
+    # schedule still spans `steps`, so it is cut short (`dualteacher compare --minutes` picks
+    # `steps` from a timing probe so that the schedule does complete). None: no budget.
+    max_minutes: float | None = None
+    curves: bool = True  # write curves.png (losses, mask ratio, val mIoU) at every validation
 
 
 # --------------------------------------------------------------------------------------- eval

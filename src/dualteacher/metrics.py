@@ -10,7 +10,7 @@ mmsegmentation and torchvision's references.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -21,6 +21,8 @@ class SegMetrics:
     iou: list[float]  # per-class IoU in percent, NaN where undefined
     acc: float  # pixel accuracy in percent
     num_pixels: int  # scored (non-ignored) pixels
+    # (K, K) pixel counts, confusion[target][pred]: what the IoUs were computed from
+    confusion: list[list[int]] | None = field(default=None, repr=False)
 
     def as_dict(self, class_names: list[str] | None = None) -> dict:
         names = class_names or [str(i) for i in range(len(self.iou))]
@@ -72,5 +74,9 @@ class ConfusionMatrix:
         total = mat.sum()
         acc = float(tp.sum() / total) * 100 if total > 0 else float("nan")
         return SegMetrics(
-            miou=miou, iou=[float(v) * 100 for v in iou], acc=acc, num_pixels=int(total)
+            miou=miou,
+            iou=[float(v) * 100 for v in iou],
+            acc=acc,
+            num_pixels=int(total),
+            confusion=self.mat.cpu().tolist(),
         )

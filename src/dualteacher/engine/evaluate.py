@@ -177,12 +177,18 @@ def evaluate_checkpoint(
     from dualteacher.engine.trainer import build_run
 
     run = build_run(checkpoint=path, overrides=overrides, for_training=False)
+    return evaluate_run(run, models, source=str(path))
+
+
+def evaluate_run(run, models: str = "student", source: str = "the run") -> dict[str, SegMetrics]:
+    """Evaluate the models named by ``models`` (see ``evaluate_checkpoint``) of a built ``Run``
+    on its validation set."""
     available = run.method.eval_models()
     wanted = list(available) if models == "all" else models.split(",")
     unknown = [m for m in wanted if m not in available]
     if unknown:
         raise ConfigError(
-            f"{path} has no model named {', '.join(unknown)}; it has: {', '.join(available)}"
+            f"{source} has no model named {', '.join(unknown)}; it has: {', '.join(available)}"
         )
     return {
         name: evaluate(

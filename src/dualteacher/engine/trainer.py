@@ -2,17 +2,19 @@
 
 One step: next labelled (and unlabelled) batch -> ``method.training_step`` -> backward of
 ``"loss"`` -> optimizer and scheduler step -> ``method.after_step`` (teacher updates). Every
-``eval_every`` steps the student and each teacher are validated; every ``ckpt_every`` steps
-``latest.pt`` is written; ``best.pt`` follows the student's best mIoU. A run directory that
-already holds ``latest.pt`` resumes from it.
+``eval_every`` steps the student and each teacher are validated and ``curves.png`` is redrawn;
+every ``ckpt_every`` steps ``latest.pt`` is written; ``best.pt`` follows the student's best
+mIoU. A run directory that already holds ``latest.pt`` resumes from it. ``train.max_minutes``
+stops the loop once the training steps have used that much wall-clock time.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +29,14 @@ from dualteacher.data.loaders import build_train_loaders
 from dualteacher.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from dualteacher.engine.distributed import DistInfo, init_distributed, resolve_device
 from dualteacher.engine.evaluate import check_eval_config, evaluate
+from dualteacher.engine.memory import peak_memory_mb, reset_peak_memory
 from dualteacher.engine.optim import build_optimizer, build_scheduler
 from dualteacher.errors import CheckpointError, ConfigError
 from dualteacher.methods import Method, StepInfo, build_method
 from dualteacher.metrics import SegMetrics
 from dualteacher.models import SegModel, build_model
+
+log = logging.getLogger(__name__)
 
 
 def seed_all(seed: int) -> None:
@@ -84,9 +89,11 @@ def build_run(
     checkpoint: str | Path | None = None,
     overrides: list[str] | tuple[str, ...] = (),
     for_training: bool = True,
+    bundle: DataBundle | None = None,
 ) -> Run:
     """Build data, student and method from ``cfg``, or from a checkpoint's stored config (with
-    ``overrides``) and load its weights."""
+    ``overrides``) and load its weights. ``bundle``: data already built from the same
+    ``cfg.data`` (``compare`` builds it once for all its runs)."""
     state = None
     if checkpoint is not None:
         state = load_checkpoint(checkpoint)
@@ -97,20 +104,76 @@ def build_run(
     dist = init_distributed(device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    bundle = build_data(cfg.data)
+    if bundle is None:
+        bundle = build_data(cfg.data)
     if state is not None:
         _check_compatible(state, cfg, bundle, checkpoint)
+    method = _build_method(cfg, bundle.num_classes, device)
+    if state is not None:
+        method.load_state_dict(state["state"])
+    return Run(cfg, dist, device, bundle, method, EvalSet(bundle.val, cfg.data), state)
 
+
+def _build_method(cfg: Config, num_classes: int, device: torch.device) -> Method:
     # Same seed on every rank: identical initial student and teachers everywhere.
     seed_all(cfg.train.seed)
 
     def make_model() -> SegModel:
-        return build_model(cfg.model, bundle.num_classes)
+        return build_model(cfg.model, num_classes)
 
-    method = build_method(cfg, make_model(), make_model).to(device)
-    if state is not None:
-        method.load_state_dict(state["state"])
-    return Run(cfg, dist, device, bundle, method, EvalSet(bundle.val, cfg.data), state)
+    return build_method(cfg, make_model(), make_model).to(device)
+
+
+@dataclass
+class TrainedModels:
+    """A checkpoint's student and teachers, ready for inference, built without its data."""
+
+    cfg: Config
+    device: torch.device
+    method: Method
+    classes: list[str]
+    palette: list[tuple[int, int, int]]
+    step: int
+
+    def models(self, names: str = "student") -> dict[str, torch.nn.Module]:
+        """``student``, ``all`` or comma-separated names -> models in eval mode, by name."""
+        from dualteacher.errors import ConfigError
+
+        available = self.method.eval_models()
+        wanted = list(available) if names == "all" else [n for n in names.split(",") if n]
+        unknown = [n for n in wanted if n not in available]
+        if unknown or not wanted:
+            raise ConfigError(
+                f"no model named {', '.join(unknown) or repr(names)} in this checkpoint; "
+                f"it has: {', '.join(available)} (or 'all')"
+            )
+        return {n: available[n].eval() for n in wanted}
+
+
+def build_model_from_checkpoint(
+    path: str | Path,
+    overrides: list[str] | tuple[str, ...] = (),
+    device: str | torch.device | None = None,
+) -> TrainedModels:
+    """Rebuild the model(s) of a checkpoint from its stored config and load the weights.
+
+    Unlike ``build_run`` this does not build the dataset: predicting on new images needs
+    neither the training data nor its root directory. ``overrides`` change the stored config
+    (e.g. ``eval.mode=sliding``); ``device`` defaults to ``train.device`` of that config.
+    """
+    state = load_checkpoint(path)
+    cfg = load_config(None, overrides, base=state["config"])
+    # The checkpoint holds every weight: do not read encoder weights from model.pretrained.
+    if getattr(cfg.model, "pretrained", None) is not None:
+        cfg = replace(cfg, model=replace(cfg.model, pretrained=None))
+    device = torch.device(device) if device is not None else resolve_device(cfg.train.device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    method = _build_method(cfg, len(state["classes"]), device)
+    method.load_state_dict(state["state"])
+    method.eval()
+    palette = [tuple(c) for c in state.get("palette") or []]
+    return TrainedModels(cfg, device, method, list(state["classes"]), palette, state["step"])
 
 
 def _check_compatible(state: dict, cfg: Config, bundle: DataBundle, path) -> None:
@@ -140,6 +203,10 @@ class TrainResult:
     best_step: int
     train_seconds: float  # wall-clock of the training steps (validation excluded)
     history: list[dict] = field(default_factory=list)
+    step_seconds: float = float("nan")  # train_seconds / steps
+    peak_memory_mb: float = float("nan")  # see engine.memory for what is measured
+    memory_kind: str = ""  # cuda_max_allocated | peak_rss | peak_rss_process
+    stopped_by_time: bool = False  # train.max_minutes ended the run before train.steps
 
     @property
     def miou(self) -> float:
@@ -183,15 +250,83 @@ def default_out_dir(cfg: Config) -> str:
     return f"runs/{cfg.data.name}_{cfg.method.name}"
 
 
-def train(cfg: Config, *, stop_after: int | None = None) -> TrainResult:
+def _train_step(method: Method, optimizer, scheduler, it_x, it_u, device, info: StepInfo) -> dict:
+    """One optimizer step on the next batches; returns the method's loss dict."""
+    batch_x = _to_device(next(it_x), device)
+    batch_u = _to_device(next(it_u), device) if it_u is not None else None
+    method.train()
+    out = method.training_step(batch_x, batch_u, info)
+    optimizer.zero_grad(set_to_none=True)
+    out["loss"].backward()
+    optimizer.step()
+    scheduler.step()
+    method.after_step(info)
+    return out
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_step_seconds(
+    cfg: Config, steps: int = 8, warmup: int = 2, bundle: DataBundle | None = None
+) -> float:
+    """Mean wall-clock seconds of one training step of ``cfg``, timed over ``steps`` steps after
+    ``warmup`` untimed ones; writes nothing. ``compare --minutes`` turns a time budget into a
+    step count with it."""
+    run = build_run(cfg, bundle=bundle)
+    method, device = run.method, run.device
+    optimizer = build_optimizer(method.student, cfg.optim)
+    scheduler = build_scheduler(optimizer, max(cfg.train.steps, warmup + steps), cfg.optim)
+    epoch_steps = steps_per_epoch(cfg, len(run.bundle.labeled), run.dist.world_size)
+    loader_x, loader_u = build_train_loaders(
+        run.bundle,
+        cfg.data,
+        seed=cfg.train.seed,
+        start_step=0,
+        need_unlabeled=method.uses_unlabeled,
+        need_strong=method.needs_strong_view,
+        rank=run.dist.rank,
+        world_size=run.dist.world_size,
+        device=device,
+    )
+    it_x = iter(loader_x)
+    it_u = iter(loader_u) if loader_u is not None else None
+    t0 = 0.0
+    for step in range(warmup + steps):
+        if step == warmup:
+            _sync(device)
+            t0 = time.perf_counter()
+        _train_step(method, optimizer, scheduler, it_x, it_u, device, StepInfo(step, epoch_steps))
+    _sync(device)
+    return (time.perf_counter() - t0) / steps
+
+
+def _write_curves(out_dir: Path, epoch_steps: int) -> None:
+    """Redraw ``curves.png`` from ``metrics.jsonl``; a plotting failure never stops training."""
+    try:
+        from dualteacher.plots import plot_training_curves, read_metrics
+
+        plot_training_curves(
+            read_metrics(out_dir / "metrics.jsonl"), out_dir / "curves.png", epoch_steps
+        )
+    except Exception as e:  # matplotlib problems, a full disk, odd metrics rows
+        log.warning("could not write %s: %s: %s", out_dir / "curves.png", type(e).__name__, e)
+
+
+def train(
+    cfg: Config, *, stop_after: int | None = None, bundle: DataBundle | None = None
+) -> TrainResult:
     """Train ``cfg`` in ``cfg.train.out_dir``, resuming from its ``latest.pt`` if present.
 
     ``stop_after``: leave after this global step with ``latest.pt`` written, as an interrupted
     run would (tests use it; the schedule still spans the whole run, see ``total_steps``).
+    ``bundle``: data already built from ``cfg.data``.
     """
     out_dir = Path(cfg.train.out_dir or default_out_dir(cfg))
     latest = out_dir / "latest.pt"
-    run = build_run(cfg)
+    run = build_run(cfg, bundle=bundle)
     method, dist, device = run.method, run.dist, run.device
     student = method.student
     optimizer = build_optimizer(student, cfg.optim)
@@ -273,31 +408,31 @@ def train(cfg: Config, *, stop_after: int | None = None) -> TrainResult:
         desc=f"{cfg.method.name}",
         dynamic_ncols=True,
     )
-    step = start
-    for step in range(start, total):
+    budget = cfg.train.max_minutes * 60 if cfg.train.max_minutes is not None else None
+    # A resumed run whose budget is already spent only validates.
+    end = start if budget is not None and t_train >= budget else total
+    memory_kind = reset_peak_memory(device)
+    step, out_of_time = start, False
+    for step in range(start, end):
         t0 = time.perf_counter()
-        batch_x = _to_device(next(it_x), device)
-        batch_u = _to_device(next(it_u), device) if it_u is not None else None
         info = StepInfo(step, epoch_steps)
-        method.train()
-        out = method.training_step(batch_x, batch_u, info)
-        optimizer.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        optimizer.step()
-        scheduler.step()
-        method.after_step(info)
+        out = _train_step(method, optimizer, scheduler, it_x, it_u, device, info)
+        if budget is not None:
+            _sync(device)  # the budget is wall-clock: count queued GPU work in this step
         t_train += time.perf_counter() - t0
         done = step + 1
         bar.update(1)
+        out_of_time = budget is not None and t_train >= budget and done < total
+        last = done == total or out_of_time
 
-        if done % cfg.train.log_every == 0 or done == total:
+        if done % cfg.train.log_every == 0 or last:
             row = {"step": done, "epoch": info.epoch, "lr": optimizer.param_groups[0]["lr"]}
             row.update({k: float(v.detach() if torch.is_tensor(v) else v) for k, v in out.items()})
             row["time"] = t_train
             writer.write(row)
             bar.set_postfix(loss=f"{row['loss']:.3f}")
 
-        if done % cfg.train.eval_every == 0 or done == total:
+        if done % cfg.train.eval_every == 0 or last:
             final = validate()
             row = {"step": done, "time": t_train}
             row.update({f"miou_{n}": r.miou for n, r in final.items()})
@@ -311,17 +446,21 @@ def train(cfg: Config, *, stop_after: int | None = None) -> TrainResult:
                 bar.write(f"step {done:>6}  val mIoU  {parts}  (best {best['miou']:.2f})")
                 if improved:
                     save_checkpoint(checkpoint_state(done), out_dir / "best.pt")
+                if cfg.train.curves:
+                    _write_curves(out_dir, epoch_steps)
 
         stopping = stop_after is not None and done >= stop_after
-        if dist.is_main and (done % cfg.train.ckpt_every == 0 or done == total or stopping):
+        if dist.is_main and (done % cfg.train.ckpt_every == 0 or last or stopping):
             save_checkpoint(checkpoint_state(done), latest)
-        if stopping:
+        if stopping or out_of_time:
             break
     bar.close()
     writer.close()
-    done = min(step + 1, total) if total > start else start
+    done = min(step + 1, total) if end > start else start
     if not final:  # nothing validated in this process (resumed a finished run, or stopped)
         final = validate()
+    if out_of_time and dist.is_main:
+        print(f"time budget train.max_minutes={cfg.train.max_minutes} used up at step {done}")
     result = TrainResult(
         out_dir=str(out_dir),
         steps=done,
@@ -330,6 +469,10 @@ def train(cfg: Config, *, stop_after: int | None = None) -> TrainResult:
         best_step=best["step"],
         train_seconds=t_train,
         history=history,
+        step_seconds=t_train / done if done else float("nan"),
+        peak_memory_mb=peak_memory_mb(device, memory_kind),
+        memory_kind=memory_kind,
+        stopped_by_time=out_of_time or (budget is not None and end == start and done < total),
     )
     if dist.is_main and final:
         print(

@@ -1,0 +1,80 @@
+"""``dualteacher compare``, the time budget, ``configs`` and every command's ``--help``."""
+
+import json
+
+import pytest
+from PIL import Image
+
+from dualteacher.cli import build_parser, main
+from dualteacher.config import load_config
+from dualteacher.engine.checkpoint import load_checkpoint
+from dualteacher.engine.trainer import train
+from dualteacher.plots import read_metrics
+
+from .conftest import TINY
+
+
+def test_compare_two_methods_two_seeds(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    quick = ["train.eval_every=1"]
+    budget = ["--steps", "2", "--seeds", "2", "--out", str(out)]
+    # overrides may come before and after the options
+    main(["compare", "demo", *TINY, "--methods", "supervised,dual_teacher", *budget, *quick])
+    assert "dual_teacher" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["method"] for r in summary["results"]] == ["supervised", "dual_teacher"]
+    assert summary["budget"] == {"steps": 2} and summary["seeds"] == [0, 1]
+    for r in summary["results"]:
+        assert {"method", "miou", "best_miou", "seconds"} <= set(r)  # the demo's keys
+        assert r["steps"] == 2 and len(r["miou_per_seed"]) == 2
+        assert r["miou"] == pytest.approx(sum(r["miou_per_seed"]) / 2)
+        assert r["best_miou"] >= r["miou"] - 1e-9 and r["miou_std"] >= 0
+        assert r["step_seconds"] > 0 and r["peak_memory_mb"] > 50 and r["memory_kind"]
+        for d in r["run_dirs"]:
+            assert load_checkpoint(f"{d}/latest.pt")["step"] == 2
+    teachers = summary["results"][1]["final_miou_teachers"]
+    assert set(teachers) == {"teacher_a", "teacher_b"}
+    md = (out / "summary.md").read_text()
+    assert "| supervised |" in md and "| dual_teacher |" in md and " ± " in md
+    assert "2 steps per run" in md and "over 2 seeds" in md
+    plot = Image.open(out / "miou_vs_time.png")
+    plot.load()
+    assert plot.size == (640, 420)
+
+
+def test_time_budget_stops_with_validation_and_checkpoint(tmp_path):
+    budget = ["train.steps=50", "train.max_minutes=1e-9", "train.curves=true"]
+    cfg = load_config("demo", [*TINY, *budget, f"train.out_dir={tmp_path}"])
+    result = train(cfg)
+    assert result.steps == 1 and result.stopped_by_time  # the first step used the budget up
+    assert load_checkpoint(tmp_path / "latest.pt")["step"] == 1
+    assert [r["step"] for r in read_metrics(tmp_path / "metrics.jsonl") if "miou_student" in r] == [
+        1
+    ]
+    assert (tmp_path / "curves.png").is_file()
+
+
+def test_compare_minutes_sets_steps_from_a_probe(tmp_path):
+    out = tmp_path / "cmp"
+    budget = ["--minutes", "0.005", "--out", str(out)]
+    main(["compare", "demo", *TINY, "--methods", "supervised", *budget])
+    (row,) = json.loads((out / "summary.json").read_text())["results"]
+    assert row["probe_step_seconds"] > 0
+    # 0.3 s of budget: the probe's estimate, or fewer steps if the run was slower
+    assert row["planned_steps"] == max(1, int(0.3 / row["probe_step_seconds"]))
+    assert 1 <= row["steps"] <= row["planned_steps"]
+    assert row["stopped_by_time"] == [row["steps"] < row["planned_steps"]]
+
+
+def test_configs_lists_builtin_configs(capsys):
+    main(["configs"])
+    out = capsys.readouterr().out
+    assert "demo" in out and "The CPU demo" in out
+
+
+def test_every_command_has_help_with_an_example():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert {"train", "eval", "demo", "predict", "compare", "configs"} <= set(sub.choices)
+    for name, p in sub.choices.items():
+        assert "example" in p.format_help() and "dualteacher " + name in p.format_help(), name
