@@ -94,3 +94,19 @@ def test_stream_sampler_resumes_exactly_and_splits_ranks():
     r1 = list(itertools.islice(iter(StreamSampler(10, 1, 1, rank=1, world_size=2)), 5))
     assert sorted(i for i, _ in r0 + r1) == list(range(10))
     assert [i for i, _ in r0] == [i for i, _ in full[0:10:2]]
+
+
+def test_second_strong_view_is_independent_and_leaves_the_first_unchanged():
+    image, _mask = _block_sample(24, 40, 8)
+    cfg = load_config(None, ["data.crop_size=48"]).data
+    one = UnlabeledTrainSet(ArraySource(image[None], None), cfg, with_strong=True)
+    two = UnlabeledTrainSet(ArraySource(image[None], None), cfg, with_strong=True, num_strong=2)
+    differs = []
+    for seed in range(5):
+        a, b = one[(0, seed)], two[(0, seed)]
+        assert set(b) == {"image", "image_s", "image_s2", "ignore"}
+        # Same weak crop, padding and first strong view whether one or two are asked for.
+        assert all(torch.equal(a[k], b[k]) for k in a)
+        assert b["image_s2"].shape == b["image_s"].shape
+        differs.append(not torch.equal(b["image_s"], b["image_s2"]))
+    assert sum(differs) >= 4  # independent draws (both may skip every op, rarely)

@@ -1,6 +1,12 @@
 import torch
 
-from dualteacher.methods.mixing import classmix_mask, cutmix_box_mask, mix
+from dualteacher.methods.mixing import (
+    classmix_mask,
+    cutmix_box_mask,
+    mix,
+    partner_permutation,
+    unimatch_box_mask,
+)
 
 
 def _coded_batch(b=4, h=16, w=16):
@@ -62,3 +68,41 @@ def test_classmix_takes_half_of_the_classes_of_each_image():
     perm = torch.tensor([1, 0])
     x, y = mix(keep, images, images[perm]), mix(keep, labels, labels[perm])
     assert torch.equal(x[:, 0].long(), y)
+
+
+def test_unimatch_box_is_one_unclipped_rectangle_of_published_size():
+    torch.manual_seed(0)
+    h, w = 96, 128
+    box = unimatch_box_mask(300, h, w, p=0.5)
+    has_box = box.flatten(1).any(1)
+    assert 0.4 < has_box.float().mean() < 0.6  # p = 0.5 per image
+    areas, corners = [], []
+    for b in box[has_box]:
+        rows, cols = b.any(1).nonzero(), b.any(0).nonzero()
+        r0, r1, c0, c1 = rows.min(), rows.max(), cols.min(), cols.max()
+        bh, bw = int(r1 - r0 + 1), int(c1 - c0 + 1)
+        assert b.sum() == bh * bw  # one filled rectangle
+        # area U(0.02, 0.4) of the image and h / w in U(0.3, 1 / 0.3), up to rounding down
+        assert 0.02 * 0.85 <= bh * bw / (h * w) <= 0.4
+        assert 0.3 * 0.9 <= bh / bw <= 1 / 0.3 * 1.1
+        areas.append(bh * bw / (h * w))
+        corners.append((int(r0), int(c0)))
+    # Never clipped: the mean area stays that of U(0.02, 0.4), 0.21 (clipping would shrink it).
+    assert 0.18 < sum(areas) / len(areas) < 0.24
+    r0s, c0s = zip(*corners)  # top-left corners spread over the image
+    assert min(r0s) < h / 8 and max(r0s) > h / 2 and min(c0s) < w / 8 and max(c0s) > w / 2
+    assert torch.equal(unimatch_box_mask(4, h, w, p=0.0), torch.zeros(4, h, w, dtype=torch.bool))
+    assert unimatch_box_mask(8, h, w, p=1.0).flatten(1).any(1).all()
+
+
+def test_partner_permutation_never_pairs_an_image_with_itself():
+    torch.manual_seed(0)
+    seen = set()
+    for b in (2, 3, 5, 8):
+        for _ in range(20):
+            perm = partner_permutation(b)
+            assert sorted(perm.tolist()) == list(range(b))  # every image a partner once
+            assert (perm != torch.arange(b)).all()
+            seen.add(tuple(perm.tolist()))
+    assert len(seen) > 10  # random, not one fixed derangement
+    assert partner_permutation(1).tolist() == [0]

@@ -104,12 +104,35 @@ class MeanTeacherConfig:
 
 
 @dataclass
+class FixMatchConfig:
+    """FixMatch as UniMatch's baseline (``dualteacher.methods.fixmatch``)."""
+
+    # false (published): the student itself labels the weak view, without gradient;
+    # true: an EMA teacher (momentum min(1 - 1/(i+1), method.ema_momentum)) labels it.
+    ema_teacher: bool = False
+    cutmix_p: float = 0.5  # probability that a strong view gets a CutMix box (UniMatch: 0.5)
+
+
+@dataclass
+class UniMatchConfig:
+    """UniMatch V1 (``dualteacher.methods.unimatch``); defaults as published."""
+
+    # loss = (loss_x + strong_weight * (loss_s1 + loss_s2) + fp_weight * loss_fp) / 2
+    strong_weight: float = 0.25  # weight of each of the two strong-view streams
+    fp_weight: float = 0.5  # weight of the feature-perturbation stream
+    fp_dropout: float = 0.5  # channel dropout (Dropout2d) rate on the encoder features
+    cutmix_p: float = 0.5  # probability that each strong view gets its own CutMix box
+
+
+@dataclass
 class MethodConfig:
-    name: str = "dual_teacher"  # registered method: supervised | mean_teacher | dual_teacher
+    name: str = "dual_teacher"  # registered method: see dualteacher.methods.METHODS
     conf_thresh: float = 0.95  # confidence above which a pseudo-label counts
     ema_momentum: float = 0.99  # cap of the EMA momentum
     dual_teacher: DualTeacherConfig = field(default_factory=DualTeacherConfig)
     mean_teacher: MeanTeacherConfig = field(default_factory=MeanTeacherConfig)
+    fixmatch: FixMatchConfig = field(default_factory=FixMatchConfig)
+    unimatch: UniMatchConfig = field(default_factory=UniMatchConfig)
 
 
 # -------------------------------------------------------------------------------------- optim

@@ -6,7 +6,8 @@ whole images. Every dataset (demo, VOC, Cityscapes, ADE20K, the user's folders) 
 
 Sample keys produced for the training step (``_x`` labelled, ``_u`` unlabelled):
 - labelled:   ``image`` (3, h, w) float normalised, ``mask`` (h, w) int64 with 255 = ignore;
-- unlabelled: ``image`` weak view, ``image_s`` strong view of the same crop (when asked for),
+- unlabelled: ``image`` weak view, ``image_s`` strong view of the same crop (when asked for;
+  ``image_s2``, ``image_s3``, ... are further independent strong views, see ``strong_key``),
   ``ignore`` (h, w) bool, True on padding added by the crop (no image content there).
 """
 
@@ -125,13 +126,25 @@ class LabeledTrainSet(Dataset):
         }
 
 
-class UnlabeledTrainSet(Dataset):
-    """Weak view, optional per-image strong view, and the padding mask of unlabelled samples."""
+def strong_key(i: int) -> str:
+    """Batch key of the ``i``-th strong view (from 0): ``image_s``, ``image_s2``, ..."""
+    return "image_s" if i == 0 else f"image_s{i + 1}"
 
-    def __init__(self, source: SegSource, cfg: DataConfig, with_strong: bool):
+
+class UnlabeledTrainSet(Dataset):
+    """Weak view, optional per-image strong views, and the padding mask of unlabelled samples.
+
+    ``num_strong`` strong views (UniMatch uses two) are independent photometric augmentations
+    of the same weak crop, so they share its geometry and padding mask. They are drawn one
+    after another from the sample's seed: the first strong view does not depend on how many
+    are asked for.
+    """
+
+    def __init__(self, source: SegSource, cfg: DataConfig, with_strong: bool, num_strong: int = 1):
         self.source = source
         self.weak = weak_transform(cfg)
         self.strong = strong_transform(cfg.strong) if with_strong else None
+        self.num_strong = num_strong if with_strong else 0
         self.norm = normalize(cfg)
 
     def __len__(self) -> int:
@@ -145,8 +158,8 @@ class UnlabeledTrainSet(Dataset):
         with seeded(seed):
             image, pad = self.weak(image, pad)
             out = {"image": self.norm(image).as_subclass(torch.Tensor)}
-            if self.strong is not None:
-                out["image_s"] = self.norm(self.strong(image)).as_subclass(torch.Tensor)
+            for i in range(self.num_strong):
+                out[strong_key(i)] = self.norm(self.strong(image)).as_subclass(torch.Tensor)
         out["ignore"] = pad.as_subclass(torch.Tensor) == IGNORE_INDEX
         return out
 

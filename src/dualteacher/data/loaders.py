@@ -86,11 +86,15 @@ def build_train_loaders(
     start_step: int,
     need_unlabeled: bool,
     need_strong: bool,
+    num_strong: int = 1,
     rank: int = 0,
     world_size: int = 1,
     device: torch.device | str = "cpu",
 ) -> tuple[DataLoader, DataLoader | None]:
-    """Endless labelled and unlabelled loaders positioned at ``start_step``."""
+    """Endless labelled and unlabelled loaders positioned at ``start_step``.
+
+    With ``need_strong``, unlabelled batches carry ``num_strong`` strong views (``image_s``,
+    ``image_s2``, ...)."""
     device = torch.device(device)
     if len(bundle.labeled) == 0:
         hint = getattr(bundle.labeled, "empty_hint", "") or "give images with masks (data.labeled)"
@@ -111,6 +115,6 @@ def build_train_loaders(
             len(bundle.unlabeled), seed, STREAM_UNLABELED, rank, world_size, start_step * bu
         )
         loader_u = _loader(
-            UnlabeledTrainSet(bundle.unlabeled, cfg, need_strong), su, bu, cfg, device
+            UnlabeledTrainSet(bundle.unlabeled, cfg, need_strong, num_strong), su, bu, cfg, device
         )
     return loader_x, loader_u

@@ -361,6 +361,7 @@ def train(
         start_step=start,
         need_unlabeled=method.uses_unlabeled,
         need_strong=method.needs_strong_view,
+        num_strong=method.num_strong_views,
         rank=dist.rank,
         world_size=dist.world_size,
         device=device,

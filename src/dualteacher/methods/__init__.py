@@ -19,14 +19,18 @@ from dualteacher.config import Config
 from dualteacher.errors import ConfigError
 from dualteacher.methods.base import Method, StepInfo
 from dualteacher.methods.dual_teacher import DualTeacher
+from dualteacher.methods.fixmatch import FixMatch
 from dualteacher.methods.mean_teacher import MeanTeacher
 from dualteacher.methods.supervised import Supervised
+from dualteacher.methods.unimatch import UniMatch
 from dualteacher.models import SegModel
 
 METHODS: dict[str, type[Method]] = {
     "supervised": Supervised,
     "mean_teacher": MeanTeacher,
     "dual_teacher": DualTeacher,
+    "fixmatch": FixMatch,
+    "unimatch": UniMatch,
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 
@@ -13,6 +14,20 @@ def pseudo_label(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torc
     prob = logits.float().softmax(dim=1)
     conf, label = prob.max(dim=1)
     return prob, conf, label
+
+
+@torch.no_grad()
+def eval_pseudo_label(
+    model: nn.Module, x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``pseudo_label`` of ``model`` on ``x`` predicted in eval mode (BatchNorm running
+    statistics, no dropout); the model's train/eval mode is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        return pseudo_label(model(x))
+    finally:
+        model.train(was_training)
 
 
 def masked_ce(

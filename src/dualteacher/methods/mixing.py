@@ -44,6 +44,51 @@ def cutmix_box_mask(
     return (inside_y & inside_x).to(device)
 
 
+def unimatch_box_mask(
+    batch: int,
+    height: int,
+    width: int,
+    p: float = 0.5,
+    area: tuple[float, float] = (0.02, 0.4),
+    aspect: tuple[float, float] = (0.3, 1 / 0.3),
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """One box per image, True inside, or no box. UniMatch's sampling (``obtain_cutmix_box``).
+
+    Unlike ``cutmix_box_mask`` every image draws its own box: with probability ``p`` it gets
+    one, of area ``U(area) * H * W`` and aspect ratio ``h / w ~ U(aspect)``, at a top-left
+    corner uniform over the image; corner and aspect are re-drawn until the box fits inside
+    (no clipping). Sides are rounded down. Randomness comes from torch's global RNG.
+    Returns ``(B, H, W)`` bool.
+    """
+    box = torch.zeros(batch, height, width, dtype=torch.bool)
+    for k in range(batch):
+        if float(torch.rand(())) >= p:
+            continue
+        size = float(torch.empty(()).uniform_(*area)) * height * width
+        while True:  # terminates: a near-square box at a corner near (0, 0) always fits
+            ratio = float(torch.empty(()).uniform_(*aspect))
+            cut_h, cut_w = int(math.sqrt(size * ratio)), int(math.sqrt(size / ratio))
+            y0, x0 = int(torch.randint(height, ())), int(torch.randint(width, ()))
+            if y0 + cut_h <= height and x0 + cut_w <= width:
+                break
+        box[k, y0 : y0 + cut_h, x0 : x0 + cut_w] = True
+    return box.to(device)
+
+
+def partner_permutation(batch: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Mixing partners within a batch: ``perm[k]`` is image ``k``'s partner, never ``k``
+    itself when ``batch > 1``.
+
+    A random cyclic order (shuffle the batch, each image's partner is the next one), so every
+    image is a partner exactly once. Returns ``(B,)`` long.
+    """
+    order = torch.randperm(batch)
+    perm = torch.empty_like(order)
+    perm[order] = order.roll(-1)
+    return perm.to(device)
+
+
 def classmix_mask(pseudo_label: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
     """ClassMix: per image, half (rounded down) of the classes it shows, chosen at random.
 

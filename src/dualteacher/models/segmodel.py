@@ -39,15 +39,22 @@ class SegModel(nn.Module):
 
         With ``feature_noise`` (e.g. ``nn.Dropout2d(0.5)``, UniMatch's feature perturbation),
         returns ``(logits, logits_fp)``: the decoder also runs on perturbed copies of every
-        encoder feature map, in the same batch.
+        encoder feature map (not of the input image), in the same batch, so BatchNorm layers
+        of the decoder see clean and perturbed features together, as in UniMatch.
         """
         h, w = x.shape[-2:]
-        features = self.net.encoder(self._pad(x))
+        padded = self._pad(x)
+        features = self.net.encoder(padded)
         if feature_noise is None:
             logits = self.net.segmentation_head(self.net.decoder(features))
             return logits[..., :h, :w]
         b = x.shape[0]
-        # (2B, C_i, h_i, w_i) per level: clean features, then their perturbed copies
-        both = [torch.cat([f, feature_noise(f)]) if f.dim() == 4 else f for f in features]
+        # (2B, C_i, h_i, w_i) per level: clean features, then their perturbed copies. smp
+        # encoders return the input image itself as level 0: it is repeated unperturbed, so
+        # the noise touches features only (UniMatch perturbs the features its decoder reads).
+        both = [
+            torch.cat([f, f if f is padded else feature_noise(f)]) if f.dim() == 4 else f
+            for f in features
+        ]
         logits = self.net.segmentation_head(self.net.decoder(both))[..., :h, :w]
         return logits[:b], logits[b:]
