@@ -178,6 +178,11 @@ def test_official_dinov2_checkpoint(tmp_path):
     _assert_loaded(model.encoder.model, sd)
     assert report.missing == [] and report.unexpected == []
     assert report.looks_like == "ViT-S/14"
+    # DINOv2 "with registers" is another architecture: a clear error, not a partial load.
+    reg = tmp_path / "dinov2_vits14_reg4_pretrain.pth"
+    torch.save({**sd, "register_tokens": torch.zeros(1, 4, 384)}, reg)
+    with pytest.raises(CheckpointError, match="ViT-S/14 with registers checkpoint"):
+        load_encoder_weights(model, reg, Family.vit)
 
 
 def test_dinov2_position_embedding_is_resampled(tmp_path):

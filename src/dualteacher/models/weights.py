@@ -306,7 +306,13 @@ def load_encoder_weights(
 
         # DINOv2 official -> timm names (drops mask_token), position embeddings resampled to
         # the model's grid when they differ.
-        sd = checkpoint_filter_fn(dict(sd), target)
+        try:
+            sd = checkpoint_filter_fn(dict(sd), target)
+        except Exception as e:  # e.g. a position embedding that is not a square grid
+            raise CheckpointError(
+                f"model.pretrained={path}: converting it for model.name={model.name} failed "
+                f"({type(e).__name__}: {e}); {_cause(raw, encoder_sd, model.name)}"
+            ) from None
     dropped = sorted(k for k in sd if k not in encoder_sd and _DROP[family].search(k))
     sd = {k: v for k, v in sd.items() if k not in dropped}
 
