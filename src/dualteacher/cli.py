@@ -19,6 +19,8 @@ EPILOG = """examples:
   dualteacher predict runs/demo_dual_teacher/best.pt photos/ --out runs/pred
   dualteacher compare demo --methods supervised,mean_teacher,dual_teacher --seeds 3
   dualteacher configs                                list the built-in configs
+  dualteacher models                                 registered models and their sizes
+  dualteacher bench --model segformer-b1 --crop 512 --batch 2 --method dual_teacher
 """
 
 
@@ -144,6 +146,47 @@ def _cmd_configs(args: argparse.Namespace) -> None:
         )
         print(f"{path.stem:<20}{first}")
     print(f"\n(in {builtin_config_dir()}; use a name or a path: dualteacher train demo)")
+
+
+def _cmd_models(args: argparse.Namespace) -> None:
+    import json
+
+    from dualteacher.errors import ConfigError
+    from dualteacher.models import MODELS, list_models
+
+    unknown = [n for n in args.names if n not in MODELS]
+    if unknown:
+        raise ConfigError(f"unknown model(s) {', '.join(unknown)}. Available: {', '.join(MODELS)}")
+    rows = list_models(args.classes, names=args.names or None)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    print(f"{'name':<20} {'params (M)':>10}  {'pad to':>6}  description")
+    for r in rows:
+        print(f"{r['name']:<20} {r['params_m']:>10.1f}  {r['size_divisor']:>6}  {r['description']}")
+    print(f"(parameters for {args.classes} classes; inputs are padded to multiples of 'pad to')")
+
+
+def _cmd_bench(args: argparse.Namespace) -> None:
+    import json
+
+    from dualteacher.bench import bench, format_bench
+    from dualteacher.config import load_config
+
+    overrides = list(args.overrides)
+    for key, value in (
+        ("model.name", args.model),
+        ("method.name", args.method),
+        ("data.crop_size", args.crop),
+        ("data.batch_size", args.batch),
+        ("train.device", args.device),
+        ("train.threads", args.threads),
+    ):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    cfg = load_config(args.config, overrides)
+    result = bench(cfg, steps=args.steps, warmup=args.warmup, num_classes=args.classes)
+    print(json.dumps(result) if args.json else format_bench(result))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -287,6 +330,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=_cmd_splits)
+
+    p = add(
+        "models",
+        "list the registered models with their parameter counts",
+        "dualteacher models segformer-b1 dpt-dinov2-s --classes 150",
+    )
+    p.add_argument("names", nargs="*", help="models to list (default: all)")
+    p.add_argument("--classes", type=int, default=21, help="number of classes (default 21)")
+    p.add_argument("--json", action="store_true", help="print a JSON list")
+    p.set_defaults(func=_cmd_models)
+
+    p = add(
+        "bench",
+        "time training steps of a method and model on synthetic data: mean step time and "
+        "peak memory on this device",
+        "dualteacher bench --model deeplabv3plus-r101 --crop 321 --batch 2 "
+        "--method dual_teacher --steps 3 --json",
+    )
+    p.add_argument("--model", help="registered model (default: model.name of the config)")
+    p.add_argument("--method", help="registered method (default: method.name of the config)")
+    p.add_argument("--crop", type=int, help="square crop size (default: data.crop_size)")
+    p.add_argument("--batch", type=int, help="labelled batch size (default: data.batch_size)")
+    p.add_argument("--steps", type=int, default=3, help="timed steps (default 3)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")
+    p.add_argument("--classes", type=int, default=21, help="number of classes (default 21)")
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--config", help="YAML config to start from (default: built-in defaults)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument(
+        "overrides", nargs="*", help="config overrides key=value (e.g. optim.name=adamw)"
+    )
+    p.set_defaults(func=_cmd_bench)
     return parser
 
 

@@ -77,7 +77,11 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     name: str = "unet-r18"  # registered model: `dualteacher models` lists them
-    pretrained: str | None = None  # local file with encoder weights
+    # Encoder weights: a local file (.pth/.pt/.bin/.safetensors: torchvision/timm ResNet,
+    # official SegFormer mit_bX.pth, official DINOv2 .pth, timm), or "hub" to download the
+    # library's ImageNet / DINOv2 weights (needs network). None: random init.
+    pretrained: str | None = None
+    output_stride: int | None = None  # DeepLabV3+ only: 16 (None: default) or 8
 
 
 # ------------------------------------------------------------------------------------- method

@@ -9,18 +9,33 @@ from dualteacher.config import OptimConfig, OptimName, Schedule
 from dualteacher.models import SegModel
 
 
-def param_groups(model: SegModel, cfg: OptimConfig) -> list[dict]:
-    """Backbone at ``lr``, the rest (decoder, head) at ``lr * head_lr_mult``.
+def no_decay_params(model: nn.Module) -> set[int]:
+    """Ids of the parameters AdamW should not decay: norms, biases and layer-scale gammas (all
+    1-D), plus what a timm-style module lists in ``no_weight_decay()`` (a ViT's position
+    embedding and class token, which are 3-D)."""
+    ids = {id(p) for p in model.parameters() if p.ndim <= 1}
+    for module in model.modules():
+        names = getattr(module, "no_weight_decay", None)
+        if callable(names):
+            own = dict(module.named_parameters())
+            ids |= {id(own[n]) for n in names() if n in own}
+    return ids
 
-    With AdamW, norms and biases (1-D parameters) get no weight decay (SegFormer's recipe);
-    SGD decays everything (UniMatch's recipe).
+
+def param_groups(model: SegModel, cfg: OptimConfig) -> list[dict]:
+    """Backbone at ``lr``, the rest (decoder, head) at ``lr * head_lr_mult`` (10 in the paper
+    recipes: pretrained encoder, randomly initialised head).
+
+    With AdamW, norms, biases and position embeddings get no weight decay (``no_decay_params``;
+    SegFormer's recipe); SGD decays everything (UniMatch's recipe).
     """
     encoder = {id(p) for p in model.encoder.parameters()}
+    skip_decay = no_decay_params(model) if cfg.name == OptimName.adamw else set()
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for p in model.parameters():
         if not p.requires_grad:
             continue
-        no_decay = cfg.name == OptimName.adamw and p.ndim <= 1
+        no_decay = id(p) in skip_decay
         groups.setdefault((id(p) in encoder, no_decay), []).append(p)
     out = []
     for (is_encoder, no_decay), params in sorted(groups.items(), reverse=True):

@@ -79,7 +79,7 @@ class Method(nn.Module):
 
     def make_teacher(self, make_model: Callable[[], SegModel]) -> SegModel:
         """A fresh model of the student's architecture that never receives gradients."""
-        teacher = make_model()
+        teacher = make_model().disable_drop_path()  # official: teachers without drop path
         for p in teacher.parameters():
             p.requires_grad_(False)
         return teacher

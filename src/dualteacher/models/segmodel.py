@@ -28,6 +28,16 @@ class SegModel(nn.Module):
     def encoder(self) -> nn.Module:
         return self.net.encoder
 
+    def disable_drop_path(self) -> SegModel:
+        """Turn stochastic depth off (MiT, ViT blocks), as the official Dual Teacher code builds
+        its teachers (``mit_bX_ema``: drop_path_rate 0); teachers may predict in train mode."""
+        from timm.layers import DropPath
+
+        for m in self.modules():
+            if isinstance(m, DropPath):
+                m.drop_prob = 0.0
+        return self
+
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         d = self.size_divisor
