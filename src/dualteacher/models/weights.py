@@ -259,7 +259,12 @@ def describe(sd: dict[str, torch.Tensor]) -> str | None:
 # ------------------------------------------------------------------------------------ loading
 # EfficientNet block layers: lukemelas / TF-converted names -> timm names. Block 0 of the
 # Lite models is depthwise-separable (no expansion), the others inverted residuals.
-_EFF_FIRST = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_EFF_FIRST = {
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn1",
+    "_project_conv": "conv_pw",
+    "_bn2": "bn2",
+}
 _EFF_OTHER = {
     "_expand_conv": "conv_pw",
     "_bn0": "bn1",
