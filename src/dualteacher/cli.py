@@ -39,6 +39,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 def _cmd_eval(args: argparse.Namespace) -> None:
     from dualteacher.engine.checkpoint import load_checkpoint
+    from dualteacher.engine.distributed import is_main_process
     from dualteacher.engine.evaluate import evaluate_checkpoint, format_table
 
     if args.report:
@@ -47,8 +48,9 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         write_report(args.checkpoint, args.report, args.overrides, args.models, args.samples)
         return
     results = evaluate_checkpoint(args.checkpoint, args.overrides, models=args.models)
-    classes = load_checkpoint(args.checkpoint)["classes"]
-    print(format_table(results, classes))
+    if is_main_process():  # under torchrun every rank holds the same, all-reduced numbers
+        classes = load_checkpoint(args.checkpoint)["classes"]
+        print(format_table(results, classes))
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
@@ -380,6 +382,10 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         code = args.func(args)
+        if "torch.distributed" in sys.modules:  # commands that never load torch skip this
+            from dualteacher.engine.distributed import shutdown
+
+            shutdown()  # torchrun: leave the process group together
     except DualTeacherError as e:
         if args.debug:
             traceback.print_exc()
