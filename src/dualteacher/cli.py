@@ -187,7 +187,9 @@ def _cmd_bench(args: argparse.Namespace) -> None:
         if value is not None:
             overrides.append(f"{key}={value}")
     cfg = load_config(args.config, overrides)
-    result = bench(cfg, steps=args.steps, warmup=args.warmup, num_classes=args.classes)
+    result = bench(
+        cfg, steps=args.steps, warmup=args.warmup, num_classes=args.classes, real_data=args.data
+    )
     print(json.dumps(result) if args.json else format_bench(result))
 
 
@@ -360,6 +362,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--config", help="YAML config to start from (default: built-in defaults)")
+    p.add_argument(
+        "--data",
+        action="store_true",
+        help="read the config's dataset through the training loaders (default: random tensors)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument(
         "overrides", nargs="*", help="config overrides key=value (e.g. optim.name=adamw)"

@@ -10,6 +10,7 @@ prints and writes files.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 from dataclasses import dataclass
@@ -22,6 +23,13 @@ from torch.nn.parallel import DistributedDataParallel
 from dualteacher.config import AmpMode, TrainConfig
 
 log = logging.getLogger(__name__)
+
+# DDP's switch for broadcasting buffers before every forward: torch 2.14 renamed it.
+_NO_FORWARD_BUFFER_SYNC = (
+    "forward_sync_buffers"
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+    else "broadcast_buffers"
+)
 
 
 @dataclass(frozen=True)
@@ -167,10 +175,10 @@ def wrap_student(
         call = ddp = DistributedDataParallel(
             student,
             device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=bool(unused),
             # Buffers are averaged after every optimizer step (average_buffers) instead of
             # being broadcast from rank 0 before every forward.
-            broadcast_buffers=False,
-            find_unused_parameters=bool(unused),
+            **{_NO_FORWARD_BUFFER_SYNC: False},
         )
     if cfg.compile:
         # Only the training forwards are compiled; evaluation runs the plain modules, whose

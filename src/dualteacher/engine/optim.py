@@ -85,7 +85,7 @@ def scaled_optim_config(cfg: Config, world_size: int = 1) -> tuple[OptimConfig, 
     global batch.
     """
     o = cfg.optim
-    ref = o.ref_batch_size or cfg.data.batch_size
+    ref = cfg.data.batch_size if o.ref_batch_size is None else o.ref_batch_size
     if ref < 1:
         raise ConfigError(f"optim.ref_batch_size={ref} must be a positive number of images")
     global_batch = cfg.data.batch_size * world_size * cfg.train.accum_steps
