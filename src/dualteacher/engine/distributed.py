@@ -111,8 +111,9 @@ def average_buffers(module: nn.Module) -> None:
 
     Each rank's BN layers update their running statistics from its own part of the batch (on
     CPU there is no SyncBN, and teachers in train mode see only the local batch). The update
-    is linear in the batch statistics, so the average equals the statistics of the global
-    batch's mean. Integer buffers (``num_batches_tracked``) agree on every rank already.
+    is linear in the batch statistics, so averaging after every step gives the running
+    averages of the ranks' mean batch statistics (SyncBN's variance would also hold the spread
+    between ranks). Integer buffers (``num_batches_tracked``) agree on every rank already.
     """
     if not (dist.is_available() and dist.is_initialized()):
         return
