@@ -82,6 +82,9 @@ def test_bench_breaks_the_step_into_phases_and_replays_its_model_passes():
     assert sum(r["phases"].values()) == pytest.approx(r["step_seconds"])
     assert r["model_passes_seconds"] > 0
     assert r["overhead_ratio"] == pytest.approx(r["step_seconds"] / r["model_passes_seconds"])
+    model_phases = sum(r["phases"][k] for k in ("teacher_fwd", "student_fwd", "backward"))
+    assert r["model_phase_ratio"] == pytest.approx(r["step_seconds"] / model_phases)
+    assert r["model_phase_ratio"] > 1  # data, mixing, optimizer and EMA cost something
     text = format_bench(r)
     assert "teacher_fwd" in text and "step / passes" in text
 

@@ -77,6 +77,7 @@ def _peak_memory_mb(device: torch.device) -> tuple[float, str]:
 # Phases of one step, in the order they run (``sync`` only under DDP, so never here);
 # ``other`` is the rest of the step: losses, pseudo-label post-processing, Python.
 PHASES = ("data", "teacher_fwd", "mixing", "student_fwd", "backward", "optimizer", "ema")
+MODEL_PHASES = ("teacher_fwd", "student_fwd", "backward")  # the networks' share of a step
 
 
 @dataclass
@@ -172,7 +173,9 @@ def bench(
         resident memory, model building included); ``phases``: mean seconds per step of each
         of ``PHASES`` and ``other``; ``model_passes_seconds``: the step's student and teacher
         passes timed alone (``time_model_passes``), and ``overhead_ratio``: step time over
-        it; plus the settings measured.
+        it; ``model_phase_ratio``: step time over its own ``MODEL_PHASES`` (the same
+        quantity from the same steps, less sensitive to a CPU shared with other jobs); plus
+        the settings measured.
     """
     if steps < 1 or warmup < 0:
         raise ConfigError(f"bench needs --steps >= 1 and --warmup >= 0, got {steps}, {warmup}")
@@ -248,6 +251,7 @@ def bench(
         "phases": phase_means,
         "model_passes_seconds": passes,
         "overhead_ratio": mean / passes,
+        "model_phase_ratio": mean / sum(phase_means[k] for k in MODEL_PHASES),
         "peak_memory_mb": peak_mb,
         "peak_memory_kind": peak_kind,
         "build_seconds": build_seconds,
@@ -278,6 +282,6 @@ def format_bench(r: dict) -> str:
             "  phases (mean per step):",
             *phases,
             f"  model passes alone {r['model_passes_seconds'] * 1000:.1f} ms; step / passes = "
-            f"{r['overhead_ratio']:.3f}",
+            f"{r['overhead_ratio']:.3f}; step / its model phases = {r['model_phase_ratio']:.3f}",
         ]
     )
