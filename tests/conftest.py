@@ -8,6 +8,11 @@ import torch
 from dualteacher.config import Config, load_config
 
 TINY = [
+    # The demo's own model loads bundled ImageNet weights; tests use the smaller scratch model
+    # and the official (faithful) Dual Teacher mode.
+    "model.name=unet-r18",
+    "model.pretrained=null",
+    "method.dual_teacher.mode=faithful",
     "data.demo.num_labeled=8",
     "data.demo.num_unlabeled=16",
     "data.demo.num_val=6",

@@ -52,7 +52,7 @@ def test_wrong_type_and_bad_choice():
 
 def test_builtin_config_by_name_and_roundtrip(tmp_path):
     cfg = load_config("demo")
-    assert cfg.data.name == "demo" and cfg.model.name == "unet-r18"
+    assert cfg.data.name == "demo" and cfg.model.name == "unet-effl0"
     path = tmp_path / "resolved.yaml"
     path.write_text(to_yaml(cfg))
     again = load_config(path)

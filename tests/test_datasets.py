@@ -362,6 +362,7 @@ def test_epochs_define_the_number_of_steps():
 # ---------------------------------------------------------------------- CLI train runs
 TRAIN = [
     "model.name=unet-r18",
+    "model.pretrained=null",
     "data.crop_size=32",
     "data.batch_size=2",
     "train.steps=2",

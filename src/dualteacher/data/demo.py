@@ -3,11 +3,12 @@
 Every image is a crop of one of scikit-image's bundled colour photos (astronaut, coffee,
 chelsea, rocket, ...) with 1-3 objects pasted on it. Each object is a random shape (ellipse,
 star polygon or smooth blob) filled with one of four real grayscale textures that scikit-image
-ships (brick, grass, gravel, printed text), rotated, rescaled, and tinted with a random colour
-and contrast. The class of a pixel is the texture it shows: 0 background, 1 brick, 2 grass,
-3 gravel, 4 text. Colour carries no class information, so a model has to learn texture under
-rotation, scale and tint changes: a few labelled images cover little of that variation, and
-unlabelled images cover the rest.
+ships (brick, grass, gravel, printed text), rotated, rescaled, contrast-varied and tinted. The
+class of a pixel is the texture it shows: 0 background, 1 brick, 2 grass, 3 gravel, 4 text.
+Each class has a base colour that every object varies, so colour helps but does not decide:
+a model must also tell the textures apart under rotation, scale and tint changes and tell them
+from the photo behind. A few labelled images cover little of that variation; the unlabelled
+images cover the rest.
 
 Nothing is downloaded: the photos and textures are inside the scikit-image wheel. The dataset
 is a pure function of ``DemoDataConfig`` (sizes and seed); labelled, unlabelled and validation
@@ -39,6 +40,12 @@ _BACKGROUNDS = [
     "retina",
     "colorwheel",
 ]
+# Base colour of each texture class (RGB in [0, 1]); every object varies it (brightness 0.6-1.0,
+# +-_TINT_JITTER per channel), so colour is a strong but not a sufficient class cue: ochre
+# gravel and reddish brick overlap, and the photos behind contain all of these colours.
+_CLASS_TINT = [(0.9, 0.45, 0.3), (0.45, 0.85, 0.35), (0.7, 0.7, 0.75), (0.95, 0.9, 0.4)]
+_TINT_JITTER = 0.15
+_RADIUS = (0.2, 0.38)  # object mean radius, as a fraction of the image side
 _STREAMS = {"labeled": 1, "unlabeled": 2, "val": 3}
 
 
@@ -82,7 +89,7 @@ def _warp_crop(src: np.ndarray, size: int, rng: np.random.Generator, scale: floa
 
 def _shape_mask(size: int, rng: np.random.Generator) -> np.ndarray:
     """(size, size) bool mask of one object: an ellipse, a star polygon or a smooth blob."""
-    r = rng.uniform(0.16, 0.32) * size  # mean radius
+    r = rng.uniform(*_RADIUS) * size  # mean radius
     cy, cx = rng.uniform(0.2, 0.8, size=2) * size
     mask = np.zeros((size, size), bool)
     kind = rng.integers(3)
@@ -120,10 +127,13 @@ def render_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nd
     for _ in range(int(rng.integers(1, 4))):
         cls = int(rng.integers(len(_TEXTURES)))
         tex = _warp_crop(_texture(_TEXTURES[cls]), size, rng, scale=rng.uniform(0.5, 1.5))
-        # Random tint and contrast: colour is no class cue, only the texture is.
-        tint = rng.uniform(0.25, 1.0, size=3).astype(np.float32)
-        contrast = rng.uniform(0.6, 1.6)
-        obj = np.clip(0.5 + contrast * (tex[..., None] - 0.5), 0, 1) * tint + rng.uniform(0, 0.3)
+        # The class's base colour, varied per object (see _CLASS_TINT).
+        base = np.array(_CLASS_TINT[cls]) * rng.uniform(0.6, 1.0)
+        tint = np.clip(base + rng.uniform(-_TINT_JITTER, _TINT_JITTER, 3), 0.05, 1.0)
+        contrast = rng.uniform(0.8, 1.3)
+        obj = np.clip(0.5 + contrast * (tex[..., None] - 0.5), 0, 1) * tint.astype(
+            np.float32
+        ) + rng.uniform(0, 0.3)
         m = _shape_mask(size, rng)
         img[m] = np.clip(obj[m], 0, 1)
         mask[m] = cls + 1
