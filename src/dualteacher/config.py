@@ -67,6 +67,10 @@ class DataConfig:
     batch_size: int = 8  # labelled images per step and process
     batch_size_u: int | None = None  # unlabelled images per step and process; None: batch_size
     num_workers: int = 0  # DataLoader workers per loader; 0 loads in the main process
+    # A corrupt or inconsistent training file: false stops the run naming it (after a
+    # checkpoint); true logs it, counts it and uses another sample (chosen from the draw's seed,
+    # so resumed runs stay exact). Validation files are never skipped.
+    skip_bad: bool = False
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # ImageNet statistics
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     strong: StrongAugConfig = field(default_factory=StrongAugConfig)
@@ -184,6 +188,12 @@ class TrainConfig:
     eval_teachers: bool = True  # also evaluate every teacher
     log_every: int = 10
     ckpt_every: int = 200  # steps between writes of latest.pt
+    keep_last: int = 2  # step_XXXXXXX.pt checkpoints kept besides latest.pt / best.pt; 0: none
+    max_bad_steps: int = 5  # non-finite losses in a row that stop the run (each one is skipped)
+    deterministic: bool = False  # deterministic torch algorithms: bit-identical CPU runs
+    # Resuming with a config that changes the training (optim.*, method.*, augmentation, ...)
+    # is an error unless this is true (e.g. to continue with a lower optim.lr).
+    resume_with_changes: bool = False
     tensorboard: bool = True
     progress: bool = True  # tqdm progress bar
     # Wall-clock budget of the training steps (validation excluded), in minutes: the loop stops

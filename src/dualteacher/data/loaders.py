@@ -11,13 +11,14 @@ would have seen, with any number of workers.
 from __future__ import annotations
 
 import hashlib
+import signal
 from collections.abc import Iterator
 
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Sampler, default_collate
 
 from dualteacher.config import DataConfig
-from dualteacher.data.base import DataBundle, LabeledTrainSet, UnlabeledTrainSet
+from dualteacher.data.base import SKIPPED_KEY, DataBundle, LabeledTrainSet, UnlabeledTrainSet
 from dualteacher.errors import DataError
 
 STREAM_LABELED, STREAM_UNLABELED = 1, 2
@@ -63,11 +64,34 @@ class StreamSampler(Sampler):
             k += 1
 
 
+class TrainBatch(dict):
+    """A collated batch; ``skipped`` lists the ``(path, reason)`` of bad files that
+    ``data.skip_bad`` replaced in it (an attribute, so a method never sees it as a key)."""
+
+    skipped: tuple[tuple[str, str], ...] | list[tuple[str, str]] = ()
+
+
+def collate_train(samples: list[dict]) -> TrainBatch:
+    skipped = [bad for s in samples for bad in s.pop(SKIPPED_KEY, ())]
+    batch = TrainBatch(default_collate(samples))
+    batch.skipped = skipped
+    return batch
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Workers leave SIGINT / SIGTERM to the main process, which finishes its step and writes a
+    checkpoint; a worker that died of the signal would end that step with an error instead."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def _loader(dataset, sampler, batch_size: int, cfg: DataConfig, device: torch.device):
     return DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
+        collate_fn=collate_train,
+        worker_init_fn=_ignore_stop_signals,
         num_workers=cfg.num_workers,
         pin_memory=device.type == "cuda",
         persistent_workers=cfg.num_workers > 0,
