@@ -10,7 +10,7 @@
   changes, so that state is exact).
 - A step whose loss is not finite is skipped: no optimizer, EMA or BatchNorm-statistics update.
   ``train.max_bad_steps`` of them in a row stop the run; the last checkpoint written before is
-  kept, and a checkpoint is never written from non-finite weights.
+  kept: no periodic checkpoint is written on a skipped step, and none from non-finite weights.
 - Samples skipped under ``data.skip_bad`` are counted and each file is logged once.
 - ``train.deterministic`` switches torch to deterministic algorithms for the run.
 
@@ -158,10 +158,11 @@ class RunGuard:
         return {"bad_steps": self.bad_steps, "bad_samples": self.bad_samples}
 
     # --- checkpoints -------------------------------------------------------------------------
-    def save(self, step: int) -> Path | None:
-        """Write the checkpoint of ``step`` (rank 0) and prune old ones; refuses non-finite
-        weights, so that the last checkpoint stays a good one."""
-        if not self.is_main or self._checkpoint is None:
+    def save(self, step: int, periodic: bool = False) -> Path | None:
+        """Write the checkpoint of ``step`` (rank 0) and prune old ones. ``periodic`` saves
+        are left out while the loss is not finite, and non-finite weights are refused, so that
+        the last checkpoint stays a good one."""
+        if not self.is_main or self._checkpoint is None or (periodic and self.bad_in_a_row):
             return None
         state = self._checkpoint(step)
         bad = [

@@ -530,7 +530,7 @@ def _train(
         stopping = stop_after is not None and done >= stop_after
         signalled = guard.stop_requested() and not last
         if done % cfg.train.ckpt_every == 0 or last or stopping or signalled:
-            guard.save(done)
+            guard.save(done, periodic=not (last or stopping or signalled))
         if signalled:
             raise guard.interrupted()
         if stopping or out_of_time:
