@@ -19,7 +19,7 @@ import torch
 from dualteacher.cli import main
 from dualteacher.config import load_config, to_dict
 from dualteacher.data import build_data
-from dualteacher.data.base import ArraySource, load_or_replace
+from dualteacher.data.base import ArraySource, LabeledTrainSet, load_or_replace
 from dualteacher.data.loaders import STREAM_LABELED, StreamSampler
 from dualteacher.engine import checkpoint as ckpt
 from dualteacher.engine.trainer import train
@@ -205,6 +205,23 @@ def test_bad_training_file_stops_naming_it_with_a_checkpoint(kind, tmp_path, cap
     assert "latest.pt (step 2) is kept" in err
 
 
+def test_loader_failure_keeps_its_traceback_after_a_checkpoint(tmp_path, monkeypatch):
+    getitem = LabeledTrainSet.__getitem__
+    calls = []
+
+    def fail_at_step_3(self, key):  # batch 2: samples 4 and 5 are read by step 3
+        calls.append(key)
+        if len(calls) == 5:
+            raise RuntimeError("DataLoader worker (pid 1234) exited unexpectedly")
+        return getitem(self, key)
+
+    monkeypatch.setattr(LabeledTrainSet, "__getitem__", fail_at_step_3)
+    run = [*TINY, "method.name=supervised", "train.ckpt_every=100", f"train.out_dir={tmp_path}"]
+    with pytest.raises(RuntimeError, match="exited unexpectedly"):
+        train(load_config("demo", run))
+    assert ckpt.load_checkpoint(tmp_path / "latest.pt")["step"] == 2
+
+
 def test_skip_bad_logs_counts_and_replaces_deterministically(tmp_path, capsys):
     overrides, bad = _folder_with_bad_sample(tmp_path, "corrupt image")
     out = tmp_path / "run"
@@ -300,7 +317,7 @@ def test_sigterm_writes_a_checkpoint_and_exits_143(tmp_path):
     assert "Traceback" not in stderr
     state = ckpt.load_checkpoint(out / "latest.pt")
     assert 0 < state["step"] < 500 and state["step"] == train_rows(out)[-1]["step"]
-    assert f"stopped by SIGTERM after step {state['step']}" in stderr
+    assert f"interrupted: stopped by SIGTERM after step {state['step']}" in stderr
     assert "Run the same command again" in stderr and "to resume" in stderr
 
 

@@ -395,7 +395,7 @@ def main(argv: list[str] | None = None) -> None:
     except DualTeacherError as e:
         if args.debug:
             traceback.print_exc()
-        print(f"error: {e}", file=sys.stderr)
+        print(f"{e.label}: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
     except BrokenPipeError:
         # `dualteacher ... | head`: the reader has gone. Silence the final flush of stdout

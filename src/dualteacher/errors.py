@@ -10,6 +10,7 @@ class DualTeacherError(Exception):
     """Base class of errors caused by the user's input, not by a bug."""
 
     exit_code = 2
+    label = "error"  # how the CLI introduces the message
 
 
 class ConfigError(DualTeacherError):
@@ -47,6 +48,6 @@ class TrainingStopped(DualTeacherError):
     written) or a numerical fault (the last good checkpoint is kept). The message says how to
     resume."""
 
-    def __init__(self, message: str, exit_code: int = 2):
+    def __init__(self, message: str, exit_code: int = 2, label: str = "error"):
         super().__init__(message)
-        self.exit_code = exit_code
+        self.exit_code, self.label = exit_code, label

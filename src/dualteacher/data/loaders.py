@@ -11,6 +11,7 @@ would have seen, with any number of workers.
 from __future__ import annotations
 
 import hashlib
+import os
 import signal
 from collections.abc import Iterator
 
@@ -78,11 +79,14 @@ def collate_train(samples: list[dict]) -> TrainBatch:
     return batch
 
 
-def _ignore_stop_signals(worker_id: int) -> None:
-    """Workers leave SIGINT / SIGTERM to the main process, which finishes its step and writes a
-    checkpoint; a worker that died of the signal would end that step with an error instead."""
+def _quiet_worker_signals(worker_id: int) -> None:
+    """Workers leave SIGINT (Ctrl-C reaches the whole process group) to the main process,
+    which finishes its step and writes a checkpoint. On SIGTERM (a scheduler signals every
+    process) a worker exits with status 0: torch aborts the main process at once, mid-step,
+    only for a worker killed by a signal; a worker gone quietly shows at the next batch fetch,
+    after the main process has seen its own SIGTERM."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
 
 
 def _loader(dataset, sampler, batch_size: int, cfg: DataConfig, device: torch.device):
@@ -91,7 +95,7 @@ def _loader(dataset, sampler, batch_size: int, cfg: DataConfig, device: torch.de
         batch_size=batch_size,
         sampler=sampler,
         collate_fn=collate_train,
-        worker_init_fn=_ignore_stop_signals,
+        worker_init_fn=_quiet_worker_signals,
         num_workers=cfg.num_workers,
         pin_memory=device.type == "cuda",
         persistent_workers=cfg.num_workers > 0,

@@ -6,8 +6,9 @@
   stops with ``TrainingStopped`` (exit status 143 / 130 from the CLI). A second SIGINT stops at
   once, without a checkpoint.
 - A bad data file met while training (``BadSampleError``) stops the run with the file named,
-  after writing a checkpoint of the last completed step (the batch is read before anything
-  changes, so that state is exact).
+  after writing a checkpoint of the last completed step. So does any other failure of the
+  data loader (e.g. a worker gone): a step reads its batches before its first forward pass,
+  and buffers and RNG are rewound to the step's start should a read come later.
 - A step whose loss is not finite is skipped: no optimizer, EMA or BatchNorm-statistics update.
   ``train.max_bad_steps`` of them in a row stop the run; the last checkpoint written before is
   kept: no periodic checkpoint is written on a skipped step, and none from non-finite weights.
@@ -31,8 +32,19 @@ from typing import Any
 import torch
 
 from dualteacher.config import Config
-from dualteacher.engine.checkpoint import remove_stale_temp_files, save_run_checkpoint
-from dualteacher.errors import BadSampleError, ConfigError, DataError, TrainingStopped
+from dualteacher.engine.checkpoint import (
+    remove_stale_temp_files,
+    rng_state,
+    save_run_checkpoint,
+    set_rng_state,
+)
+from dualteacher.errors import (
+    BadSampleError,
+    CheckpointError,
+    ConfigError,
+    DataError,
+    TrainingStopped,
+)
 
 SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + signal number, as shells do
 
@@ -100,9 +112,12 @@ class RunGuard:
         self._logged: set[str] = set()
         self._signal: int | None = None
         self._handlers: dict[int, Any] = {}
-        self._buffers: list[torch.Tensor] = []
+        self._buffers: list[torch.Tensor] | None = None  # the running step's start state
+        self._rng: dict | None = None
+        self._method: torch.nn.Module | None = None
         self._checkpoint: Callable[[int], dict] | None = None
         self._skipped = False
+        self._fetch_failed = False
 
     # --- context: deterministic mode, signal handlers, faults --------------------------------
     def __enter__(self) -> RunGuard:
@@ -122,8 +137,15 @@ class RunGuard:
             signal.signal(sig, handler)
         self._handlers.clear()
         self._det.__exit__(exc_type, exc, tb)
+        if exc is None or not (self._fetch_failed or isinstance(exc, BadSampleError)):
+            return
+        saved = self._save_after_fault()
         if isinstance(exc, BadSampleError):
             raise self._stop_on_bad_file(exc) from None
+        if self._signal is not None:
+            raise self.interrupted() from None
+        if saved:  # an unexpected loader failure keeps its traceback
+            _say(f"reading data failed; checkpoint of step {self.completed} written first")
 
     def _on_signal(self, signum: int, frame) -> None:
         name = signal.Signals(signum).name
@@ -199,7 +221,15 @@ class RunGuard:
     def watch(self, batches: Iterator[dict]) -> Iterator[dict]:
         """Pass batches through, counting and logging the samples ``data.skip_bad`` replaced
         (the loaders attach them to the batch as ``.skipped``)."""
-        for batch in batches:
+        it = iter(batches)
+        while True:
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            except BaseException:
+                self._fetch_failed = True  # the step has not changed any weight yet
+                raise
             for path, reason in getattr(batch, "skipped", ()):
                 self.bad_samples += 1
                 if path not in self.bad_files:
@@ -214,8 +244,10 @@ class RunGuard:
             yield batch
 
     def begin_step(self, method: torch.nn.Module) -> None:
-        """Remember the buffers (BatchNorm statistics) the forward pass will update."""
+        """Remember what the forward pass changes: buffers (BatchNorm statistics) and RNG."""
+        self._method = method
         self._buffers = [b.detach().clone() for b in method.buffers()]
+        self._rng = rng_state()
         self._skipped = False
 
     def skip_step(self, loss: torch.Tensor, method: torch.nn.Module, step: int) -> bool:
@@ -247,6 +279,7 @@ class RunGuard:
     def end_step(self, done: int) -> None:
         """Step ``done`` (1-based) is complete."""
         self.completed = done
+        self._buffers = self._rng = None
         if not self._skipped:
             self.bad_in_a_row = 0
 
@@ -268,13 +301,25 @@ class RunGuard:
             f"stopped by {signal.Signals(sig).name} after step {self.completed}; checkpoint "
             f"{self.out_dir / 'latest.pt'} written. {self._resume_hint()}",
             exit_code=SIGNAL_EXIT.get(sig, 1),
+            label="interrupted",
         )
 
+    def _save_after_fault(self) -> bool:
+        """Checkpoint the last completed step, if newer than the last checkpoint, after
+        rewinding what the failed step may have changed before its data read failed."""
+        if not self.completed or self.completed == self.saved_step:
+            return False
+        if self._buffers is not None and self._method is not None:
+            with torch.no_grad():
+                for b, saved in zip(self._method.buffers(), self._buffers):
+                    b.copy_(saved)
+            set_rng_state(self._rng)
+        with contextlib.suppress(TrainingStopped, CheckpointError):
+            return self.save(self.completed) is not None
+        return False
+
     def _stop_on_bad_file(self, err: BadSampleError) -> DataError:
-        """Checkpoint the last completed step (if newer than the last one) and explain."""
-        if self.completed and self.completed != self.saved_step:
-            with contextlib.suppress(TrainingStopped):
-                self.save(self.completed)
+        """The message of a run stopped by a bad file."""
         saved = (
             f"Checkpoint {self.out_dir / 'latest.pt'} (step {self.saved_step}) is kept."
             if self.saved_step is not None
