@@ -15,6 +15,7 @@ import os
 import random
 import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -159,12 +160,9 @@ def find_resume_checkpoint(out_dir: Path) -> tuple[Path, dict[str, Any]] | None:
     best: tuple[Path, dict] | None = None
     errors = []
     for path in ([latest] if latest.is_file() else []) + candidates:
-        if (
-            best is not None
-            and _file_step(path) is not None
-            and _file_step(path) <= best[1]["step"]
-        ):
-            break
+        step = _file_step(path)
+        if best is not None and step is not None and step <= best[1]["step"]:
+            break  # this and the rest are older than the checkpoint found
         try:
             state = load_checkpoint(path)
         except CheckpointError as e:
@@ -178,7 +176,7 @@ def find_resume_checkpoint(out_dir: Path) -> tuple[Path, dict[str, Any]] | None:
             "broken files to start again, or use another run directory (--out)."
         )
     if best is not None and errors:
-        print(f"warning: skipped unreadable checkpoint(s): {'; '.join(errors)}")
+        print(f"warning: skipped unreadable checkpoint(s): {'; '.join(errors)}", file=sys.stderr)
     return best
 
 

@@ -227,7 +227,7 @@ class RunGuard:
                 batch = next(it)
             except StopIteration:
                 return
-            except BaseException:
+            except Exception:  # not KeyboardInterrupt: a second Ctrl-C means "no checkpoint"
                 self._fetch_failed = True  # the step has not changed any weight yet
                 raise
             for path, reason in getattr(batch, "skipped", ()):
