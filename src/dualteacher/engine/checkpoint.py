@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dualteacher.config import flatten
 from dualteacher.errors import CheckpointError
 
 FORMAT = "dualteacher-checkpoint"
@@ -217,27 +218,18 @@ RESUMABLE_CHANGES = (
 )
 
 
-def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def config_changes(stored: dict, current: dict) -> list[str]:
     """``key: checkpoint value -> current value`` for every key that changes the training."""
-    a, b = _flat(stored), _flat(current)
+    a, b = flatten(stored), flatten(current)
     out = []
-    for key in sorted(set(a) | set(b)):
+    # A key on one side only comes from another package version: its old behaviour is unknown.
+    for key in sorted(set(a) & set(b)):
         if key.startswith(RESUMABLE_CHANGES):
             continue
         # YAML / OmegaConf round trips turn tuples into lists
-        va, vb = (list(v) if isinstance(v, tuple) else v for v in (a.get(key), b.get(key)))
+        va, vb = (list(v) if isinstance(v, tuple) else v for v in (a[key], b[key]))
         if va != vb:
-            out.append(f"{key}: {a.get(key)!r} -> {b.get(key)!r}")
+            out.append(f"{key}: {a[key]!r} -> {b[key]!r}")
     return out
 
 
