@@ -160,6 +160,18 @@ def test_resume_refuses_another_config_or_model(tmp_path, capsys):
     assert "Traceback" not in err
 
 
+def test_config_changes_that_may_resume():
+    a = to_dict(load_config("demo"))
+    may = ["train.steps=9", "data.root=/x", "eval.mode=sliding", "train.keep_last=0"]
+    b = to_dict(load_config("demo", [*may, "optim.lr=0.5", "data.scale_range=[1.0,1.0]"]))
+    assert ckpt.config_changes(a, b) == [
+        "data.scale_range: (0.75, 1.5) -> (1.0, 1.0)",
+        "optim.lr: 0.02 -> 0.5",
+    ]
+    del a["optim"]["lr"]  # a key only one package version knows is not compared
+    assert ckpt.config_changes(a, b) == ["data.scale_range: (0.75, 1.5) -> (1.0, 1.0)"]
+
+
 def test_weights_of_another_model_are_a_checkpoint_error():
     state = {"state": torch.nn.Linear(3, 3).state_dict(), "config": {"model": {"name": "m"}}}
     with pytest.raises(CheckpointError, match=r"x\.pt does not fit this model.*model.name='m'"):
