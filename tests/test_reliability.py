@@ -55,7 +55,9 @@ def cli(capsys, *args: str) -> tuple[int, str, str]:
 
 
 def train_rows(run_dir: Path) -> list[dict]:
-    rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    """Training rows of ``metrics.jsonl``; complete lines only (a run may be writing it)."""
+    text = (run_dir / "metrics.jsonl").read_text()
+    rows = [json.loads(ln) for ln in text.splitlines(keepends=True) if ln.endswith("\n")]
     return [r for r in rows if "loss" in r]
 
 

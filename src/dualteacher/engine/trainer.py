@@ -280,11 +280,19 @@ class MetricWriter:
 
 
 def drop_rows_after(path: Path, step: int) -> None:
-    """Remove the rows of ``metrics.jsonl`` whose step is after ``step`` (atomic rewrite)."""
+    """Remove the rows of ``metrics.jsonl`` whose step is after ``step``, and a line torn by a
+    killed process (atomic rewrite)."""
     if not path.is_file():
         return
+
+    def keep(line: str) -> bool:
+        try:
+            return json.loads(line).get("step", 0) <= step
+        except json.JSONDecodeError:
+            return False
+
     lines = path.read_text().splitlines(keepends=True)
-    kept = [ln for ln in lines if not ln.strip() or json.loads(ln).get("step", 0) <= step]
+    kept = [ln for ln in lines if ln.strip() and keep(ln)]
     if len(kept) != len(lines):
         tmp = path.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(kept))
