@@ -362,7 +362,7 @@ def _nan_at(steps, method=DualTeacher, record=None):
     original = method.training_step
 
     def step(self, batch_x, batch_u, info):
-        if record is not None:
+        if record is not None and info.step not in record:  # its first micro-batch
             record[info.step] = {k: v.clone() for k, v in self.state_dict().items()}
         out = original(self, batch_x, batch_u, info)
         if info.step in steps:
@@ -372,10 +372,12 @@ def _nan_at(steps, method=DualTeacher, record=None):
     return step
 
 
-def test_non_finite_loss_skips_the_step(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("accum", [1, 2])
+def test_non_finite_loss_skips_the_step(accum, tmp_path, monkeypatch, capsys):
     before = {}
     monkeypatch.setattr(DualTeacher, "training_step", _nan_at({1}, record=before))
-    cfg = load_config("demo", [*TINY, *RARE, f"train.out_dir={tmp_path}"])
+    run = [*TINY, *RARE, f"train.accum_steps={accum}", f"train.out_dir={tmp_path}"]
+    cfg = load_config("demo", run)
     result = train(cfg)
     assert result.steps == 4
     # step 2 changed nothing: student, both teachers and their BatchNorm statistics

@@ -2,28 +2,41 @@
 
 ``bench(cfg)`` builds the method of ``cfg`` (student, teachers, optimizer) exactly as training
 does, feeds it random images and masks at ``cfg.data.crop_size`` / ``cfg.data.batch_size`` (no
-dataset needed) and times the real step: ``training_step`` + backward + optimizer and
-scheduler step + ``after_step``. ``train.epoch_steps`` is 1 here, so Dual Teacher alternates
-teacher A (CutMix branch) and teacher B (ClassMix branch) from one step to the next and the
-mean covers both.
+dataset needed; ``real_data`` reads the configured dataset through the training loaders) and
+times the training step itself (``engine.step.StepRunner``: ``training_step`` under
+``train.amp``, backward, optimizer and scheduler step, ``after_step``). ``train.epoch_steps`` is
+1 here, so Dual Teacher alternates teacher A (CutMix branch) and teacher B (ClassMix branch)
+from one step to the next and the mean covers both.
+
+Each timed step is broken down by the ``phase`` blocks of the engine and the methods (data
+wait, teacher forwards, mixing, student forwards, backward, optimizer, EMA) and compared with
+its model passes replayed alone (``time_model_passes``): ``overhead_ratio`` = step time / time
+of the passes, 1.0 when everything but the networks is free.
 """
 
 from __future__ import annotations
 
+import itertools
 import resource
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 
 import torch
+import torch.nn as nn
 
 from dualteacher.config import IGNORE_INDEX, Config
-from dualteacher.engine.distributed import resolve_device
-from dualteacher.engine.optim import build_optimizer, build_scheduler
+from dualteacher.data import build_data
+from dualteacher.data.base import strong_key
+from dualteacher.data.loaders import build_train_loaders
+from dualteacher.engine.distributed import autocast, resolve_device
+from dualteacher.engine.optim import build_optimizer, build_scheduler, scaled_optim_config
+from dualteacher.engine.step import StepRunner
 from dualteacher.engine.trainer import seed_all
 from dualteacher.errors import ConfigError
 from dualteacher.methods import Method, StepInfo, build_method
-from dualteacher.methods.base import Batch
+from dualteacher.methods.base import Batch, PhaseTimer, timing
 from dualteacher.models import SegModel, build_model
 
 
@@ -43,8 +56,8 @@ def synthetic_batches(
         "image": torch.randn(b_u, 3, c, c, device=device),
         "ignore": torch.zeros(b_u, c, c, dtype=torch.bool, device=device),
     }
-    if method.needs_strong_view:
-        batch_u["image_s"] = torch.randn(b_u, 3, c, c, device=device)
+    for i in range(method.num_strong_views if method.needs_strong_view else 0):
+        batch_u[strong_key(i)] = torch.randn(b_u, 3, c, c, device=device)
     return batch_x, batch_u
 
 
@@ -61,15 +74,108 @@ def _peak_memory_mb(device: torch.device) -> tuple[float, str]:
     return rss / (2**20 if sys.platform == "darwin" else 2**10), "process_max_rss"
 
 
-def bench(cfg: Config, steps: int = 3, warmup: int = 1, num_classes: int = 21) -> dict:
+# Phases of one step, in the order they run (``sync`` only under DDP, so never here);
+# ``other`` is the rest of the step: losses, pseudo-label post-processing, Python.
+PHASES = ("data", "teacher_fwd", "mixing", "student_fwd", "backward", "optimizer", "ema")
+MODEL_PHASES = ("teacher_fwd", "student_fwd", "backward")  # the networks' share of a step
+
+
+@dataclass
+class ModelPass:
+    """One forward of a student or teacher inside a step, as recorded by ``PassRecorder``."""
+
+    model: nn.Module
+    shape: tuple[int, ...]  # input (B, 3, H, W)
+    kwargs: dict
+    training: bool  # train or eval mode
+    grad: bool  # part of the backward (student passes) or not (pseudo-labels)
+
+
+class PassRecorder:
+    """Records every forward of ``models`` (forward pre-hooks, only while ``active``)."""
+
+    def __init__(self, models: list[nn.Module]):
+        self.passes: list[ModelPass] = []
+        self.active = False
+        self.handles = [m.register_forward_pre_hook(self._hook, with_kwargs=True) for m in models]
+
+    def _hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if self.active:
+            grad = torch.is_grad_enabled()
+            self.passes.append(
+                ModelPass(module, tuple(args[0].shape), kwargs, module.training, grad)
+            )
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def time_model_passes(passes: list[ModelPass], device: torch.device, cfg: Config) -> float:
+    """Seconds to run ``passes`` alone on random inputs of the recorded shapes, in their
+    recorded modes: the forwards without gradient, and the gradient forwards followed by one
+    backward through all of them (as the step does). No data, mixing, loss or optimizer."""
+    fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    inputs = [torch.randn(p.shape, device=device).contiguous(memory_format=fmt) for p in passes]
+    _sync(device)
+    t0 = time.perf_counter()
+    outputs = []
+    with autocast(device, cfg.train.amp):
+        for p, x in zip(passes, inputs):
+            was_training = p.model.training
+            p.model.train(p.training)
+            with torch.set_grad_enabled(p.grad):
+                out = p.model(x, **p.kwargs)
+            p.model.train(was_training)
+            if p.grad:
+                outputs += list(out) if isinstance(out, tuple) else [out]
+    if outputs:
+        sum(o.float().mean() for o in outputs).backward()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def _synthetic_iterators(cfg: Config, num_classes: int, method: Method):
+    """Endless iterators over two pre-made CPU batches (labelled, unlabelled or None)."""
+    cpu = torch.device("cpu")
+    pairs = [synthetic_batches(cfg, num_classes, cpu, method) for _ in range(2)]
+    it_u = itertools.cycle([u for _, u in pairs]) if method.uses_unlabeled else None
+    return itertools.cycle([x for x, _ in pairs]), it_u
+
+
+def _data_iterators(cfg: Config, method: Method, device: torch.device):
+    """Iterators over the real training loaders of ``cfg.data`` and its number of classes."""
+    bundle = build_data(cfg.data)
+    loader_x, loader_u = build_train_loaders(
+        bundle,
+        cfg.data,
+        seed=cfg.train.seed,
+        start_step=0,
+        need_unlabeled=method.uses_unlabeled,
+        need_strong=method.needs_strong_view,
+        num_strong=method.num_strong_views,
+        device=device,
+        accum_steps=cfg.train.accum_steps,
+    )
+    return iter(loader_x), (iter(loader_u) if loader_u is not None else None)
+
+
+def bench(
+    cfg: Config, steps: int = 3, warmup: int = 1, num_classes: int = 21, real_data: bool = False
+) -> dict:
     """Time ``steps`` training steps (after ``warmup`` untimed ones) of ``cfg``'s method and
-    model on synthetic data.
+    model, on synthetic data or, with ``real_data``, on the loaders of ``cfg.data``.
 
     Returns:
         ``step_seconds`` (mean), ``step_seconds_median``, ``step_times``, ``images_per_second``
         (labelled + unlabelled images per second), ``peak_memory_mb`` and ``peak_memory_kind``
         (``cuda_max_allocated``, or ``process_max_rss`` on the CPU: the process's peak
-        resident memory, model building included), plus the settings measured.
+        resident memory, model building included); ``phases``: mean seconds per step of each
+        of ``PHASES`` and ``other``; ``model_passes_seconds``: the step's student and teacher
+        passes timed alone (``time_model_passes``), and ``overhead_ratio``: step time over
+        it; ``model_phase_ratio``: step time over its own ``MODEL_PHASES`` (the same
+        quantity from the same steps, less sensitive to a CPU shared with other jobs); plus
+        the settings measured.
     """
     if steps < 1 or warmup < 0:
         raise ConfigError(f"bench needs --steps >= 1 and --warmup >= 0, got {steps}, {warmup}")
@@ -78,53 +184,74 @@ def bench(cfg: Config, steps: int = 3, warmup: int = 1, num_classes: int = 21) -
         torch.set_num_threads(cfg.train.threads)
     seed_all(cfg.train.seed)
     t0 = time.perf_counter()
+    if real_data:
+        num_classes = build_data(cfg.data).num_classes
 
     def make_model() -> SegModel:
         return build_model(cfg.model, num_classes, verbose=False)  # keep --json output clean
 
     method = build_method(cfg, make_model(), make_model).to(device)
-    optimizer = build_optimizer(method.student, cfg.optim)
+    optimizer = build_optimizer(method.student, scaled_optim_config(cfg)[0])
     scheduler = build_scheduler(optimizer, max(cfg.train.steps, warmup + steps), cfg.optim)
+    step_fn = StepRunner(method, optimizer, scheduler, device, cfg.train)
+    if real_data:
+        it_x, it_u = _data_iterators(cfg, method, device)
+    else:
+        it_x, it_u = _synthetic_iterators(cfg, num_classes, method)
     build_seconds = time.perf_counter() - t0
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    times = []
-    images = 0
+    recorder = PassRecorder(list({id(m): m for m in method.eval_models().values()}.values()))
+    times, pass_times, phases = [], [], []
     for step in range(warmup + steps):
-        batch_x, batch_u = synthetic_batches(cfg, num_classes, device, method)
         info = StepInfo(step, epoch_steps=1)
+        timer = PhaseTimer(device)
+        recorder.passes.clear()
+        recorder.active = True
         _sync(device)
         start = time.perf_counter()
-        method.train()
-        out = method.training_step(batch_x, batch_u, info)
-        optimizer.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        optimizer.step()
-        scheduler.step()
-        method.after_step(info)
+        with timing(timer):
+            out = step_fn(it_x, it_u, info)
         _sync(device)
+        elapsed = time.perf_counter() - start
+        recorder.active = False
         if step >= warmup:
-            times.append(time.perf_counter() - start)
-            images += len(batch_x["image"]) + (len(batch_u["image"]) if batch_u else 0)
+            times.append(elapsed)
+            phases.append(dict(timer.seconds))
+            pass_times.append(time_model_passes(recorder.passes, device, cfg))
+    recorder.remove()
     peak_mb, peak_kind = _peak_memory_mb(device)
     mean = statistics.fmean(times)
+    phase_means = {k: statistics.fmean(p.get(k, 0.0) for p in phases) for k in PHASES}
+    phase_means["other"] = mean - sum(phase_means.values())
+    batch_u = (cfg.data.batch_size_u or cfg.data.batch_size) if method.uses_unlabeled else 0
+    images = (cfg.data.batch_size + batch_u) * cfg.train.accum_steps
+    passes = statistics.fmean(pass_times)
     return {
         "model": cfg.model.name,
         "method": cfg.method.name,
         "crop": cfg.data.crop_size,
         "batch": cfg.data.batch_size,
-        "batch_u": (cfg.data.batch_size_u or cfg.data.batch_size) if batch_u else 0,
+        "batch_u": batch_u,
         "classes": num_classes,
         "device": str(device),
         "threads": torch.get_num_threads(),
+        "amp": cfg.train.amp.value,
+        "channels_last": cfg.train.channels_last,
+        "accum_steps": cfg.train.accum_steps,
+        "data": "real" if real_data else "synthetic",
         "params_m": sum(p.numel() for p in method.student.parameters()) / 1e6,
         "warmup": warmup,
         "steps": steps,
         "step_seconds": mean,
         "step_seconds_median": statistics.median(times),
         "step_times": times,
-        "images_per_second": images / sum(times),
+        "images_per_second": images * len(times) / sum(times),
+        "phases": phase_means,
+        "model_passes_seconds": passes,
+        "overhead_ratio": mean / passes,
+        "model_phase_ratio": mean / sum(phase_means[k] for k in MODEL_PHASES),
         "peak_memory_mb": peak_mb,
         "peak_memory_kind": peak_kind,
         "build_seconds": build_seconds,
@@ -135,6 +262,11 @@ def bench(cfg: Config, steps: int = 3, warmup: int = 1, num_classes: int = 21) -
 def format_bench(r: dict) -> str:
     """Human-readable lines of a ``bench`` result."""
     memory = {"cuda_max_allocated": "CUDA max allocated", "process_max_rss": "process max RSS"}
+    step = r["step_seconds"]
+    phases = [
+        f"    {name:<12} {sec * 1000:9.1f} ms  {100 * sec / step:5.1f} %"
+        for name, sec in r["phases"].items()
+    ]
     return "\n".join(
         [
             f"bench {r['method']} / {r['model']} ({r['params_m']:.1f} M params): crop "
@@ -145,5 +277,11 @@ def format_bench(r: dict) -> str:
             f"{r['step_seconds_median']:.3f} s ({r['steps']} steps after {r['warmup']} warm-up)",
             f"  throughput   {r['images_per_second']:.2f} images/s (labelled + unlabelled)",
             f"  peak memory  {r['peak_memory_mb']:.0f} MB ({memory[r['peak_memory_kind']]})",
+            f"  settings     amp {r['amp']}, channels_last {r['channels_last']}, accumulation "
+            f"{r['accum_steps']}, {r['data']} data",
+            "  phases (mean per step):",
+            *phases,
+            f"  model passes alone {r['model_passes_seconds'] * 1000:.1f} ms; step / passes = "
+            f"{r['overhead_ratio']:.3f}; step / its model phases = {r['model_phase_ratio']:.3f}",
         ]
     )

@@ -41,6 +41,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 def _cmd_eval(args: argparse.Namespace) -> None:
     from dualteacher.engine.checkpoint import load_checkpoint
+    from dualteacher.engine.distributed import is_main_process
     from dualteacher.engine.evaluate import evaluate_checkpoint, format_table
 
     if args.report:
@@ -49,8 +50,9 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         write_report(args.checkpoint, args.report, args.overrides, args.models, args.samples)
         return
     results = evaluate_checkpoint(args.checkpoint, args.overrides, models=args.models)
-    classes = load_checkpoint(args.checkpoint)["classes"]
-    print(format_table(results, classes))
+    if is_main_process():  # under torchrun every rank holds the same, all-reduced numbers
+        classes = load_checkpoint(args.checkpoint)["classes"]
+        print(format_table(results, classes))
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
@@ -187,7 +189,9 @@ def _cmd_bench(args: argparse.Namespace) -> None:
         if value is not None:
             overrides.append(f"{key}={value}")
     cfg = load_config(args.config, overrides)
-    result = bench(cfg, steps=args.steps, warmup=args.warmup, num_classes=args.classes)
+    result = bench(
+        cfg, steps=args.steps, warmup=args.warmup, num_classes=args.classes, real_data=args.data
+    )
     print(json.dumps(result) if args.json else format_bench(result))
 
 
@@ -360,6 +364,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--config", help="YAML config to start from (default: built-in defaults)")
+    p.add_argument(
+        "--data",
+        action="store_true",
+        help="read the config's dataset through the training loaders (default: random tensors)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument(
         "overrides", nargs="*", help="config overrides key=value (e.g. optim.name=adamw)"
@@ -391,6 +400,10 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         code = args.func(args)
+        if "torch.distributed" in sys.modules:  # commands that never load torch skip this
+            from dualteacher.engine.distributed import shutdown
+
+            shutdown()  # torchrun: leave the process group together
         sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
     except DualTeacherError as e:
         if args.debug:

@@ -67,6 +67,8 @@ class DataConfig:
     batch_size: int = 8  # labelled images per step and process
     batch_size_u: int | None = None  # unlabelled images per step and process; None: batch_size
     num_workers: int = 0  # DataLoader workers per loader; 0 loads in the main process
+    pin_memory: bool | None = None  # page-locked batches for faster copies; None: on CUDA
+    persistent_workers: bool = True  # keep workers alive between epochs (num_workers > 0)
     # A corrupt or inconsistent training file: false stops the run naming it (after a
     # checkpoint); true logs it, counts it and uses another sample (chosen from the draw's seed,
     # so resumed runs stay exact). Validation files are never skipped.
@@ -154,6 +156,12 @@ class Schedule(StrEnum):
     constant = "constant"
 
 
+class LrScaling(StrEnum):
+    none = "none"  # optim.lr as given, whatever the global batch
+    linear = "linear"  # lr * global batch / ref_batch_size (Goyal et al. 2017; SGD recipes)
+    sqrt = "sqrt"  # lr * sqrt(global batch / ref_batch_size) (often preferred for AdamW)
+
+
 @dataclass
 class OptimConfig:
     name: OptimName = OptimName.sgd
@@ -166,12 +174,22 @@ class OptimConfig:
     poly_power: float = 0.9
     warmup_steps: int = 0  # linear warm-up from lr * warmup_ratio
     warmup_ratio: float = 1e-6
+    # Scale lr with the global labelled batch (data.batch_size x processes x train.accum_steps)
+    # relative to the batch the recipe's lr was tuned for; the effective lr is logged at start.
+    scale_lr: LrScaling = LrScaling.none
+    ref_batch_size: int | None = None  # the recipe's global batch; None: data.batch_size
 
 
 # -------------------------------------------------------------------------------------- train
 class EpochUnit(StrEnum):
     labeled = "labeled"  # one pass over the labelled set (official Dual Teacher code)
     unlabeled = "unlabeled"  # one pass over the unlabelled set (UniMatch / U2PL protocols)
+
+
+class AmpMode(StrEnum):
+    none = "none"  # float32 everywhere
+    bf16 = "bf16"  # torch.autocast to bfloat16 (CUDA and CPU); no loss scaling needed
+    fp16 = "fp16"  # torch.autocast to float16 with a GradScaler (CUDA)
 
 
 @dataclass
@@ -202,6 +220,11 @@ class TrainConfig:
     # `steps` from a timing probe so that the schedule does complete). None: no budget.
     max_minutes: float | None = None
     curves: bool = True  # write curves.png (losses, mask ratio, val mIoU) at every validation
+    amp: AmpMode = AmpMode.none  # mixed precision of the training forwards
+    channels_last: bool = False  # NHWC memory format for models and images (faster convs on GPU)
+    compile: bool = False  # torch.compile the student and teachers (first steps are slow)
+    accum_steps: int = 1  # micro-batches per optimizer step (gradient accumulation)
+    sync_bn: bool = True  # SyncBatchNorm in the student under DDP on CUDA (never on CPU)
 
 
 # --------------------------------------------------------------------------------------- eval

@@ -2,7 +2,9 @@
 
 Training data come as an endless stream: draw ``p = 0, 1, 2, ...`` of a stream takes position
 ``p % n`` of a fresh permutation per pass (pass ``p // n``), each pass shuffled from
-``(seed, stream, pass)``. Rank ``r`` of ``W`` takes draws ``r, r + W, ...``. Each draw also
+``(seed, stream, pass)``, the pass index playing the role of ``DistributedSampler.set_epoch``
+(labelled and unlabelled streams count their passes separately). Rank ``r`` of ``W`` takes
+draws ``r, r + W, ...``, so the ranks split every global batch into disjoint parts. Each draw also
 carries its own augmentation seed. So the data order and every augmentation depend only on the
 run seed and the step: a resumed run continues with exactly the batches an uninterrupted run
 would have seen, with any number of workers.
@@ -97,8 +99,8 @@ def _loader(dataset, sampler, batch_size: int, cfg: DataConfig, device: torch.de
         collate_fn=collate_train,
         worker_init_fn=_quiet_worker_signals,
         num_workers=cfg.num_workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=cfg.num_workers > 0,
+        pin_memory=device.type == "cuda" if cfg.pin_memory is None else cfg.pin_memory,
+        persistent_workers=cfg.num_workers > 0 and cfg.persistent_workers,
         drop_last=True,
         # A private generator: creating the iterator must not consume the global RNG, or a
         # resumed run would diverge from an uninterrupted one.
@@ -118,8 +120,10 @@ def build_train_loaders(
     rank: int = 0,
     world_size: int = 1,
     device: torch.device | str = "cpu",
+    accum_steps: int = 1,
 ) -> tuple[DataLoader, DataLoader | None]:
-    """Endless labelled and unlabelled loaders positioned at ``start_step``.
+    """Endless labelled and unlabelled loaders positioned at optimizer step ``start_step``
+    (``accum_steps`` batches per optimizer step).
 
     With ``need_strong``, unlabelled batches carry ``num_strong`` strong views (``image_s``,
     ``image_s2``, ...)."""
@@ -129,7 +133,10 @@ def build_train_loaders(
         raise DataError(f"the labelled set is empty: {hint}")
     bx = cfg.batch_size
     bu = cfg.batch_size_u or cfg.batch_size
-    sx = StreamSampler(len(bundle.labeled), seed, STREAM_LABELED, rank, world_size, start_step * bx)
+    start_batch = start_step * accum_steps  # batches this rank has already drawn
+    sx = StreamSampler(
+        len(bundle.labeled), seed, STREAM_LABELED, rank, world_size, start_batch * bx
+    )
     loader_x = _loader(LabeledTrainSet(bundle.labeled, cfg), sx, bx, cfg, device)
     loader_u = None
     if need_unlabeled:
@@ -140,7 +147,7 @@ def build_train_loaders(
                 f"on unlabelled images: {hint}; or use method.name=supervised"
             )
         su = StreamSampler(
-            len(bundle.unlabeled), seed, STREAM_UNLABELED, rank, world_size, start_step * bu
+            len(bundle.unlabeled), seed, STREAM_UNLABELED, rank, world_size, start_batch * bu
         )
         loader_u = _loader(
             UnlabeledTrainSet(bundle.unlabeled, cfg, need_strong, num_strong), su, bu, cfg, device

@@ -98,6 +98,17 @@ def deterministic_mode(enabled: bool) -> Iterator[None]:
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[2:]
 
 
+def _any_rank(flag: bool) -> bool:
+    """``flag`` of this process, or of any rank under DDP (one tiny all-reduce)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        t = torch.tensor([float(flag)])
+        if torch.distributed.get_backend() == "nccl":
+            t = t.cuda()
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        flag = bool(t.item())
+    return flag
+
+
 class RunGuard:
     """Signals, fault handling, counters and checkpoint retention of one training run."""
 
@@ -251,8 +262,9 @@ class RunGuard:
         self._skipped = False
 
     def skip_step(self, loss: torch.Tensor, method: torch.nn.Module, step: int) -> bool:
-        """True (and the step's buffer updates undone) when ``loss`` is not finite."""
-        if bool(torch.isfinite(loss.detach()).all()):
+        """True (and the step's buffer updates undone) when ``loss`` is not finite, on this
+        rank or (under DDP) on any other: all ranks skip the same steps."""
+        if not _any_rank(not bool(torch.isfinite(loss.detach()).all())):
             return False
         with torch.no_grad():
             for b, saved in zip(method.buffers(), self._buffers):
@@ -285,14 +297,7 @@ class RunGuard:
 
     def stop_requested(self) -> bool:
         """A signal arrived (on any rank: all ranks stop at the same step)."""
-        flag = self._signal is not None
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            t = torch.tensor([float(flag)])
-            if torch.distributed.get_backend() == "nccl":
-                t = t.cuda()
-            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-            flag = bool(t.item())
-        return flag
+        return _any_rank(self._signal is not None)
 
     def interrupted(self) -> TrainingStopped:
         """The error that ends a run stopped by a signal (after its checkpoint was written)."""

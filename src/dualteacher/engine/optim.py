@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import replace
+
 import torch
 import torch.nn as nn
 
-from dualteacher.config import OptimConfig, OptimName, Schedule
+from dualteacher.config import Config, LrScaling, OptimConfig, OptimName, Schedule
+from dualteacher.errors import ConfigError
 from dualteacher.models import SegModel
 
 
@@ -70,3 +74,28 @@ def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, cfg: Opt
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, total_steps, cfg)
     )
+
+
+def scaled_optim_config(cfg: Config, world_size: int = 1) -> tuple[OptimConfig, str]:
+    """``cfg.optim`` with ``lr`` scaled by ``optim.scale_lr`` for the global labelled batch
+    ``data.batch_size * world_size * train.accum_steps`` relative to ``optim.ref_batch_size``
+    (default ``data.batch_size``), and a line that says what the effective lr is and why.
+
+    ``cfg`` itself is not changed: a resumed run scales the stored lr again, by its own
+    global batch.
+    """
+    o = cfg.optim
+    ref = cfg.data.batch_size if o.ref_batch_size is None else o.ref_batch_size
+    if ref < 1:
+        raise ConfigError(f"optim.ref_batch_size={ref} must be a positive number of images")
+    global_batch = cfg.data.batch_size * world_size * cfg.train.accum_steps
+    ratio = global_batch / ref
+    factor = {LrScaling.none: 1.0, LrScaling.linear: ratio, LrScaling.sqrt: math.sqrt(ratio)}
+    lr = o.lr * factor[o.scale_lr]
+    line = (
+        f"learning rate {lr:g} (optim.lr {o.lr:g} x {factor[o.scale_lr]:g}, "
+        f"optim.scale_lr={o.scale_lr.value}): global batch {global_batch} = "
+        f"{cfg.data.batch_size} per process x {world_size} processes x "
+        f"{cfg.train.accum_steps} accumulation steps, reference batch {ref}"
+    )
+    return replace(o, lr=lr), line

@@ -37,11 +37,18 @@ from dualteacher.engine.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from dualteacher.engine.distributed import DistInfo, init_distributed, resolve_device
+from dualteacher.engine.distributed import (
+    DistInfo,
+    barrier,
+    init_distributed,
+    reseed_rank,
+    resolve_device,
+)
 from dualteacher.engine.evaluate import check_eval_config, evaluate
 from dualteacher.engine.guard import RunGuard, check_writable
 from dualteacher.engine.memory import peak_memory_mb, reset_peak_memory
-from dualteacher.engine.optim import build_optimizer, build_scheduler
+from dualteacher.engine.optim import build_optimizer, build_scheduler, scaled_optim_config
+from dualteacher.engine.step import StepRunner
 from dualteacher.errors import CheckpointError, ConfigError
 from dualteacher.methods import Method, StepInfo, build_method
 from dualteacher.metrics import SegMetrics
@@ -61,7 +68,8 @@ def steps_per_epoch(
 ) -> int:
     """What an "epoch" is: ``train.epoch_steps`` if set, else one pass over the labelled set
     (``num_labeled // global labelled batch``, at least 1), or over the unlabelled set with
-    ``train.epoch_unit=unlabeled``. Dual Teacher switches teachers by it."""
+    ``train.epoch_unit=unlabeled``. The global batch counts every process and accumulated
+    micro-batch. Dual Teacher switches teachers by it."""
     if cfg.train.epoch_steps:
         return cfg.train.epoch_steps
     if cfg.train.epoch_unit == EpochUnit.unlabeled:
@@ -71,8 +79,8 @@ def steps_per_epoch(
                 "images (data.unlabeled) or set train.epoch_unit=labeled"
             )
         batch_u = cfg.data.batch_size_u or cfg.data.batch_size
-        return max(1, num_unlabeled // (batch_u * world_size))
-    return max(1, num_labeled // (cfg.data.batch_size * world_size))
+        return max(1, num_unlabeled // (batch_u * world_size * cfg.train.accum_steps))
+    return max(1, num_labeled // (cfg.data.batch_size * world_size * cfg.train.accum_steps))
 
 
 def total_steps(cfg: Config, epoch_steps: int) -> int:
@@ -299,35 +307,8 @@ def drop_rows_after(path: Path, step: int) -> None:
         tmp.replace(path)
 
 
-def _to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-
-
 def default_out_dir(cfg: Config) -> str:
     return f"runs/{cfg.data.name}_{cfg.method.name}"
-
-
-def _train_step(
-    method: Method, optimizer, scheduler, it_x, it_u, device, info: StepInfo, guard=None
-) -> dict:
-    """One optimizer step on the next batches; returns the method's loss dict. With a
-    ``RunGuard``, a non-finite loss skips the update (the scheduler still advances, so the
-    learning rate stays a function of the step)."""
-    batch_x = _to_device(next(it_x), device)
-    batch_u = _to_device(next(it_u), device) if it_u is not None else None
-    method.train()
-    if guard is not None:
-        guard.begin_step(method)
-    out = method.training_step(batch_x, batch_u, info)
-    optimizer.zero_grad(set_to_none=True)
-    if guard is not None and guard.skip_step(out["loss"], method, info.step):
-        scheduler.step()
-        return out
-    out["loss"].backward()
-    optimizer.step()
-    scheduler.step()
-    method.after_step(info)
-    return out
 
 
 def _sync(device: torch.device) -> None:
@@ -343,8 +324,9 @@ def measure_step_seconds(
     step count with it."""
     run = build_run(cfg, bundle=bundle)
     method, device = run.method, run.device
-    optimizer = build_optimizer(method.student, cfg.optim)
+    optimizer = build_optimizer(method.student, scaled_optim_config(cfg, run.dist.world_size)[0])
     scheduler = build_scheduler(optimizer, max(cfg.train.steps, warmup + steps), cfg.optim)
+    step_fn = StepRunner(method, optimizer, scheduler, device, cfg.train, run.dist)
     epoch_steps = steps_per_epoch(cfg, len(run.bundle.labeled), run.dist.world_size)
     loader_x, loader_u = build_train_loaders(
         run.bundle,
@@ -356,6 +338,7 @@ def measure_step_seconds(
         rank=run.dist.rank,
         world_size=run.dist.world_size,
         device=device,
+        accum_steps=cfg.train.accum_steps,
     )
     it_x = iter(loader_x)
     it_u = iter(loader_u) if loader_u is not None else None
@@ -364,7 +347,7 @@ def measure_step_seconds(
         if step == warmup:
             _sync(device)
             t0 = time.perf_counter()
-        _train_step(method, optimizer, scheduler, it_x, it_u, device, StepInfo(step, epoch_steps))
+        step_fn(it_x, it_u, StepInfo(step, epoch_steps))
     _sync(device)
     return (time.perf_counter() - t0) / steps
 
@@ -409,7 +392,8 @@ def _train(
     run = build_run(cfg, bundle=bundle)
     method, dist, device = run.method, run.dist, run.device
     student = method.student
-    optimizer = build_optimizer(student, cfg.optim)
+    optim_cfg, lr_line = scaled_optim_config(cfg, dist.world_size)
+    optimizer = build_optimizer(student, optim_cfg)
     num_unlabeled = len(run.bundle.unlabeled) if run.bundle.unlabeled is not None else 0
     epoch_steps = steps_per_epoch(cfg, len(run.bundle.labeled), dist.world_size, num_unlabeled)
     total = total_steps(cfg, epoch_steps)
@@ -426,15 +410,18 @@ def _train(
         t_train = state["train_seconds"]
         set_rng_state(state["rng"])
         guard.load_state_dict(state.get("guard", {}), start)
+        reseed_rank(cfg.train.seed, dist, start)
         if dist.is_main:
             print(f"resuming {out_dir} from step {start} ({path.name})")
     else:
         # Per-rank randomness (mixing boxes, dropout) from here on; weights are identical.
         seed_all(cfg.train.seed + 1000 * dist.rank)
 
+    step_fn = StepRunner(method, optimizer, scheduler, device, cfg.train, dist, guard)
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.yaml").write_text(to_yaml(cfg))
+        print(lr_line)
     loader_x, loader_u = build_train_loaders(
         run.bundle,
         cfg.data,
@@ -446,6 +433,7 @@ def _train(
         rank=dist.rank,
         world_size=dist.world_size,
         device=device,
+        accum_steps=cfg.train.accum_steps,
     )
     it_x = guard.watch(iter(loader_x))
     it_u = guard.watch(iter(loader_u)) if loader_u is not None else None
@@ -501,7 +489,7 @@ def _train(
     for step in range(start, end):
         t0 = time.perf_counter()
         info = StepInfo(step, epoch_steps)
-        out = _train_step(method, optimizer, scheduler, it_x, it_u, device, info, guard)
+        out = step_fn(it_x, it_u, info)
         if budget is not None:
             _sync(device)  # the budget is wall-clock: count queued GPU work in this step
         t_train += time.perf_counter() - t0
@@ -568,4 +556,5 @@ def _train(
             f"done: {done} steps in {t_train:.0f} s; student mIoU final {result.miou:.2f}, "
             f"best {result.best_miou:.2f} (step {result.best_step}); run dir {out_dir}"
         )
+    barrier()  # under DDP: no rank leaves before rank 0 has written its files
     return result

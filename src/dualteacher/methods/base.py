@@ -7,7 +7,10 @@ happens to its teachers after the optimizer step.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +40,59 @@ class StepInfo:
 Batch = dict[str, torch.Tensor]
 
 
+class PhaseTimer:
+    """Wall-clock seconds per named phase of training steps (``dualteacher bench``).
+
+    Phases do not nest: a phase opened inside another is charged to the outer one. On CUDA
+    every phase boundary synchronises, so queued kernels are charged to the phase that
+    launched them (this slows the step a little; the timer is for measuring only).
+    """
+
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.seconds: dict[str, float] = defaultdict(float)
+        self._open = False
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        if self._open:
+            yield
+            return
+        self.sync()
+        self._open, t0 = True, time.perf_counter()
+        try:
+            yield
+        finally:
+            self.sync()
+            self.seconds[name] += time.perf_counter() - t0
+            self._open = False
+
+
+_ACTIVE_TIMER: PhaseTimer | None = None
+_NO_PHASE = contextlib.nullcontext()
+
+
+def phase(name: str) -> contextlib.AbstractContextManager:
+    """``with phase("teacher_fwd"): ...`` charges the block to ``name`` while a ``PhaseTimer``
+    is active (``timing``); otherwise a shared no-op context: no timing, no CUDA sync."""
+    return _NO_PHASE if _ACTIVE_TIMER is None else _ACTIVE_TIMER.phase(name)
+
+
+@contextlib.contextmanager
+def timing(timer: PhaseTimer) -> Iterator[PhaseTimer]:
+    """Make ``timer`` record every ``phase`` block run inside this context."""
+    global _ACTIVE_TIMER
+    previous, _ACTIVE_TIMER = _ACTIVE_TIMER, timer
+    try:
+        yield timer
+    finally:
+        _ACTIVE_TIMER = previous
+
+
 class Method(nn.Module):
     """Base class. Subclasses set the class flags and implement ``training_step``.
 
@@ -53,9 +109,21 @@ class Method(nn.Module):
         self.student = student
         self.cfg = cfg
         self.ignore_index = IGNORE_INDEX
-        # The engine may replace this with a DistributedDataParallel wrapper of the student;
-        # set without registering, so state_dict keys stay free of "module.".
-        object.__setattr__(self, "student_forward", student)
+        # What ``student_forward`` calls: the student, or the engine's DDP / compiled wrapper
+        # of it (``wrap_student``); set without registering, so state_dict keys stay free of
+        # "module.".
+        object.__setattr__(self, "_student_call", student)
+
+    def wrap_student(self, wrapper: Callable) -> None:
+        """Route every ``student_forward`` through ``wrapper`` (DDP, torch.compile)."""
+        object.__setattr__(self, "_student_call", wrapper)
+
+    def student_forward(self, x: torch.Tensor, **kwargs):
+        """The student's forward for every pass that takes gradient. Under DDP it goes through
+        the DDP wrapper, which all-reduces the gradients in backward; forwards without
+        gradient (pseudo-labels) may call ``self.student`` directly."""
+        with phase("student_fwd"):
+            return self._student_call(x, **kwargs)
 
     # --- the per-step API used by the engine ---------------------------------------------
     def training_step(self, batch_x: Batch, batch_u: Batch | None, info: StepInfo) -> dict:

@@ -32,7 +32,7 @@ from torchvision.transforms.v2 import functional as TF
 from dualteacher.config import Config, DualTeacherMode
 from dualteacher.data.transforms import denormalize
 from dualteacher.errors import ConfigError
-from dualteacher.methods.base import Batch, Method, StepInfo
+from dualteacher.methods.base import Batch, Method, StepInfo, phase
 from dualteacher.methods.ema import EMA, BufferPolicy, ema_momentum
 from dualteacher.methods.losses import masked_ce, pseudo_label
 from dualteacher.methods.mixing import classmix_mask, cutmix_box_mask, mix
@@ -96,7 +96,8 @@ class DualTeacher(Method):
     def _predict(self, teacher: nn.Module, x: torch.Tensor):
         # Official: teachers predict in train mode (dropout on, BN on batch statistics).
         teacher.train(self.faithful)
-        return pseudo_label(teacher(x))
+        with phase("teacher_fwd"):
+            return pseudo_label(teacher(x))
 
     # ----------------------------------------------------------------------------------------
     def training_step(self, batch_x: Batch, batch_u: Batch | None, info: StepInfo) -> dict:
@@ -107,7 +108,8 @@ class DualTeacher(Method):
         x_u = batch_u["image"]  # (B_u, 3, H, W) weak view
         if self.faithful:
             valid_u = torch.ones_like(batch_u["ignore"])  # official: padding is not excluded
-            x_s = self.batch_jitter(x_u.clone())
+            with phase("mixing"):
+                x_s = self.batch_jitter(x_u.clone())
         else:
             valid_u = ~batch_u["ignore"]
             x_s = batch_u["image_s"]
@@ -141,17 +143,18 @@ class DualTeacher(Method):
         return logits[: len(x)], logits[len(x) :]
 
     def _cutmix_branch(self, x, y, x_u, conf, pl):
-        b, _, h, w = x_u.shape
-        box = cutmix_box_mask(b, h, w, self.dt.cutmix_beta, device=x_u.device)  # (B, H, W)
-        perm = torch.randperm(b, device=x_u.device)
-        x_mix = mix(box, x_u[perm], x_u)
-        pl_mix = mix(box, pl[perm], pl)
-        if self.faithful:
-            # Official: the weight uses the un-mixed confidence after an 8-bit PIL round trip.
-            conf_w = torch.floor(conf * 255) / 255
-        else:
-            conf_w = mix(box, conf[perm], conf)
-        x_mix, pl_mix, conf_w = self._reco_augment(x_mix, pl_mix, conf_w)
+        with phase("mixing"):
+            b, _, h, w = x_u.shape
+            box = cutmix_box_mask(b, h, w, self.dt.cutmix_beta, device=x_u.device)  # (B, H, W)
+            perm = torch.randperm(b, device=x_u.device)
+            x_mix = mix(box, x_u[perm], x_u)
+            pl_mix = mix(box, pl[perm], pl)
+            if self.faithful:
+                # Official: the weight uses the un-mixed confidence after an 8-bit PIL round trip.
+                conf_w = torch.floor(conf * 255) / 255
+            else:
+                conf_w = mix(box, conf[perm], conf)
+            x_mix, pl_mix, conf_w = self._reco_augment(x_mix, pl_mix, conf_w)
 
         logits_x, logits_u = self._forward_pair(x, x_mix)
         loss_x = self.supervised_loss(logits_x, y)
@@ -167,17 +170,18 @@ class DualTeacher(Method):
         return loss_x, loss_mix, mask_ratio
 
     def _classmix_branch(self, x, y, x_s, conf, pl):
-        b = x_s.shape[0]
-        keep = classmix_mask(pl, self.ignore_index)  # (B, H, W) True: own pixel
-        if b == 2:
-            perm = torch.tensor([1, 0], device=x_s.device)
-        else:
-            perm = torch.randperm(b, device=x_s.device)
-        x_cm = mix(keep, x_s, x_s[perm])
-        # Mixing the softmax and taking its max = mixing confidence and label (official mixes
-        # the softmax).
-        conf_cm = mix(keep, conf, conf[perm])
-        pl_cm = mix(keep, pl, pl[perm])
+        with phase("mixing"):
+            b = x_s.shape[0]
+            keep = classmix_mask(pl, self.ignore_index)  # (B, H, W) True: own pixel
+            if b == 2:
+                perm = torch.tensor([1, 0], device=x_s.device)
+            else:
+                perm = torch.randperm(b, device=x_s.device)
+            x_cm = mix(keep, x_s, x_s[perm])
+            # Mixing the softmax and taking its max = mixing confidence and label (official
+            # mixes the softmax).
+            conf_cm = mix(keep, conf, conf[perm])
+            pl_cm = mix(keep, pl, pl[perm])
 
         logits_x, logits_u = self._forward_pair(x, x_cm)
         loss_x = self.supervised_loss(logits_x, y)

@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 
 from dualteacher.config import Config
-from dualteacher.methods.base import Batch, Method, StepInfo
+from dualteacher.methods.base import Batch, Method, StepInfo, phase
 from dualteacher.methods.ema import EMA, BufferPolicy, ema_momentum
 from dualteacher.methods.losses import eval_pseudo_label, masked_ce, pseudo_label
 from dualteacher.methods.mixing import mix, partner_permutation, unimatch_box_mask
@@ -63,9 +63,10 @@ class FixMatch(Method):
         x, y = batch_x["image"], batch_x["mask"]  # (B_x, 3, H, W), (B_x, H, W)
         x_u, x_s, valid = batch_u["image"], batch_u["image_s"], ~batch_u["ignore"]
         b, _, h, w = x_u.shape
-        perm = partner_permutation(b, x_u.device)  # (B_u,) partner of each image
-        box = unimatch_box_mask(b, h, w, self.fm.cutmix_p, device=x_u.device)  # (B_u, H, W)
-        x_s = mix(box, x_s[perm], x_s)
+        with phase("mixing"):
+            perm = partner_permutation(b, x_u.device)  # (B_u,) partner of each image
+            box = unimatch_box_mask(b, h, w, self.fm.cutmix_p, device=x_u.device)  # (B_u, H, W)
+            x_s = mix(box, x_s[perm], x_s)
 
         if self.teacher is None:
             # Partners labelled by the student in eval mode, the weak views in train mode
@@ -81,9 +82,10 @@ class FixMatch(Method):
 
         # Targets of the mixed strong view: own weak prediction outside the box, the
         # partner's inside it (pseudo-label, confidence and padding mask move together).
-        pl_s, conf_s, valid_s = (
-            mix(box, t_p[perm], t) for t, t_p in ((pl, pl_p), (conf, conf_p), (valid, valid))
-        )
+        with phase("mixing"):
+            pl_s, conf_s, valid_s = (
+                mix(box, t_p[perm], t) for t, t_p in ((pl, pl_p), (conf, conf_p), (valid, valid))
+            )
         loss_x = self.supervised_loss(logits_x, y)
         keep = conf_s >= self.conf_thresh
         loss_s = masked_ce(logits_s, pl_s, keep, valid_s, self.ignore_index)

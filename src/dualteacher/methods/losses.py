@@ -6,6 +6,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from dualteacher.methods.base import phase
+
 
 @torch.no_grad()
 def pseudo_label(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -25,7 +27,8 @@ def eval_pseudo_label(
     was_training = model.training
     model.eval()
     try:
-        return pseudo_label(model(x))
+        with phase("teacher_fwd"):
+            return pseudo_label(model(x))
     finally:
         model.train(was_training)
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from dualteacher.config import Config
-from dualteacher.methods.base import Batch, Method, StepInfo
+from dualteacher.methods.base import Batch, Method, StepInfo, phase
 from dualteacher.methods.ema import EMA, BufferPolicy, ema_momentum
 from dualteacher.methods.losses import masked_ce, pseudo_label
 from dualteacher.methods.mixing import cutmix_box_mask, mix
@@ -40,14 +40,15 @@ class MeanTeacher(Method):
         x, y = batch_x["image"], batch_x["mask"]
         x_u, x_s, valid = batch_u["image"], batch_u["image_s"], ~batch_u["ignore"]
         self.teacher.eval()
-        with torch.no_grad():
+        with torch.no_grad(), phase("teacher_fwd"):
             _, conf, pl = pseudo_label(self.teacher(x_u))  # (B, H, W)
 
-        b, _, h, w = x_s.shape
-        box = cutmix_box_mask(b, h, w, device=x_s.device)  # (B, H, W)
-        perm = torch.randperm(b, device=x_s.device)
-        x_mix = mix(box, x_s[perm], x_s)
-        pl_mix, conf_mix, valid_mix = (mix(box, t[perm], t) for t in (pl, conf, valid))
+        with phase("mixing"):
+            b, _, h, w = x_s.shape
+            box = cutmix_box_mask(b, h, w, device=x_s.device)  # (B, H, W)
+            perm = torch.randperm(b, device=x_s.device)
+            x_mix = mix(box, x_s[perm], x_s)
+            pl_mix, conf_mix, valid_mix = (mix(box, t[perm], t) for t in (pl, conf, valid))
 
         logits = self.student_forward(torch.cat([x, x_mix]))
         loss_x = self.supervised_loss(logits[: len(x)], y)

@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 
 from dualteacher.config import Config
-from dualteacher.methods.base import Batch, Method, StepInfo
+from dualteacher.methods.base import Batch, Method, StepInfo, phase
 from dualteacher.methods.losses import eval_pseudo_label, masked_ce, pseudo_label
 from dualteacher.methods.mixing import mix, partner_permutation, unimatch_box_mask
 from dualteacher.models import SegModel
@@ -50,11 +50,14 @@ class UniMatch(Method):
         x, y = batch_x["image"], batch_x["mask"]  # (B_x, 3, H, W), (B_x, H, W)
         x_u, valid = batch_u["image"], ~batch_u["ignore"]  # (B_u, 3, H, W), (B_u, H, W)
         b, _, h, w = x_u.shape
-        perm = partner_permutation(b, x_u.device)  # one partner per image for both views
-        # Independent boxes: each strong view takes its own region of the partner.
-        boxes = [unimatch_box_mask(b, h, w, self.um.cutmix_p, device=x_u.device) for _ in range(2)]
-        views = (batch_u["image_s"], batch_u["image_s2"])  # (B_u, 3, H, W) each
-        x_s = [mix(box, v[perm], v) for box, v in zip(boxes, views)]
+        with phase("mixing"):
+            perm = partner_permutation(b, x_u.device)  # one partner per image for both views
+            # Independent boxes: each strong view takes its own region of the partner.
+            boxes = [
+                unimatch_box_mask(b, h, w, self.um.cutmix_p, device=x_u.device) for _ in range(2)
+            ]
+            views = (batch_u["image_s"], batch_u["image_s2"])  # (B_u, 3, H, W) each
+            x_s = [mix(box, v[perm], v) for box, v in zip(boxes, views)]
 
         _, conf_p, pl_p = eval_pseudo_label(self.student, x_u)  # partners, eval mode
         logits, logits_fp = self.student_forward(torch.cat([x, x_u]), feature_noise=self.fp_noise)
