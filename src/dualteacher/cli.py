@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import re
 import sys
 import traceback
@@ -375,15 +377,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# OS errors that are the user's environment, not a bug: reported in one line.
+USER_OS_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # argparse stops filling a positional list at the first option, so overrides (or inputs)
-    # given after e.g. --methods come back as extras: hand them to that list.
+    # given after an option (train CONFIG --out DIR key=value) come back as extras: hand them
+    # to that list, in order.
     target = next((n for n in ("overrides", "inputs") if hasattr(args, n)), None)
     if extra:
-        if target is None or any(a.startswith("-") for a in extra):
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        unknown = [a for a in extra if a.startswith("-")] if target else extra
+        if unknown:
+            parser.error(
+                f"unrecognized argument(s) for '{args.command}': {' '.join(unknown)} "
+                f"(`dualteacher {args.command} --help` lists the options)"
+            )
         getattr(args, target).extend(extra)
     from dualteacher.errors import DualTeacherError
 
@@ -393,11 +404,30 @@ def main(argv: list[str] | None = None) -> None:
             from dualteacher.engine.distributed import shutdown
 
             shutdown()  # torchrun: leave the process group together
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
     except DualTeacherError as e:
         if args.debug:
             traceback.print_exc()
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        print(f"{e.label}: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except BrokenPipeError:
+        # `dualteacher ... | head`: the reader has gone. Silence the final flush of stdout
+        # (Python would print another traceback for it) and exit as a SIGPIPE-killed
+        # command does.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
+    except OSError as e:
+        if e.errno not in USER_OS_ERRORS:
+            raise
+        if args.debug:
+            traceback.print_exc()
+        where = f"{e.filename}: " if e.filename else ""
+        print(
+            f"error: {where}{e.strerror}. Free disk space or fix the permissions, then run "
+            "the command again (a training run resumes from its last checkpoint).",
+            file=sys.stderr,
+        )
+        sys.exit(1)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

@@ -69,6 +69,10 @@ class DataConfig:
     num_workers: int = 0  # DataLoader workers per loader; 0 loads in the main process
     pin_memory: bool | None = None  # page-locked batches for faster copies; None: on CUDA
     persistent_workers: bool = True  # keep workers alive between epochs (num_workers > 0)
+    # A corrupt or inconsistent training file: false stops the run naming it (after a
+    # checkpoint); true logs it, counts it and uses another sample (chosen from the draw's seed,
+    # so resumed runs stay exact). Validation files are never skipped.
+    skip_bad: bool = False
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # ImageNet statistics
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     strong: StrongAugConfig = field(default_factory=StrongAugConfig)
@@ -202,6 +206,12 @@ class TrainConfig:
     eval_teachers: bool = True  # also evaluate every teacher
     log_every: int = 10
     ckpt_every: int = 200  # steps between writes of latest.pt
+    keep_last: int = 2  # step_XXXXXXX.pt checkpoints kept besides latest.pt / best.pt; 0: none
+    max_bad_steps: int = 5  # non-finite losses in a row that stop the run (each one is skipped)
+    deterministic: bool = False  # deterministic torch algorithms: bit-identical CPU runs
+    # Resuming with a config that changes the training (optim.*, method.*, augmentation, ...)
+    # is an error unless this is true (e.g. to continue with a lower optim.lr).
+    resume_with_changes: bool = False
     tensorboard: bool = True
     progress: bool = True  # tqdm progress bar
     # Wall-clock budget of the training steps (validation excluded), in minutes: the loop stops
@@ -347,17 +357,18 @@ def to_yaml(cfg: Config) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"steps": 5}}`` -> ``{"train.steps": 5}``."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def diff(a: Config, b: Config) -> dict[str, tuple[Any, Any]]:
     """Keys whose values differ between two configs: ``{dotted.key: (a_value, b_value)}``."""
-
-    def flat(d: dict, prefix: str = "") -> dict:
-        out = {}
-        for k, v in d.items():
-            if isinstance(v, dict):
-                out.update(flat(v, f"{prefix}{k}."))
-            else:
-                out[f"{prefix}{k}"] = v
-        return out
-
-    fa, fb = flat(to_dict(a)), flat(to_dict(b))
+    fa, fb = flatten(to_dict(a)), flatten(to_dict(b))
     return {k: (fa.get(k), fb.get(k)) for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)}

@@ -1,12 +1,16 @@
 """User-facing errors: each says what is wrong, which file or key, and how to fix it.
 
 The CLI prints the message of a ``DualTeacherError`` without a traceback (unless ``--debug``)
-and exits with status 2. Anything else is a bug and keeps its traceback.
+and exits with its ``exit_code`` (2 unless said otherwise). Anything else is a bug and keeps
+its traceback.
 """
 
 
 class DualTeacherError(Exception):
     """Base class of errors caused by the user's input, not by a bug."""
+
+    exit_code = 2
+    label = "error"  # how the CLI introduces the message
 
 
 class ConfigError(DualTeacherError):
@@ -37,3 +41,13 @@ class BadSampleError(DataError):
         else:
             super().__init__(f"{path}: {reason}" + (f". Fix: {fix}" if fix else ""))
         self.path, self.reason, self.fix = path, reason, fix
+
+
+class TrainingStopped(DualTeacherError):
+    """A run ended before its last step: a signal (``exit_code`` 130 / 143, a checkpoint was
+    written) or a numerical fault (the last good checkpoint is kept). The message says how to
+    resume."""
+
+    def __init__(self, message: str, exit_code: int = 2, label: str = "error"):
+        super().__init__(message)
+        self.exit_code, self.label = exit_code, label

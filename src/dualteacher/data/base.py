@@ -25,6 +25,10 @@ from torchvision import tv_tensors
 
 from dualteacher.config import IGNORE_INDEX, DataConfig
 from dualteacher.data.transforms import normalize, strong_transform, weak_transform
+from dualteacher.errors import BadSampleError, DataError
+
+SKIPPED_KEY = "_skipped"  # (path, reason) of the bad files a training sample replaced
+MAX_REPLACEMENTS = 16  # bad samples in a row before ``data.skip_bad`` gives up
 
 
 @dataclass
@@ -92,6 +96,33 @@ def seeded(seed: int):
             random.setstate(state)
 
 
+def load_or_replace(
+    source: SegSource, index: int, seed: int, skip_bad: bool
+) -> tuple[Sample, list[tuple[str, str]]]:
+    """``source.load(index)``; with ``skip_bad`` a sample that raises ``BadSampleError`` is
+    replaced by another index drawn from ``(seed, attempt)``: the same draw always gets the
+    same replacement, so resumed and repeated runs see the same data. Also returns the
+    ``(path, reason)`` of every bad file met."""
+    skipped: list[tuple[str, str]] = []
+    n = len(source)
+    for attempt in range(MAX_REPLACEMENTS + 1):
+        try:
+            return source.load(index), skipped
+        except BadSampleError as e:
+            if not skip_bad:
+                raise
+            skipped.append((str(e.path), e.reason or str(e)))
+            if n < 2:
+                break
+            g = torch.Generator().manual_seed((seed + 7919 * (attempt + 1)) % 2**63)
+            index = (index + 1 + int(torch.randint(n - 1, (1,), generator=g))) % n
+    raise DataError(
+        f"data.skip_bad=true, but {len(skipped)} samples in a row could not be read (the last: "
+        f"{skipped[-1][0]}: {skipped[-1][1]}): most of this set seems unreadable. Run "
+        "`dualteacher check CONFIG` to list the bad files."
+    )
+
+
 def _to_tv(sample: Sample) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
     image = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(sample.image)).permute(2, 0, 1))
     if sample.mask is None:  # unlabelled: an all-zero mask marks where image content is
@@ -108,22 +139,30 @@ class LabeledTrainSet(Dataset):
         self.source = source
         self.weak = weak_transform(cfg)
         self.norm = normalize(cfg)
+        self.skip_bad = cfg.skip_bad
 
     def __len__(self) -> int:
         return len(self.source)
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
         index, seed = key
-        sample = self.source.load(index)
+        sample, skipped = load_or_replace(self.source, index, seed, self.skip_bad)
         if sample.mask is None:
             raise ValueError(f"labelled sample {sample.name} has no mask")
         image, mask = _to_tv(sample)
         with seeded(seed):
             image, mask = self.weak(image, mask)
-        return {
+        out = {
             "image": self.norm(image).as_subclass(torch.Tensor),
             "mask": mask.as_subclass(torch.Tensor).long(),
         }
+        return _with_skipped(out, skipped)
+
+
+def _with_skipped(out: dict, skipped: list) -> dict:
+    if skipped:
+        out[SKIPPED_KEY] = skipped  # taken out again by the loaders' collate function
+    return out
 
 
 def strong_key(i: int) -> str:
@@ -146,13 +185,14 @@ class UnlabeledTrainSet(Dataset):
         self.strong = strong_transform(cfg.strong) if with_strong else None
         self.num_strong = num_strong if with_strong else 0
         self.norm = normalize(cfg)
+        self.skip_bad = cfg.skip_bad
 
     def __len__(self) -> int:
         return len(self.source)
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
         index, seed = key
-        sample = self.source.load(index)
+        sample, skipped = load_or_replace(self.source, index, seed, self.skip_bad)
         sample = Sample(sample.image, None, sample.name)  # never read an unlabelled mask
         image, pad = _to_tv(sample)
         with seeded(seed):
@@ -161,7 +201,7 @@ class UnlabeledTrainSet(Dataset):
             for i in range(self.num_strong):
                 out[strong_key(i)] = self.norm(self.strong(image)).as_subclass(torch.Tensor)
         out["ignore"] = pad.as_subclass(torch.Tensor) == IGNORE_INDEX
-        return out
+        return _with_skipped(out, skipped)
 
 
 class EvalSet(Dataset):

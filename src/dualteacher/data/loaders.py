@@ -13,13 +13,15 @@ would have seen, with any number of workers.
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
 from collections.abc import Iterator
 
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Sampler, default_collate
 
 from dualteacher.config import DataConfig
-from dualteacher.data.base import DataBundle, LabeledTrainSet, UnlabeledTrainSet
+from dualteacher.data.base import SKIPPED_KEY, DataBundle, LabeledTrainSet, UnlabeledTrainSet
 from dualteacher.errors import DataError
 
 STREAM_LABELED, STREAM_UNLABELED = 1, 2
@@ -65,11 +67,37 @@ class StreamSampler(Sampler):
             k += 1
 
 
+class TrainBatch(dict):
+    """A collated batch; ``skipped`` lists the ``(path, reason)`` of bad files that
+    ``data.skip_bad`` replaced in it (an attribute, so a method never sees it as a key)."""
+
+    skipped: tuple[tuple[str, str], ...] | list[tuple[str, str]] = ()
+
+
+def collate_train(samples: list[dict]) -> TrainBatch:
+    skipped = [bad for s in samples for bad in s.pop(SKIPPED_KEY, ())]
+    batch = TrainBatch(default_collate(samples))
+    batch.skipped = skipped
+    return batch
+
+
+def _quiet_worker_signals(worker_id: int) -> None:
+    """Workers leave SIGINT (Ctrl-C reaches the whole process group) to the main process,
+    which finishes its step and writes a checkpoint. On SIGTERM (a scheduler signals every
+    process) a worker exits with status 0: torch aborts the main process at once, mid-step,
+    only for a worker killed by a signal; a worker gone quietly shows at the next batch fetch,
+    after the main process has seen its own SIGTERM."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+
+
 def _loader(dataset, sampler, batch_size: int, cfg: DataConfig, device: torch.device):
     return DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
+        collate_fn=collate_train,
+        worker_init_fn=_quiet_worker_signals,
         num_workers=cfg.num_workers,
         pin_memory=device.type == "cuda" if cfg.pin_memory is None else cfg.pin_memory,
         persistent_workers=cfg.num_workers > 0 and cfg.persistent_workers,

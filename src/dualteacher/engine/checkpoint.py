@@ -3,13 +3,19 @@
 A checkpoint is a dict with ``format``/``version``, the resolved ``config``, the label space
 (``classes``, ``palette``), the method's ``state`` (student and every teacher), ``optimizer``,
 ``scheduler``, ``step`` (optimizer steps done), ``best`` mIoU, ``history`` of validations,
-``rng`` states, and ``train_seconds``.
+``rng`` states, ``train_seconds`` and the ``guard`` counters (skipped steps and samples).
+
+A run directory holds ``latest.pt``, ``best.pt`` and the last ``train.keep_last``
+step-numbered checkpoints ``step_0000200.pt`` (``latest.pt`` is a hard link to the newest).
 """
 
 from __future__ import annotations
 
 import os
 import random
+import re
+import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -17,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dualteacher.config import flatten
 from dualteacher.errors import CheckpointError
 
 FORMAT = "dualteacher-checkpoint"
@@ -46,24 +53,206 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     """Write ``state`` to ``path`` atomically: a temporary file in the same directory, fsync,
     then rename over the target. A crash at any point leaves the previous file intact."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {"format": FORMAT, "version": VERSION, **state}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+
+    def write(f) -> None:
+        torch.save(state, f)
+
+    _atomic_write(path, write)
+
+
+def _atomic_write(path: Path, write) -> None:
+    """Call ``write(file)`` on a temporary file next to ``path``, fsync it, rename it over
+    ``path`` and fsync the directory. A disk or permission problem is a ``CheckpointError``
+    that says the previous file is untouched."""
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
         with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    # fsync the directory so the rename itself survives a power loss
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+        tmp = None
+        _fsync_dir(path.parent)  # so that the rename itself survives a power loss
+    except OSError as e:
+        raise CheckpointError(
+            f"could not write checkpoint {path}: {e.strerror or e}. The previous {path.name} "
+            "(if any) is untouched; free disk space or fix the permissions of "
+            f"{path.parent}, then run the same command again to resume."
+        ) from e
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def _fsync_dir(folder: Path) -> None:
+    dir_fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+TMP_SUFFIX = ".tmp"
+STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
+
+
+def step_path(out_dir: Path, step: int) -> Path:
+    return out_dir / f"step_{step:07d}.pt"
+
+
+def step_checkpoints(out_dir: Path) -> list[tuple[int, Path]]:
+    """The step-numbered checkpoints of a run directory, oldest first."""
+    found = []
+    if out_dir.is_dir():
+        for p in out_dir.iterdir():
+            m = STEP_FILE.match(p.name)
+            if m:
+                found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def save_run_checkpoint(state: dict[str, Any], out_dir: Path, step: int, keep_last: int) -> Path:
+    """Write the checkpoint of ``step``: ``step_XXXXXXX.pt`` (when ``keep_last`` > 0) and
+    ``latest.pt``, then delete all but the ``keep_last`` newest step files. Returns
+    ``latest.pt``."""
+    latest = out_dir / "latest.pt"
+    if keep_last <= 0:
+        save_checkpoint(state, latest)
+        return latest
+    target = step_path(out_dir, step)
+    save_checkpoint(state, target)
+    _link_or_copy(target, latest)
+    for _, old in step_checkpoints(out_dir)[:-keep_last]:
+        old.unlink(missing_ok=True)
+    return latest
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Atomically make ``dst`` a hard link to ``src`` (no second write of the data); where the
+    file system has no hard links, an atomic copy."""
+    tmp = dst.with_name(f".{dst.name}.link{TMP_SUFFIX}")
+    try:
+        tmp.unlink(missing_ok=True)
+        os.link(src, tmp)
+        os.replace(tmp, dst)
+        _fsync_dir(dst.parent)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        with open(src, "rb") as f:
+            _atomic_write(dst, lambda out: shutil.copyfileobj(f, out))
+
+
+def remove_stale_temp_files(out_dir: Path) -> None:
+    """Delete temporary files a killed process left behind while writing a checkpoint."""
+    if out_dir.is_dir():
+        for p in out_dir.glob(f".*{TMP_SUFFIX}"):
+            p.unlink(missing_ok=True)
+
+
+def find_resume_checkpoint(out_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest readable checkpoint of a run directory: ``latest.pt``, or a newer or intact
+    ``step_*.pt`` when ``latest.pt`` is behind (killed between the two writes), missing or
+    unreadable. ``None`` when there is no checkpoint at all."""
+    latest = out_dir / "latest.pt"
+    candidates = [p for _, p in reversed(step_checkpoints(out_dir))]
+    best: tuple[Path, dict] | None = None
+    errors = []
+    for path in ([latest] if latest.is_file() else []) + candidates:
+        step = _file_step(path)
+        if best is not None and step is not None and step <= best[1]["step"]:
+            break  # this and the rest are older than the checkpoint found
+        try:
+            state = load_checkpoint(path)
+        except CheckpointError as e:
+            errors.append(str(e))
+            continue
+        if best is None or state["step"] > best[1]["step"]:
+            best = (path, state)
+    if best is None and errors:
+        raise CheckpointError(
+            f"no readable checkpoint in {out_dir}:\n  " + "\n  ".join(errors) + "\nDelete the "
+            "broken files to start again, or use another run directory (--out)."
+        )
+    if best is not None and errors:
+        print(f"warning: skipped unreadable checkpoint(s): {'; '.join(errors)}", file=sys.stderr)
+    return best
+
+
+def _file_step(path: Path) -> int | None:
+    m = STEP_FILE.match(path.name)
+    return int(m.group(1)) if m else None
+
+
+# Keys that may change between the run that wrote a checkpoint and the run that resumes it:
+# where files are, how often to log / validate / save, the length and the hardware. Any other
+# change alters the training itself, so resuming with it would no longer be the same run.
+RESUMABLE_CHANGES = (
+    "data.root",
+    "data.labeled",
+    "data.unlabeled",
+    "data.val",
+    "data.num_workers",
+    "data.pin_memory",
+    "data.persistent_workers",
+    "data.skip_bad",
+    "model.pretrained",
+    "train.steps",
+    "train.epochs",
+    "train.device",
+    "train.threads",
+    "train.amp",
+    "train.channels_last",
+    "train.compile",
+    "train.out_dir",
+    "train.eval_every",
+    "train.eval_teachers",
+    "train.log_every",
+    "train.ckpt_every",
+    "train.keep_last",
+    "train.tensorboard",
+    "train.progress",
+    "train.max_minutes",
+    "train.curves",
+    "train.max_bad_steps",
+    "train.deterministic",
+    "train.resume_with_changes",
+    "eval.",
+)
+
+
+def config_changes(stored: dict, current: dict) -> list[str]:
+    """``key: checkpoint value -> current value`` for every key that changes the training."""
+    a, b = flatten(stored), flatten(current)
+    out = []
+    # A key on one side only comes from another package version: its old behaviour is unknown.
+    for key in sorted(set(a) & set(b)):
+        if key.startswith(RESUMABLE_CHANGES):
+            continue
+        # YAML / OmegaConf round trips turn tuples into lists
+        va, vb = (list(v) if isinstance(v, tuple) else v for v in (a[key], b[key]))
+        if va != vb:
+            out.append(f"{key}: {a[key]!r} -> {b[key]!r}")
+    return out
+
+
+def load_method_state(method: torch.nn.Module, state: dict[str, Any], path) -> None:
+    """Load a checkpoint's weights into ``method``; a mismatch (another model, method or class
+    count than the checkpoint was made with) is a ``CheckpointError`` naming the keys."""
+    try:
+        method.load_state_dict(state["state"])
+    except RuntimeError as e:
+        stored = state.get("config", {})
+        first = str(e).strip().splitlines()
+        detail = "; ".join(ln.strip() for ln in first[1:4]) or first[0]
+        raise CheckpointError(
+            f"{path} does not fit this model: it was made with model.name="
+            f"{stored.get('model', {}).get('name')!r}, method.name="
+            f"{stored.get('method', {}).get('name')!r}, {len(state.get('classes', []))} classes "
+            f"({detail[:300]}). Do not override model.* or method.* for an existing checkpoint."
+        ) from None
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -5,6 +5,10 @@ autocast -> backward of ``loss / accum_steps`` (scaled for fp16); then the optim
 scheduler step, BN buffers averaged over ranks, and ``after_step`` (teacher EMA). Under DDP
 the gradients are all-reduced once, in the last micro-batch's backward (``no_sync`` before).
 Every part runs inside a ``phase`` so that ``bench`` can break the step down.
+
+With a ``RunGuard`` (training), a step whose loss is not finite is undone instead: gradients
+dropped, BN buffers restored, no optimizer step, no EMA; the scheduler still advances. The
+backward still runs, so that DDP's all-reduce stays matched across ranks.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ class StepRunner:
         device: torch.device,
         cfg: TrainConfig,
         dist: DistInfo | None = None,
+        guard=None,
     ):
         if cfg.accum_steps < 1:
             raise ConfigError(f"train.accum_steps={cfg.accum_steps} must be at least 1")
@@ -60,6 +65,7 @@ class StepRunner:
         self.dist = dist or DistInfo()
         self.scaler = grad_scaler(device, cfg.amp)
         self.ddp = wrap_student(method, cfg, self.dist, device)
+        self.guard = guard  # engine.guard.RunGuard: non-finite losses
 
     def _no_sync(self, last: bool) -> contextlib.AbstractContextManager:
         """DDP's ``no_sync`` for every micro-batch but the last (local gradient accumulation)."""
@@ -70,6 +76,8 @@ class StepRunner:
         dict (averaged over the micro-batches)."""
         accum = self.cfg.accum_steps
         self.optimizer.zero_grad(set_to_none=True)
+        if self.guard is not None:
+            self.guard.begin_step(self.method)
         logged: dict = {}
         for i in range(accum):
             with phase("data"):
@@ -85,6 +93,11 @@ class StepRunner:
                 with phase("backward"):
                     (self.scaler.scale(loss) if self.scaler else loss).backward()
             logged = out if accum == 1 else _accumulate(logged, out, accum)
+        # a non-finite micro-batch loss makes the averaged one non-finite too
+        if self.guard is not None and self.guard.skip_step(logged["loss"], self.method, info.step):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+            return logged
         with phase("optimizer"):
             if self.scaler:
                 self.scaler.step(self.optimizer)  # skipped when fp16 gradients overflowed

@@ -3,15 +3,17 @@
 One step: next labelled (and unlabelled) batch -> ``method.training_step`` -> backward of
 ``"loss"`` -> optimizer and scheduler step -> ``method.after_step`` (teacher updates). Every
 ``eval_every`` steps the student and each teacher are validated and ``curves.png`` is redrawn;
-every ``ckpt_every`` steps ``latest.pt`` is written; ``best.pt`` follows the student's best
-mIoU. A run directory that already holds ``latest.pt`` resumes from it. ``train.max_minutes``
-stops the loop once the training steps have used that much wall-clock time.
+every ``ckpt_every`` steps ``latest.pt`` (and a step-numbered copy) is written; ``best.pt``
+follows the student's best mIoU. A run directory that already holds a checkpoint resumes from
+it. ``train.max_minutes`` stops the loop once the training steps have used that much
+wall-clock time. Signals, bad files and non-finite losses: ``engine.guard``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import time
 from dataclasses import dataclass, field, replace
@@ -26,7 +28,15 @@ from dualteacher.config import Config, EpochUnit, load_config, to_dict, to_yaml
 from dualteacher.data import DataBundle, build_data
 from dualteacher.data.base import EvalSet
 from dualteacher.data.loaders import build_train_loaders
-from dualteacher.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from dualteacher.engine.checkpoint import (
+    config_changes,
+    find_resume_checkpoint,
+    load_checkpoint,
+    load_method_state,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from dualteacher.engine.distributed import (
     DistInfo,
     barrier,
@@ -35,6 +45,7 @@ from dualteacher.engine.distributed import (
     resolve_device,
 )
 from dualteacher.engine.evaluate import check_eval_config, evaluate
+from dualteacher.engine.guard import RunGuard, check_writable
 from dualteacher.engine.memory import peak_memory_mb, reset_peak_memory
 from dualteacher.engine.optim import build_optimizer, build_scheduler, scaled_optim_config
 from dualteacher.engine.step import StepRunner
@@ -118,7 +129,7 @@ def build_run(
         _check_compatible(state, cfg, bundle, checkpoint)
     method = _build_method(cfg, bundle.num_classes, device)
     if state is not None:
-        method.load_state_dict(state["state"])
+        load_method_state(method, state, checkpoint)
     return Run(cfg, dist, device, bundle, method, EvalSet(bundle.val, cfg.data), state)
 
 
@@ -178,20 +189,21 @@ def build_model_from_checkpoint(
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     method = _build_method(cfg, len(state["classes"]), device)
-    method.load_state_dict(state["state"])
+    load_method_state(method, state, path)
     method.eval()
     palette = [tuple(c) for c in state.get("palette") or []]
     return TrainedModels(cfg, device, method, list(state["classes"]), palette, state["step"])
 
 
-def _check_compatible(state: dict, cfg: Config, bundle: DataBundle, path) -> None:
+def _check_compatible(state: dict, cfg: Config, bundle: DataBundle | None, path) -> None:
+    """Same model, method and (with ``bundle``) number of classes as the checkpoint."""
     stored = state["config"]
     problems = []
     if stored["model"]["name"] != cfg.model.name:
         problems.append(f"model {stored['model']['name']!r} (config says {cfg.model.name!r})")
     if stored["method"]["name"] != cfg.method.name:
         problems.append(f"method {stored['method']['name']!r} (config says {cfg.method.name!r})")
-    if len(state["classes"]) != bundle.num_classes:
+    if bundle is not None and len(state["classes"]) != bundle.num_classes:
         problems.append(
             f"{len(state['classes'])} classes (dataset {cfg.data.name!r} has {bundle.num_classes})"
         )
@@ -200,6 +212,24 @@ def _check_compatible(state: dict, cfg: Config, bundle: DataBundle, path) -> Non
             f"{path} was trained with {'; '.join(problems)}. Use a run directory (--out) of its "
             "own for this config, or a checkpoint of the same model, method and classes."
         )
+
+
+def _check_resume_config(state: dict, cfg: Config, path) -> None:
+    """A run resumes only with the config it was started with, up to the keys that do not
+    change the training (``RESUMABLE_CHANGES``), unless ``train.resume_with_changes``."""
+    changes = config_changes(state["config"], to_dict(cfg))
+    if not changes:
+        return
+    listed = "\n  ".join(changes)
+    if cfg.train.resume_with_changes:
+        print(f"warning: resuming {path} with a changed config:\n  {listed}")
+        return
+    raise CheckpointError(
+        f"{path} was written by a run with another config; resuming it with this one would "
+        f"not continue the same training:\n  {listed}\nRun the original config again to "
+        "resume, use a new run directory (--out) for the new config, or pass "
+        "train.resume_with_changes=true to continue this run with the changes."
+    )
 
 
 @dataclass
@@ -222,10 +252,17 @@ class TrainResult:
 
 
 class MetricWriter:
-    """``metrics.jsonl`` (one JSON object per line) plus TensorBoard scalars; rank 0 only."""
+    """``metrics.jsonl`` (one JSON object per line) plus TensorBoard scalars; rank 0 only.
 
-    def __init__(self, out_dir: Path, tensorboard: bool, enabled: bool):
+    ``keep_until``: the step training resumes from; rows of later steps, logged by a process
+    that died before its next checkpoint, are dropped (those steps are trained again)."""
+
+    def __init__(
+        self, out_dir: Path, tensorboard: bool, enabled: bool, keep_until: int | None = None
+    ):
         self.enabled = enabled
+        if enabled and keep_until is not None:
+            drop_rows_after(out_dir / "metrics.jsonl", keep_until)
         self.file = open(out_dir / "metrics.jsonl", "a") if enabled else None  # noqa: SIM115
         self.tb = None
         if enabled and tensorboard:
@@ -248,6 +285,26 @@ class MetricWriter:
             self.file.close()
         if self.tb:
             self.tb.close()
+
+
+def drop_rows_after(path: Path, step: int) -> None:
+    """Remove the rows of ``metrics.jsonl`` whose step is after ``step``, and a line torn by a
+    killed process (atomic rewrite)."""
+    if not path.is_file():
+        return
+
+    def keep(line: str) -> bool:
+        try:
+            return json.loads(line).get("step", 0) <= step
+        except json.JSONDecodeError:
+            return False
+
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [ln for ln in lines if ln.strip() and keep(ln)]
+    if len(kept) != len(lines):
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(kept))
+        tmp.replace(path)
 
 
 def default_out_dir(cfg: Config) -> str:
@@ -310,14 +367,28 @@ def _write_curves(out_dir: Path, epoch_steps: int) -> None:
 def train(
     cfg: Config, *, stop_after: int | None = None, bundle: DataBundle | None = None
 ) -> TrainResult:
-    """Train ``cfg`` in ``cfg.train.out_dir``, resuming from its ``latest.pt`` if present.
+    """Train ``cfg`` in ``cfg.train.out_dir``, resuming from its newest checkpoint if present.
 
     ``stop_after``: leave after this global step with ``latest.pt`` written, as an interrupted
     run would (tests use it; the schedule still spans the whole run, see ``total_steps``).
-    ``bundle``: data already built from ``cfg.data``.
+    ``bundle``: data already built from ``cfg.data``. Signals, bad files and non-finite losses
+    are handled by ``engine.guard.RunGuard`` (``TrainingStopped`` / ``DataError``).
     """
     out_dir = Path(cfg.train.out_dir or default_out_dir(cfg))
-    latest = out_dir / "latest.pt"
+    is_main = int(os.environ.get("RANK", "0")) == 0  # torchrun's rank; the group joins later
+    if is_main:
+        check_writable(out_dir)
+    with RunGuard(cfg, out_dir, is_main) as guard:
+        return _train(cfg, out_dir, guard, stop_after, bundle)
+
+
+def _train(
+    cfg: Config, out_dir: Path, guard: RunGuard, stop_after: int | None, bundle: DataBundle | None
+) -> TrainResult:
+    resume = find_resume_checkpoint(out_dir)
+    if resume is not None:  # before building anything: a wrong run directory fails fast
+        _check_compatible(resume[1], cfg, None, resume[0])
+        _check_resume_config(resume[1], cfg, resume[0])
     run = build_run(cfg, bundle=bundle)
     method, dist, device = run.method, run.dist, run.device
     student = method.student
@@ -329,23 +400,24 @@ def train(
     scheduler = build_scheduler(optimizer, total, cfg.optim)
 
     start, best, history, t_train = 0, {"miou": float("-inf"), "step": 0}, [], 0.0
-    if latest.is_file():
-        state = load_checkpoint(latest)
-        _check_compatible(state, cfg, run.bundle, latest)
-        method.load_state_dict(state["state"])
+    if resume is not None:
+        path, state = resume
+        _check_compatible(state, cfg, run.bundle, path)
+        load_method_state(method, state, path)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start, best, history = state["step"], state["best"], state["history"]
         t_train = state["train_seconds"]
         set_rng_state(state["rng"])
+        guard.load_state_dict(state.get("guard", {}), start)
         reseed_rank(cfg.train.seed, dist, start)
         if dist.is_main:
-            print(f"resuming {out_dir} from step {start}")
+            print(f"resuming {out_dir} from step {start} ({path.name})")
     else:
         # Per-rank randomness (mixing boxes, dropout) from here on; weights are identical.
         seed_all(cfg.train.seed + 1000 * dist.rank)
 
-    step_fn = StepRunner(method, optimizer, scheduler, device, cfg.train, dist)
+    step_fn = StepRunner(method, optimizer, scheduler, device, cfg.train, dist, guard)
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.yaml").write_text(to_yaml(cfg))
@@ -363,9 +435,9 @@ def train(
         device=device,
         accum_steps=cfg.train.accum_steps,
     )
-    it_x = iter(loader_x)
-    it_u = iter(loader_u) if loader_u is not None else None
-    writer = MetricWriter(out_dir, cfg.train.tensorboard, dist.is_main)
+    it_x = guard.watch(iter(loader_x))
+    it_u = guard.watch(iter(loader_u)) if loader_u is not None else None
+    writer = MetricWriter(out_dir, cfg.train.tensorboard, dist.is_main, keep_until=start)
     models = method.eval_models() if cfg.train.eval_teachers else {"student": student}
     final: dict[str, SegMetrics] = {}
 
@@ -382,7 +454,10 @@ def train(
             "history": history,
             "train_seconds": t_train,
             "rng": rng_state(),
+            "guard": guard.state_dict(),
         }
+
+    guard.bind(checkpoint_state)
 
     def validate() -> dict[str, SegMetrics]:
         return {
@@ -419,6 +494,7 @@ def train(
             _sync(device)  # the budget is wall-clock: count queued GPU work in this step
         t_train += time.perf_counter() - t0
         done = step + 1
+        guard.end_step(done)
         bar.update(1)
         out_of_time = budget is not None and t_train >= budget and done < total
         last = done == total or out_of_time
@@ -426,7 +502,7 @@ def train(
         if done % cfg.train.log_every == 0 or last:
             row = {"step": done, "epoch": info.epoch, "lr": optimizer.param_groups[0]["lr"]}
             row.update({k: float(v.detach() if torch.is_tensor(v) else v) for k, v in out.items()})
-            row["time"] = t_train
+            row.update(guard.counters(), time=t_train)
             writer.write(row)
             bar.set_postfix(loss=f"{row['loss']:.3f}")
 
@@ -448,8 +524,11 @@ def train(
                     _write_curves(out_dir, epoch_steps)
 
         stopping = stop_after is not None and done >= stop_after
-        if dist.is_main and (done % cfg.train.ckpt_every == 0 or last or stopping):
-            save_checkpoint(checkpoint_state(done), latest)
+        signalled = guard.stop_requested() and not last
+        if done % cfg.train.ckpt_every == 0 or last or stopping or signalled:
+            guard.save(done, periodic=not (last or stopping or signalled))
+        if signalled:
+            raise guard.interrupted()
         if stopping or out_of_time:
             break
     bar.close()
