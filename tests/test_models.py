@@ -98,7 +98,9 @@ def test_segformer_head_matches_official_layout():
 
 
 def test_teachers_have_no_drop_path():
-    cfg = load_config("demo", ["model.name=segformer-b0", "data.batch_size=2"])
+    cfg = load_config(
+        "demo", ["model.name=segformer-b0", "model.pretrained=null", "data.batch_size=2"]
+    )
 
     def make_model():
         return build_model(cfg.model, 5)

@@ -199,6 +199,7 @@ def _folder_with_bad_sample(tmp_path: Path, kind: str, draw_step: int = 2):
         bad = entry.mask
         trees.save_mask(bad, trees.halves(0, 7))
     run = ["method.name=supervised", "train.steps=6", "train.ckpt_every=100", *QUIET]
+    run += ["model.name=unet-r18", "model.pretrained=null"]  # batch 1: no 1x1 BN in the encoder
     return [*data, *run, "train.eval_every=100", "train.log_every=1"], bad
 
 

@@ -238,7 +238,9 @@ def test_pretrained_config_reaches_student_and_both_teachers(tmp_path):
     sd = torchvision.models.resnet18(weights=None).state_dict()
     path = tmp_path / "r18.pth"
     torch.save(sd, path)
-    cfg = load_config("demo", [f"model.pretrained={path}", "data.batch_size=2"])
+    cfg = load_config(
+        "demo", ["model.name=unet-r18", f"model.pretrained={path}", "data.batch_size=2"]
+    )
 
     def make_model():
         return build_model(cfg.model, 5)
