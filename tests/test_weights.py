@@ -7,6 +7,7 @@ import argparse
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 import torchvision
 from safetensors.torch import save_file
 
@@ -251,3 +252,23 @@ def test_pretrained_config_reaches_student_and_both_teachers(tmp_path):
     # Decoders keep their own random init (official: teachers are not copies of the student).
     s_dec, t_dec = method.student.net.decoder, method.teachers[0].net.decoder
     assert not torch.equal(next(s_dec.parameters()), next(t_dec.parameters()))
+
+
+def test_bundled_lite0_weights_are_renamed_correctly_and_recognise_a_cat():
+    """The bundled EfficientNet-Lite0 file (lukemelas layout) loads into timm's network under
+    our key renaming and, with its own ImageNet classifier, still calls skimage's cat a cat: a
+    wrong stage/block mapping would load (shapes repeat within a stage) but classify garbage."""
+    from skimage import data as skdata
+
+    from dualteacher.models.weights import _efficientnet_to_timm, bundled_weights, read_state_dict
+
+    net = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
+    sd = _efficientnet_to_timm(read_state_dict(bundled_weights("unet-effl0")), net)
+    sd = {k.replace("_fc.", "classifier."): v for k, v in sd.items()}
+    missing, unexpected = net.load_state_dict(sd, strict=False)
+    assert not missing and not unexpected
+    img = torch.from_numpy(skdata.chelsea()[:, 50:350]).permute(2, 0, 1).float() / 255
+    x = F.interpolate(img[None], size=(224, 224), mode="bilinear", antialias=True)
+    with torch.no_grad():
+        top1 = int(net((x - 0.5) / 0.5).argmax())
+    assert 281 <= top1 <= 285  # ImageNet's domestic cat classes (tabby ... Egyptian cat)

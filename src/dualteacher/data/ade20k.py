@@ -29,12 +29,10 @@ from dualteacher.data.files import (
     INVALID,
     Entry,
     FileSource,
-    exclude,
     find_dataset_dir,
     first_existing,
-    without_masks,
 )
-from dualteacher.data.splits import read_split
+from dualteacher.data.splits import folder_split_parts
 
 CLASSES = [
     "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane",
@@ -117,24 +115,9 @@ def source(entries: list[Entry], origin: str) -> FileSource:
 
 def build(cfg: DataConfig) -> DataBundle:
     """ADE20K with the defaults described in the module docstring."""
-    lay = layout(cfg)
-    if cfg.labeled:
-        labeled = read_split(cfg.labeled, cfg, lay, True, "data.labeled")
-        lab_origin = cfg.labeled
-    else:
-        labeled, lab_origin = lay.scan("training", labeled=True), "images/training (all)"
-    if cfg.unlabeled:
-        unlabeled = read_split(cfg.unlabeled, cfg, lay, False, "data.unlabeled")
-        unl_origin = cfg.unlabeled
-    elif cfg.labeled:
-        unlabeled = without_masks(exclude(lay.scan("training", labeled=False), labeled))
-        unl_origin = "images/training minus labelled"
-    else:
-        unlabeled, unl_origin = [], "none (all training images are labelled)"
-    if cfg.val:
-        val, val_origin = read_split(cfg.val, cfg, lay, True, "data.val"), cfg.val
-    else:
-        val, val_origin = lay.scan("validation", labeled=True), "images/validation"
+    (labeled, lab_origin), (unlabeled, unl_origin), (val, val_origin) = folder_split_parts(
+        cfg, layout(cfg), "training", "validation", "images"
+    )
     unl = source(unlabeled, unl_origin)
     unl.empty_hint = "give data.labeled=SPLIT_FILE: the other training images become unlabelled"
     return DataBundle(

@@ -27,13 +27,11 @@ from dualteacher.data.base import DataBundle
 from dualteacher.data.files import (
     Entry,
     FileSource,
-    exclude,
     find_dataset_dir,
     first_existing,
     identity_lut,
-    without_masks,
 )
-from dualteacher.data.splits import read_split
+from dualteacher.data.splits import folder_split_parts
 
 CLASSES = [
     "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
@@ -123,24 +121,9 @@ def layout(cfg: DataConfig) -> CityscapesLayout:
 
 def build(cfg: DataConfig) -> DataBundle:
     """Cityscapes with the defaults described in the module docstring."""
-    lay = layout(cfg)
-    if cfg.labeled:
-        labeled = read_split(cfg.labeled, cfg, lay, True, "data.labeled")
-        lab_origin = cfg.labeled
-    else:
-        labeled, lab_origin = lay.scan("train", labeled=True), "leftImg8bit/train (all)"
-    if cfg.unlabeled:
-        unlabeled = read_split(cfg.unlabeled, cfg, lay, False, "data.unlabeled")
-        unl_origin = cfg.unlabeled
-    elif cfg.labeled:
-        unlabeled = without_masks(exclude(lay.scan("train", labeled=False), labeled))
-        unl_origin = "leftImg8bit/train minus labelled"
-    else:
-        unlabeled, unl_origin = [], "none (all train images are labelled)"
-    if cfg.val:
-        val, val_origin = read_split(cfg.val, cfg, lay, True, "data.val"), cfg.val
-    else:
-        val, val_origin = lay.scan("val", labeled=True), "leftImg8bit/val"
+    (labeled, lab_origin), (unlabeled, unl_origin), (val, val_origin) = folder_split_parts(
+        cfg, layout(cfg), "train", "val", "leftImg8bit"
+    )
     unl = source(unlabeled, unl_origin)
     unl.empty_hint = "give data.labeled=SPLIT_FILE: the other train images become unlabelled"
     return DataBundle(

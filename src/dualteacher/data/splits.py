@@ -31,7 +31,7 @@ from typing import Protocol
 import numpy as np
 
 from dualteacher.config import DataConfig
-from dualteacher.data.files import IMAGE_EXTS, Entry
+from dualteacher.data.files import IMAGE_EXTS, Entry, exclude, without_masks
 from dualteacher.errors import DataError
 
 FORMATS = (
@@ -119,6 +119,46 @@ def read_split(value: str, cfg: DataConfig, layout: Layout, labeled: bool, key: 
     if not entries:
         raise DataError(f"{key}={value}: {path} lists no images. A split file lists {FORMATS}")
     return entries
+
+
+class FolderSplitLayout(Layout, Protocol):
+    """A layout with one image folder per split (Cityscapes ``train``/``val``, ADE20K
+    ``training``/``validation``)."""
+
+    def scan(self, split: str, labeled: bool) -> list[Entry]:
+        """Every image of the folder of ``split``, with its mask when ``labeled``."""
+        ...
+
+
+Part = tuple[list[Entry], str]  # entries and where they came from (for messages)
+
+
+def folder_split_parts(
+    cfg: DataConfig, layout: FolderSplitLayout, train: str, val: str, images: str
+) -> tuple[Part, Part, Part]:
+    """(labelled, unlabelled, validation) entries of a ``FolderSplitLayout`` dataset.
+
+    Split files win when given. Otherwise every ``train`` image is labelled and none is
+    unlabelled, or, with only ``data.labeled`` given, the other ``train`` images are the
+    unlabelled set; validation is every ``val`` image. ``images`` names the image folder in
+    the origins (``leftImg8bit``).
+    """
+    if cfg.labeled:
+        labeled = read_split(cfg.labeled, cfg, layout, True, "data.labeled"), cfg.labeled
+    else:
+        labeled = layout.scan(train, labeled=True), f"{images}/{train} (all)"
+    if cfg.unlabeled:
+        unlabeled = read_split(cfg.unlabeled, cfg, layout, False, "data.unlabeled"), cfg.unlabeled
+    elif cfg.labeled:
+        rest = without_masks(exclude(layout.scan(train, labeled=False), labeled[0]))
+        unlabeled = rest, f"{images}/{train} minus labelled"
+    else:
+        unlabeled = [], f"none (all {train} images are labelled)"
+    if cfg.val:
+        validation = read_split(cfg.val, cfg, layout, True, "data.val"), cfg.val
+    else:
+        validation = layout.scan(val, labeled=True), f"{images}/{val}"
+    return labeled, unlabeled, validation
 
 
 def draw_split(
