@@ -6,7 +6,7 @@ set -euo pipefail
 DT=${DT:-dualteacher}
 while read -r model crop; do
   for method in supervised dual_teacher; do
-    $DT bench --model "$model" --crop "$crop" --batch 2 --method "$method" --steps 3 --warmup 1 --json "$@"
+    $DT bench --model "$model" --crop "$crop" --batch 2 --method "$method" --steps "${STEPS:-3}" --warmup 1 --json "$@"
   done
 done <<'LIST'
 deeplabv3plus-r101 321

@@ -212,3 +212,20 @@ def test_phase_timer_is_free_when_off_and_does_not_nest():
     with phase("after"):
         pass
     assert "after" not in timer.seconds
+
+
+def test_fp16_loss_scale_is_checkpointed_and_resumed(tmp_path):
+    """A resumed fp16 run continues from the saved loss scale, not a fresh 65536."""
+    from dualteacher.engine.checkpoint import load_checkpoint, save_checkpoint
+
+    overrides = [*TINY, "method.name=supervised", "train.amp=fp16", f"train.out_dir={tmp_path}"]
+    trainer.train(load_config("demo", [*overrides, "train.steps=3"]), stop_after=2)
+    state = load_checkpoint(tmp_path / "latest.pt")
+    assert state["grad_scaler"]["scale"] > 0
+    # Pretend the run had backed its scale off to 2**9; resuming must keep that.
+    state["grad_scaler"]["scale"] = 512.0
+    for old in tmp_path.glob("*.pt"):
+        old.unlink()
+    save_checkpoint(state, tmp_path / "latest.pt")
+    trainer.train(load_config("demo", [*overrides, "train.steps=3"]))
+    assert load_checkpoint(tmp_path / "latest.pt")["grad_scaler"]["scale"] in (256.0, 512.0)

@@ -418,6 +418,8 @@ def _train(
         seed_all(cfg.train.seed + 1000 * dist.rank)
 
     step_fn = StepRunner(method, optimizer, scheduler, device, cfg.train, dist, guard)
+    if resume is not None and step_fn.scaler and resume[1].get("grad_scaler"):
+        step_fn.scaler.load_state_dict(resume[1]["grad_scaler"])  # fp16 loss scale continues
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.yaml").write_text(to_yaml(cfg))
@@ -455,6 +457,7 @@ def _train(
             "train_seconds": t_train,
             "rng": rng_state(),
             "guard": guard.state_dict(),
+            "grad_scaler": step_fn.scaler.state_dict() if step_fn.scaler else None,
         }
 
     guard.bind(checkpoint_state)
