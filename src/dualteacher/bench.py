@@ -30,7 +30,7 @@ from dualteacher.config import IGNORE_INDEX, Config
 from dualteacher.data import build_data
 from dualteacher.data.base import strong_key
 from dualteacher.data.loaders import build_train_loaders
-from dualteacher.engine.distributed import autocast, resolve_device
+from dualteacher.engine.distributed import autocast, resolve_device, synchronize
 from dualteacher.engine.optim import build_optimizer, build_scheduler, scaled_optim_config
 from dualteacher.engine.step import StepRunner
 from dualteacher.engine.trainer import seed_all
@@ -59,11 +59,6 @@ def synthetic_batches(
     for i in range(method.num_strong_views if method.needs_strong_view else 0):
         batch_u[strong_key(i)] = torch.randn(b_u, 3, c, c, device=device)
     return batch_x, batch_u
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _peak_memory_mb(device: torch.device) -> tuple[float, str]:
@@ -117,7 +112,7 @@ def time_model_passes(passes: list[ModelPass], device: torch.device, cfg: Config
     backward through all of them (as the step does). No data, mixing, loss or optimizer."""
     fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     inputs = [torch.randn(p.shape, device=device).contiguous(memory_format=fmt) for p in passes]
-    _sync(device)
+    synchronize(device)
     t0 = time.perf_counter()
     outputs = []
     with autocast(device, cfg.train.amp):
@@ -131,7 +126,7 @@ def time_model_passes(passes: list[ModelPass], device: torch.device, cfg: Config
                 outputs += list(out) if isinstance(out, tuple) else [out]
     if outputs:
         sum(o.float().mean() for o in outputs).backward()
-    _sync(device)
+    synchronize(device)
     return time.perf_counter() - t0
 
 
@@ -209,11 +204,11 @@ def bench(
         timer = PhaseTimer(device)
         recorder.passes.clear()
         recorder.active = True
-        _sync(device)
+        synchronize(device)
         start = time.perf_counter()
         with timing(timer):
             out = step_fn(it_x, it_u, info)
-        _sync(device)
+        synchronize(device)
         elapsed = time.perf_counter() - start
         recorder.active = False
         if step >= warmup:

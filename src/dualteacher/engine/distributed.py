@@ -207,3 +207,9 @@ def autocast(device: torch.device, amp: AmpMode) -> contextlib.AbstractContextMa
 def grad_scaler(device: torch.device, amp: AmpMode) -> torch.amp.GradScaler | None:
     """A loss scaler for fp16 (its gradients underflow without one); bf16 has fp32's range."""
     return torch.amp.GradScaler(device.type) if amp == AmpMode.fp16 else None
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so that wall-clock timings count it (no-op off CUDA)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -43,6 +43,7 @@ from dualteacher.engine.distributed import (
     init_distributed,
     reseed_rank,
     resolve_device,
+    synchronize,
 )
 from dualteacher.engine.evaluate import check_eval_config, evaluate
 from dualteacher.engine.guard import RunGuard, check_writable
@@ -311,11 +312,6 @@ def default_out_dir(cfg: Config) -> str:
     return f"runs/{cfg.data.name}_{cfg.method.name}"
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def measure_step_seconds(
     cfg: Config, steps: int = 8, warmup: int = 2, bundle: DataBundle | None = None
 ) -> float:
@@ -345,10 +341,10 @@ def measure_step_seconds(
     t0 = 0.0
     for step in range(warmup + steps):
         if step == warmup:
-            _sync(device)
+            synchronize(device)
             t0 = time.perf_counter()
         step_fn(it_x, it_u, StepInfo(step, epoch_steps))
-    _sync(device)
+    synchronize(device)
     return (time.perf_counter() - t0) / steps
 
 
@@ -494,7 +490,7 @@ def _train(
         info = StepInfo(step, epoch_steps)
         out = step_fn(it_x, it_u, info)
         if budget is not None:
-            _sync(device)  # the budget is wall-clock: count queued GPU work in this step
+            synchronize(device)  # the budget is wall-clock: count queued GPU work in this step
         t_train += time.perf_counter() - t0
         done = step + 1
         guard.end_step(done)
