@@ -16,6 +16,7 @@ from dualteacher.engine import trainer
 from dualteacher.engine.checkpoint import load_checkpoint
 from dualteacher.engine.distributed import shutdown
 from dualteacher.engine.evaluate import evaluate_checkpoint
+from dualteacher.engine.run import _build_method
 
 from .conftest import TINY
 
@@ -43,13 +44,13 @@ def _worker(rank: int, port: int, out_dir: str, result_dir: str) -> None:
     )
     torch.set_num_threads(1)
     runs = []
-    build_run = trainer.build_run
+    build_training = trainer.build_training
 
-    def capture(*args, **kwargs):  # keep a handle on the Run that train() builds
-        runs.append(build_run(*args, **kwargs))
+    def capture(*args, **kwargs):  # keep a handle on the run that train() builds
+        runs.append(build_training(*args, **kwargs))
         return runs[-1]
 
-    trainer.build_run = capture
+    trainer.build_training = capture
     cfg = load_config("demo", [*OVERRIDES, f"train.out_dir={out_dir}"])
     result = trainer.train(cfg)
     results = Path(result_dir)
@@ -81,7 +82,7 @@ def test_two_rank_ddp_keeps_models_equal_and_evaluates_like_one_process(tmp_path
     for key, value in states[0].items():
         assert torch.equal(value, ckpt["state"][key]), key
     init = load_config("demo", OVERRIDES)
-    fresh = trainer._build_method(init, len(ckpt["classes"]), torch.device("cpu")).state_dict()
+    fresh = _build_method(init, len(ckpt["classes"]), torch.device("cpu")).state_dict()
     for name in ("student.", "teachers.0.", "teachers.1."):
         conv = next(k for k in fresh if k.startswith(name) and k.endswith("conv1.weight"))
         assert not torch.equal(fresh[conv], states[0][conv]), f"{name} did not train"
