@@ -3,7 +3,7 @@
 ``torchrun --nproc_per_node N -m dualteacher train ...`` sets RANK / WORLD_SIZE; every process
 then builds the same student and teachers, joins the process group (NCCL on CUDA, gloo on
 CPU), trains its share of every global batch through a DDP-wrapped student and keeps its
-teachers equal to everyone else's (``wrap_student``, ``average_buffers``). Only rank 0
+teachers equal to everyone else's (``prepare_method``, ``average_buffers``). Only rank 0
 prints and writes files.
 """
 
