@@ -149,6 +149,9 @@ def test_bf16_on_a_gpu_without_it_fails_before_anything_is_built(
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert "train.amp=bf16: Tesla V100-SXM2-16GB (cuda:0)" in err and "train.amp=fp16" in err
     assert asked == [False]
+    # evaluating a bf16 run needs no bf16: evaluation runs in float32
+    cfg = load_config("demo", ["train.device=cuda", "train.amp=bf16", "train.threads=1"])
+    assert run_module._setup_process(cfg, training=False)[0] == torch.device("cuda", 0)
     check_amp(load_config(None, ["train.amp=fp16"]).train.amp, torch.device("cuda", 0))
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
     check_amp(load_config(None, ["train.amp=bf16"]).train.amp, torch.device("cuda", 0))

@@ -96,12 +96,13 @@ def run_length(cfg: Config, bundle: DataBundle | None, world_size: int = 1) -> t
     return epoch, total_steps(cfg, epoch)
 
 
-def _setup_process(cfg: Config) -> tuple[torch.device, DistInfo]:
-    """This process's device (``train.amp`` checked against it) and process group, before
-    anything else is built."""
+def _setup_process(cfg: Config, training: bool) -> tuple[torch.device, DistInfo]:
+    """This process's device (for training, ``train.amp`` checked against it) and process
+    group, before anything else is built."""
     check_eval_config(cfg.eval)
     device = select_device(cfg.train.device)
-    check_amp(cfg.train.amp, device)
+    if training:  # evaluation runs in float32: a bf16 run evaluates on any GPU
+        check_amp(cfg.train.amp, device)
     dist = init_distributed(device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -155,7 +156,7 @@ def build_run(
         state = load_checkpoint(checkpoint)
         cfg = _without_pretrained(load_config(None, overrides, base=state["config"]))
     assert cfg is not None
-    device, dist = _setup_process(cfg)
+    device, dist = _setup_process(cfg, training=False)
     if bundle is None:
         bundle = build_data(cfg.data)
     if state is not None:
@@ -362,7 +363,7 @@ def build_training(
             ``agree_on_checkpoint``); the config must be the one it was written with.
         verbose: print what ``model.pretrained`` loaded.
     """
-    device, dist = _setup_process(cfg)
+    device, dist = _setup_process(cfg, training=True)
     resume = agree_on_checkpoint(resume_dir, dist) if resume_dir is not None else None
     if resume is not None:  # before building anything: a wrong run directory fails fast
         check_compatible(resume[1], cfg, None, resume[0])

@@ -156,16 +156,17 @@ def measure_step_seconds(
     """Mean wall-clock seconds of one training step of ``cfg``, timed over ``steps`` steps after
     ``warmup`` untimed ones, as ``train`` would run them (the same ``build_training``); writes
     nothing. ``compare --minutes`` turns a time budget into a step count with it."""
-    run = build_training(cfg, bundle=bundle, verbose=False)
-    it_x, it_u = run.batches()
-    it_x, it_u = iter(it_x), iter(it_u) if it_u is not None else None
-    t0 = 0.0
-    for step in range(warmup + steps):
-        if step == warmup:
-            synchronize(run.device)
-            t0 = time.perf_counter()
-        run.step(it_x, it_u, StepInfo(step, run.epoch_steps))
-    synchronize(run.device)
+    with backend_settings(cfg.train):
+        run = build_training(cfg, bundle=bundle, verbose=False)
+        loader_x, loader_u = run.batches()
+        it_x, it_u = iter(loader_x), iter(loader_u) if loader_u is not None else None
+        t0 = 0.0
+        for step in range(warmup + steps):
+            if step == warmup:
+                synchronize(run.device)
+                t0 = time.perf_counter()
+            run.step(it_x, it_u, StepInfo(step, run.epoch_steps))
+        synchronize(run.device)
     return (time.perf_counter() - t0) / steps
 
 
@@ -222,6 +223,7 @@ def _loop(
     samples: BadSampleLog,
 ) -> TrainResult:
     cfg, state, dist, device, total = run.cfg, run.state, run.dist, run.device, run.total_steps
+    start = state.step
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.yaml").write_text(to_yaml(cfg))
@@ -237,16 +239,15 @@ def _loop(
     models = method.eval_models() if cfg.train.eval_teachers else {"student": method.student}
     val_set = run.val_set
     bar = tqdm(
-        total=run.total_steps,
-        initial=state.step,
+        total=total,
+        initial=start,
         disable=not (cfg.train.progress and dist.is_main),
         desc=f"{cfg.method.name}",
         dynamic_ncols=True,
     )
     budget = cfg.train.max_minutes * 60 if cfg.train.max_minutes is not None else None
     # A resumed run whose budget is already spent only validates.
-    end = state.step if budget is not None and state.train_seconds >= budget else run.total_steps
-    start = state.step
+    end = start if budget is not None and state.train_seconds >= budget else total
     memory_kind = reset_peak_memory(device)
     final: dict[str, SegMetrics] = {}
     out_of_time = False
@@ -301,8 +302,7 @@ def _loop(
         step_seconds=state.train_seconds / done if done else float("nan"),
         peak_memory_mb=peak_memory_mb(device, memory_kind),
         memory_kind=memory_kind,
-        stopped_by_time=out_of_time
-        or (budget is not None and end == start and done < run.total_steps),
+        stopped_by_time=out_of_time or (budget is not None and end == start and done < total),
     )
     if dist.is_main and final:
         print(
