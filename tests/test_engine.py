@@ -285,3 +285,30 @@ def test_checkpoint_hint_names_the_saved_step_on_every_rank(tmp_path):
     assert not list(Path(tmp_path).iterdir())  # nothing written by this rank
     message = str(StopSignals().stopped(3, other_rank))
     assert "to resume from step 3." in message and "None" not in message
+
+
+@pytest.mark.slow
+def test_bench_replays_compiled_passes_without_recompiling(monkeypatch):
+    """Real TorchDynamo tracing (its "eager" backend: no code generation, so it runs on any
+    CPU): neither the pass recorder's hooks nor the replay make the student recompile."""
+    import functools
+
+    from torch._dynamo.utils import counters
+
+    import dualteacher.bench as bench_module
+
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    graphs = []
+    replay = bench_module.time_model_passes
+
+    def counting_replay(passes, device, cfg):
+        before = counters["stats"]["unique_graphs"]
+        seconds = replay(passes, device, cfg)
+        graphs.append(counters["stats"]["unique_graphs"] - before)
+        return seconds
+
+    monkeypatch.setattr(bench_module, "time_model_passes", counting_replay)
+    cfg = load_config(None, [*TINY[:3], "data.crop_size=32", "data.batch_size=2"])
+    cfg.train.compile = True
+    result = bench(cfg, steps=2, warmup=1, num_classes=5)
+    assert graphs == [0, 0] and result["compile"]

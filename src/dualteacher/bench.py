@@ -115,8 +115,9 @@ class PassRecorder:
             self._in_student_call = False
 
     def _hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        # Inside a compiled forward the hook is traced, not run: nothing to record there.
-        if not self.active or self._in_student_call or torch.compiler.is_compiling():
+        # Inside a compiled forward the hook is traced, not run: nothing to record there, and
+        # nothing read that the compiled code would guard on (checked first).
+        if torch.compiler.is_compiling() or not self.active or self._in_student_call:
             return
         grad = torch.is_grad_enabled()
         self.passes.append(
