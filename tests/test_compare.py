@@ -78,3 +78,62 @@ def test_every_command_has_help_with_an_example():
     assert {"train", "eval", "demo", "predict", "compare", "configs"} <= set(sub.choices)
     for name, p in sub.choices.items():
         assert "example" in p.format_help() and "dualteacher " + name in p.format_help(), name
+
+
+# ------------------------------------------------------------ budgets with every kind of config
+# compare's probe and bench build their runs where train does (engine.run.build_training);
+# these failed when each had its own copy of the set-up.
+
+
+def test_compare_minutes_with_a_method_of_two_strong_views(tmp_path, capsys):
+    """UniMatch needs image_s and image_s2; the probe's loaders gave one strong view."""
+    out = tmp_path / "cmp"
+    main(
+        ["compare", "demo", *TINY, "--methods", "unimatch", "--minutes", "0.002", "--out", str(out)]
+    )
+    (row,) = json.loads((out / "summary.json").read_text())["results"]
+    assert row["method"] == "unimatch" and row["probe_step_seconds"] > 0 and row["steps"] >= 1
+
+
+def test_compare_minutes_with_epochs_over_the_unlabelled_set(tmp_path):
+    """The probe counted an epoch without the unlabelled set ("the unlabelled set is empty")."""
+    out = tmp_path / "cmp"
+    cfg = [*TINY, "train.epoch_unit=unlabeled", "train.epochs=3"]
+    main(
+        [
+            "compare",
+            "demo",
+            *cfg,
+            "--methods",
+            "supervised",
+            "--minutes",
+            "0.002",
+            "--out",
+            str(out),
+        ]
+    )
+    (row,) = json.loads((out / "summary.json").read_text())["results"]
+    assert row["planned_steps"] == max(1, int(0.12 / row["probe_step_seconds"]))
+    assert 1 <= row["steps"] <= row["planned_steps"]
+
+
+def test_compare_steps_replace_the_config_epochs(tmp_path, capsys):
+    """--steps 3 with train.epochs=2 (8 labelled images, batch 2: 4 steps per epoch) ran 8."""
+    out = tmp_path / "cmp"
+    main(["compare", "demo", *TINY, "train.epochs=2", "--methods", "supervised", "--steps", "3",
+          "--out", str(out)])  # fmt: skip
+    (row,) = json.loads((out / "summary.json").read_text())["results"]
+    assert row["steps"] == 3 and row["planned_steps"] == 3
+    assert load_checkpoint(out / "supervised" / "latest.pt")["step"] == 3
+    assert "--steps 3 sets the length of every run: train.epochs=2 is not used" in (
+        capsys.readouterr().out
+    )
+
+
+def test_compare_without_a_budget_runs_the_config_epochs(tmp_path):
+    out = tmp_path / "cmp"
+    main(["compare", "demo", *TINY, "train.epochs=1", "--methods", "supervised", "--out", str(out)])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["budget"] == {"steps": 4, "epochs": 1}  # 8 labelled / batch 2
+    assert summary["results"][0]["steps"] == 4
+    assert "4 steps per run (1 epochs)" in (out / "summary.md").read_text()

@@ -13,9 +13,12 @@ resumes unfinished runs and reuses finished ones). Written to ``OUT``:
 
 Budgets. ``steps``: every run does that many optimizer steps. ``minutes``: every run gets that
 much training wall-clock (validation excluded). A short timing probe per method (2 warm-up
-and 8 timed steps) turns the minutes into a step count, so the learning-rate schedule, which
-is defined on ``train.steps``, runs to its end; ``train.max_minutes`` also stops a run that
-turns out slower than the probe, in which case its schedule is cut short (``stopped_by_time``).
+and 8 timed steps of the very step ``train`` runs) turns the minutes into a step count, so the
+learning-rate schedule, which is defined on ``train.steps``, runs to its end;
+``train.max_minutes`` also stops a run that turns out slower than the probe, in which case its
+schedule is cut short (``stopped_by_time``). Either budget replaces the config's
+``train.epochs`` (the paper configs set it), which would otherwise set the run length. Without
+a budget, the config's own length applies (``train.epochs`` or ``train.steps``).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pathlib import Path
 
 from dualteacher.config import Config
 from dualteacher.data import build_data
+from dualteacher.engine.run import run_length
 from dualteacher.engine.trainer import TrainResult, measure_step_seconds, train
 from dualteacher.errors import ConfigError
 
@@ -70,24 +74,29 @@ def compare(
         methods: registered method names.
         out_dir: where the runs and the summary go.
         seeds: seeds to run each method with (default: ``cfg.train.seed``).
-        steps: step budget per run (default: ``cfg.train.steps``).
+        steps: step budget per run (default: the config's run length).
         minutes: training wall-clock budget per run instead of a step budget.
     """
     if steps is not None and minutes is not None:
         raise ConfigError("give a step budget or a time budget (--steps or --minutes), not both")
     if not methods:
         raise ConfigError("no methods to compare: give --methods m1,m2")
+    if (steps is not None or minutes is not None) and cfg.train.epochs is not None:
+        given = f"--steps {steps}" if steps is not None else f"--minutes {minutes:g}"
+        print(f"{given} sets the length of every run: train.epochs={cfg.train.epochs} is not used")
+        cfg = replace(cfg, train=replace(cfg.train, epochs=None))
     if steps is not None:
         cfg = replace(cfg, train=replace(cfg.train, steps=steps))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     seeds = list(seeds) if seeds else [cfg.train.seed]
     bundle = build_data(cfg.data)  # the same data for every run, built once
+    length = run_length(cfg, bundle)[1]  # train.steps, or train.epochs x steps per epoch
 
     planned: dict[str, dict] = {}
     for method in methods:
         if minutes is None:
-            planned[method] = {"steps": cfg.train.steps}
+            planned[method] = {"steps": length}
             continue
         print(f"timing probe for {method} ({PROBE_WARMUP} + {PROBE_STEPS} steps) ...")
         probe = _with(cfg, method, seeds[0], None, progress=False)
@@ -101,14 +110,19 @@ def compare(
         for seed in seeds:
             name = method if len(seeds) == 1 else f"{method}_seed{seed}"
             print(f"\n=== {name} ===")
-            kw: dict = {"steps": planned[method]["steps"]}
+            kw: dict = {"steps": planned[method]["steps"]} if minutes is not None else {}
             if minutes is not None:
                 kw["max_minutes"] = minutes
             run_cfg = _with(cfg, method, seed, out_dir / name, **kw)
             runs.setdefault(method, []).append(train(run_cfg, bundle=bundle))
 
     results = [_summarise(method, rs, seeds, planned[method]) for method, rs in runs.items()]
-    budget = {"minutes": minutes} if minutes is not None else {"steps": cfg.train.steps}
+    if minutes is not None:
+        budget: dict = {"minutes": minutes}
+    else:
+        budget = {"steps": length}
+        if cfg.train.epochs is not None:
+            budget["epochs"] = cfg.train.epochs
     summary = {
         "results": results,
         "budget": budget,
@@ -195,6 +209,7 @@ def format_markdown(summary: dict) -> str:
         f"{budget['minutes']:g} min of training per run"
         if "minutes" in budget
         else f"{budget['steps']} steps per run"
+        + (f" ({budget['epochs']} epochs)" if "epochs" in budget else "")
     )
     lines = [
         "# Comparison",
