@@ -30,7 +30,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
     from dualteacher.config import load_config
     from dualteacher.engine.trainer import default_out_dir, train
 
-    overrides = list(args.overrides)
+    overrides = [*args.overrides, *(["data.rescan=true"] * args.rescan)]
     if args.out:
         overrides.append(f"train.out_dir={args.out}")
     cfg = load_config(args.config, overrides)
@@ -64,9 +64,18 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 def _cmd_check(args: argparse.Namespace) -> None:
     from dualteacher.config import load_config
     from dualteacher.data.check import check_data, format_report
+    from dualteacher.errors import ConfigError
 
-    cfg = load_config(args.config, args.overrides)
-    report = check_data(cfg, workers=args.workers, progress=sys.stderr.isatty())
+    cfg = load_config(args.config, [*args.overrides, *(["data.rescan=true"] * args.rescan)])
+    if args.sample is not None and args.sample < 1:
+        raise ConfigError(f"--sample {args.sample}: give a number of samples >= 1")
+    report = check_data(
+        cfg,
+        workers=args.workers,
+        progress=sys.stderr.isatty(),
+        sample=args.sample,
+        seed=args.seed,
+    )
     print(format_report(report))
     if not report.ok:
         sys.exit(1)
@@ -99,6 +108,7 @@ def _cmd_splits(args: argparse.Namespace) -> None:
     )
 
 
+RESCAN_HELP = "scan the data folders again, ignoring a cached scan (data.rescan=true)"
 _OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.\w+)+=")
 
 
@@ -133,7 +143,7 @@ def _cmd_compare(args: argparse.Namespace) -> None:
     from dualteacher.compare import compare
     from dualteacher.config import load_config
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, [*args.overrides, *(["data.rescan=true"] * args.rescan)])
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     seeds = list(range(args.seeds)) if args.seeds else None
     out = args.out or f"runs/compare_{Path(args.config).stem}"
@@ -227,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="YAML config file, or the name of a built-in config")
     p.add_argument("overrides", nargs="*", help="config overrides key=value")
     p.add_argument("--out", help="run directory (default: train.out_dir or runs/<data>_<method>)")
+    p.add_argument("--rescan", action="store_true", help=RESCAN_HELP)
     p.set_defaults(func=_cmd_train)
 
     p = add(
@@ -292,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seeds", type=int, help="run seeds 0..K-1 (default: train.seed only)")
     p.add_argument("--out", help="output directory (default runs/compare_<config name>)")
+    p.add_argument("--rescan", action="store_true", help=RESCAN_HELP)
     p.set_defaults(func=_cmd_compare)
 
     p = add("configs", "list the built-in configs", "dualteacher configs")
@@ -315,6 +327,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="YAML config file, or the name of a built-in config")
     p.add_argument("overrides", nargs="*", help="config overrides key=value (e.g. data.root=...)")
     p.add_argument("--workers", type=int, default=None, help="reading threads (default: CPUs)")
+    p.add_argument(
+        "--sample",
+        type=int,
+        metavar="N",
+        help="read only N samples of each larger set, drawn at random (every entry is still "
+        "counted); for very large sets",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of --sample's draw (default 0)")
+    p.add_argument("--rescan", action="store_true", help=RESCAN_HELP)
     p.set_defaults(func=_cmd_check)
 
     p = add(

@@ -35,7 +35,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from dualteacher.config import Config
-from dualteacher.data import build_data
+from dualteacher.data import build_data, run_index
 from dualteacher.engine.run import run_length
 from dualteacher.engine.trainer import TrainResult, measure_step_seconds, train
 from dualteacher.errors import ConfigError
@@ -155,7 +155,7 @@ def compare(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     seeds = list(seeds) if seeds else [cfg.train.seed]
-    bundle = build_data(cfg.data)  # the same data for every run, built once
+    bundle = build_data(cfg.data, index=run_index(out_dir))  # the same data for every run
     length = run_length(cfg, bundle)[1]  # train.steps, or train.epochs x steps per epoch
 
     probed: dict[str, float] = {}  # seconds per step of each method, from its probe

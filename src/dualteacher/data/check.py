@@ -4,7 +4,8 @@ For the labelled, unlabelled and validation sets: the number of images, image si
 file that is missing, unreadable or corrupt, every mask of the wrong size or with label values
 that are not classes, and the class pixel frequencies of the labelled and validation masks.
 Reading uses the same ``load`` as training, so a config that checks clean trains without data
-errors.
+errors. With ``sample=N`` (``--sample N``), a set of more than N entries is counted in full but
+only N of its samples, drawn at random from ``seed``, are checked and read.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from dualteacher.config import IGNORE_INDEX, Config
-from dualteacher.data import build_data, set_problems
+from dualteacher.data import build_data, sample_indices, set_problems
 from dualteacher.data.base import SegSource
 from dualteacher.data.files import image_key
 from dualteacher.errors import BadSampleError
@@ -35,6 +36,7 @@ class SetReport:
     pixels: np.ndarray | None = None  # (K + 1,) labelled pixels per class, ignore last
     min_size: tuple[int, int] | None = None  # (H, W) of the smallest image (by area)
     max_size: tuple[int, int] | None = None
+    sampled: int | None = None  # samples read when only a random sample was (--sample)
 
     @property
     def bad_files(self) -> int:
@@ -49,6 +51,8 @@ class CheckReport:
     sets: list[SetReport]
     errors: list[str]  # set-level errors (an empty set a training run needs)
     warnings: list[str]
+    sample: int | None = None  # --sample N: at most N samples read per set
+    seed: int = 0
 
     @property
     def ok(self) -> bool:
@@ -69,22 +73,33 @@ def _scan_one(source: SegSource, index: int, num_classes: int):
 
 
 def check_set(
-    name: str, source: SegSource | None, num_classes: int, workers: int, progress: bool
+    name: str,
+    source: SegSource | None,
+    num_classes: int,
+    workers: int,
+    progress: bool,
+    sample: int | None = None,
+    seed: int = 0,
 ) -> SetReport:
-    """Read every sample of ``source`` (threads: PIL decoding releases the GIL)."""
+    """Read every sample of ``source``, or ``sample`` of them drawn from ``seed`` (threads: PIL
+    decoding releases the GIL)."""
     if source is None:
         return SetReport(name, "none", 0)
     report = SetReport(name, getattr(source, "origin", "in memory"), len(source))
+    indices = range(len(source))
+    if sample is not None and len(source) > sample:
+        indices = sample_indices(len(source), sample, seed).tolist()
+        report.sampled = len(indices)
     seen: set[str] = set()
-    for p in set_problems(source):
+    for p in set_problems(source, indices):
         if str(p.path) not in seen:
             seen.add(str(p.path))
             report.problems.append(p)
     sizes = []
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = pool.map(lambda i: _scan_one(source, i, num_classes), range(len(source)))
+        results = pool.map(lambda i: _scan_one(source, i, num_classes), indices)
         for size, counts, problem in tqdm(
-            results, total=len(source), desc=name, disable=not progress, leave=False
+            results, total=len(indices), desc=name, disable=not progress, leave=False
         ):
             if problem is not None:
                 if str(problem.path) not in seen:
@@ -101,14 +116,21 @@ def check_set(
     return report
 
 
-def check_data(cfg: Config, workers: int | None = None, progress: bool = False) -> CheckReport:
-    """Scan the labelled, unlabelled and validation sets of ``cfg.data`` fully."""
+def check_data(
+    cfg: Config,
+    workers: int | None = None,
+    progress: bool = False,
+    sample: int | None = None,
+    seed: int = 0,
+) -> CheckReport:
+    """Scan the labelled, unlabelled and validation sets of ``cfg.data`` fully, or read only
+    ``sample`` random samples (from ``seed``) of each larger set."""
     from dualteacher.methods import METHODS
 
     workers = workers or min(8, os.cpu_count() or 1)
     bundle = build_data(cfg.data, verify=False)
     k = bundle.num_classes
-    sets = [check_set(s, getattr(bundle, s), k, workers, progress) for s in SETS]
+    sets = [check_set(s, getattr(bundle, s), k, workers, progress, sample, seed) for s in SETS]
     errors, warnings = [], []
     for s in sets:
         source = getattr(bundle, s.name)
@@ -136,7 +158,9 @@ def check_data(cfg: Config, workers: int | None = None, progress: bool = False) 
             absent = [c for c, n in zip(bundle.classes, s.pixels[:k]) if n == 0]
             if absent:
                 warnings.append(f"classes with no labelled pixel: {', '.join(absent)}")
-    return CheckReport(cfg.data.name, cfg.data.root, bundle.classes, sets, errors, warnings)
+    return CheckReport(
+        cfg.data.name, cfg.data.root, bundle.classes, sets, errors, warnings, sample, seed
+    )
 
 
 def _size(s: tuple[int, int] | None) -> str:
@@ -156,6 +180,13 @@ def format_report(report: CheckReport) -> str:
         lines.append(
             f"{s.name:<10}{s.count:>8}{s.bad_files:>6}  {_size(s.min_size):>10}  "
             f"{_size(s.max_size):>10}  {s.origin}"
+        )
+    sampled = [s for s in report.sets if s.sampled is not None]
+    if sampled:
+        parts = ", ".join(f"{s.name} {s.sampled:,} of {s.count:,}" for s in sampled)
+        lines.append(
+            f"sampled: {parts} samples checked and read, drawn at random (--sample "
+            f"{report.sample}, seed {report.seed}); the others were counted, not opened"
         )
     scored = [s for s in report.sets if s.pixels is not None]
     if scored:
