@@ -15,7 +15,8 @@ When a listed mask does not exist, the dataset may substitute an equivalent file
 ``*_labelTrainIds.png``). When a listed image does not exist at its path, its file name is
 looked up as an id (so Dual Teacher's ADE lists, which name physically split folders, work
 on the standard layout). Mask paths in unlabelled lists are ignored: unlabelled images are
-never read with a mask.
+never read with a mask. Files are read as a stream into compact tables; an unlabelled file's
+paths are looked up on disk only for its first lines (``read_split``).
 
 ``dualteacher splits`` writes ``labeled.txt`` (``image mask`` pairs) and ``unlabeled.txt``
 (image paths) relative to ``data.root``, drawn reproducibly from a seed; with the same seed,
