@@ -22,7 +22,7 @@ import numpy as np
 from dualteacher.config import DataConfig
 from dualteacher.data import ade20k, cityscapes, folder, voc
 from dualteacher.data.base import ArraySource, DataBundle, SegSource
-from dualteacher.data.index import INDEX_NAME, ScanIndex, using_index
+from dualteacher.data.index import INDEX_NAME, ScanIndex, release_free_memory, using_index
 from dualteacher.errors import ConfigError, DataError
 
 
@@ -83,6 +83,7 @@ def build_data(
     path = Path(cfg.index).expanduser() if cfg.index else index
     with using_index(ScanIndex(path, rescan=cfg.rescan, update=update_index)):
         bundle = DATASETS[cfg.name](cfg)
+    release_free_memory()
     if verify:
         verify_bundle(bundle, cfg)
     return bundle

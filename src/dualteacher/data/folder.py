@@ -23,7 +23,6 @@ a mask and everything under ``ROOT/unlabeled/`` are unlabelled. ``data.labeled``
 
 from __future__ import annotations
 
-from array import array
 from pathlib import Path
 
 import numpy as np
@@ -145,13 +144,11 @@ class FolderLayout:
         masks = dict(zip(listing.iter_names(), listing.iter_images()))  # name -> mask path
         if not masks:
             return images.take([]), images, []
-        labeled, masks_of, unlabeled = array("q"), [], array("q")
+        labeled, masks_of = np.zeros(len(images), bool), []
         for i, name in enumerate(images.iter_names()):
             mask = masks.pop(name, None)
-            if mask is None:
-                unlabeled.append(i)
-            else:
-                labeled.append(i)
+            if mask is not None:
+                labeled[i] = True
                 masks_of.append(mask)
         problems = [
             BadSampleError(m, "masks must be .png files (lossless)")
@@ -166,8 +163,7 @@ class FolderLayout:
             )
             for name, mask in masks.items()  # what is left: no image of that name
         ]
-        lab = images.take(np.frombuffer(labeled, np.int64) if labeled else []).with_masks(masks_of)
-        return lab, images.take(np.frombuffer(unlabeled, np.int64) if unlabeled else []), problems
+        return images.take(labeled).with_masks(masks_of), images.take(~labeled), problems
 
 
 def _root(cfg: DataConfig) -> Path:
@@ -201,9 +197,12 @@ def build(cfg: DataConfig) -> DataBundle:
     if cfg.unlabeled:
         unlabeled = read_split(cfg.unlabeled, cfg, lay, False, "data.unlabeled")
         unl_origin = cfg.unlabeled
+    elif not cfg.labeled:  # the labelled set is train_x: the others are unlabelled
+        unlabeled = train_u + extra_u
+        unl_origin = "train/ images without a mask, and unlabeled/"
     else:
         unlabeled = exclude(without_masks(train_x) + train_u + extra_u, labeled)
-        unl_origin = "train/ images without a mask, and unlabeled/"
+        unl_origin = "train/ and unlabeled/ images not in data.labeled"
     if cfg.val:
         val, val_origin, val_problems = read_split(cfg.val, cfg, lay, True, "data.val"), cfg.val, []
     else:

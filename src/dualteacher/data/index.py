@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import ctypes
 import itertools
 import json
 import os
@@ -96,23 +97,34 @@ class Strings:
         for chunk in self.chunks():
             yield from chunk
 
-    def take(self, indices: np.ndarray) -> Strings:
-        """The strings at ``indices``, in that order: runs of consecutive indices are copied
-        as slices, scattered ones gathered ``GATHER`` strings at a time (bounded temporaries)."""
-        indices = np.asarray(indices, np.int64)
-        starts = self.offsets[indices].astype(np.int64)
-        lengths = self.offsets[indices + 1].astype(np.int64) - starts
-        del starts
+    def take(self, which) -> Strings:
+        """The strings at the indices ``which`` in that order, or where the boolean mask
+        ``which`` is True. Runs of consecutive strings are copied as slices (a mask that drops
+        a few strings is a few runs: no temporary array of the table's length but the mask's);
+        scattered indices are gathered ``GATHER`` strings at a time."""
+        which = np.asarray(which)
+        runs = _runs(which)
+        if runs is None:
+            return self._gather(which.astype(np.int64))
+        count = sum(b - a for a, b in runs)
+        size = sum(int(self.offsets[b]) - int(self.offsets[a]) for a, b in runs)
+        offsets = np.zeros(count + 1, np.uint32 if size < 2**32 else np.int64)
+        blob = np.empty(size, np.uint8)
+        at = pos = 0  # strings and bytes written
+        for a, b in runs:
+            first, last = int(self.offsets[a]), int(self.offsets[b])
+            blob[pos : pos + last - first] = self.blob[first:last]
+            out = offsets[at + 1 : at + 1 + b - a]
+            shift = pos - first
+            np.add(self.offsets[a + 1 : b + 1], shift, out=out, dtype=np.int64, casting="unsafe")
+            at, pos = at + b - a, pos + last - first
+        return Strings(blob, offsets)
+
+    def _gather(self, indices: np.ndarray) -> Strings:
+        lengths = self.offsets[indices + 1].astype(np.int64) - self.offsets[indices]
         offsets = _offsets(lengths)
+        del lengths
         blob = np.empty(int(offsets[-1]), np.uint8)
-        # runs [a, b) of positions in ``indices`` whose indices are consecutive
-        breaks = np.flatnonzero(np.diff(indices) != 1) + 1
-        bounds = np.concatenate([[0], breaks, [len(indices)]]).tolist() if len(indices) else [0]
-        if len(bounds) - 1 <= max(16, len(indices) // 64):
-            for a, b in itertools.pairwise(bounds):
-                src = int(self.offsets[indices[a]]), int(self.offsets[indices[b - 1] + 1])
-                blob[int(offsets[a]) : int(offsets[b])] = self.blob[src[0] : src[1]]
-            return Strings(blob, offsets)
         for a in range(0, len(indices), GATHER):
             idx = indices[a : a + GATHER]
             s = self.offsets[idx].astype(np.int64)
@@ -125,9 +137,17 @@ class Strings:
 
     @staticmethod
     def concat(parts: Sequence[Strings]) -> Strings:
-        lengths = np.concatenate([np.diff(p.offsets.astype(np.int64)) for p in parts] or [[]])
-        blob = np.concatenate([p.blob for p in parts] or [np.empty(0, np.uint8)])
-        return Strings(blob, _offsets(lengths.astype(np.int64)))
+        count = sum(len(p) for p in parts)
+        size = sum(len(p.blob) for p in parts)
+        offsets = np.zeros(count + 1, np.uint32 if size < 2**32 else np.int64)
+        blob = np.empty(size, np.uint8)
+        at = pos = 0
+        for p in parts:  # offsets start at 0 in every Strings
+            blob[pos : pos + len(p.blob)] = p.blob
+            out = offsets[at + 1 : at + 1 + len(p)]
+            np.add(p.offsets[1:], pos, out=out, dtype=np.int64, casting="unsafe")
+            at, pos = at + len(p), pos + len(p.blob)
+        return Strings(blob, offsets)
 
     @property
     def nbytes(self) -> int:
@@ -162,6 +182,21 @@ class StringsBuilder:
         lengths = np.frombuffer(self._lengths, np.int64) if self._lengths else np.zeros(0, np.int64)
         blob = np.frombuffer(self._buf, np.uint8) if self._buf else np.empty(0, np.uint8)
         return Strings(blob, _offsets(lengths))
+
+
+def _runs(which: np.ndarray) -> list[tuple[int, int]] | None:
+    """``[(a, b), ...]``: ``which`` (a boolean mask, or indices) selects ``a:b`` for each run,
+    in order; None for indices that make too many runs to copy one by one."""
+    if which.dtype == bool:
+        edges = np.diff(np.concatenate([[0], which.view(np.int8), [0]]))
+        return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist()))
+    if not len(which):
+        return []
+    breaks = np.flatnonzero(np.diff(which) != 1) + 1
+    if len(breaks) > max(16, len(which) // 64):
+        return None
+    bounds = [0, *breaks.tolist(), len(which)]
+    return [(int(which[a]), int(which[b - 1]) + 1) for a, b in itertools.pairwise(bounds)]
 
 
 def _split(path: str) -> tuple[str, str]:
@@ -215,6 +250,8 @@ class EntryTable(Sequence):
     @staticmethod
     def concat(tables: Sequence[EntryTable]) -> EntryTable:
         tables = [EntryTable.from_entries(t) for t in tables]
+        if sum(len(t) > 0 for t in tables) <= 1:  # nothing to copy
+            return next((t for t in tables if len(t)), tables[0] if tables else EntryTable.empty())
         groups: dict[tuple[str, str, int], int] = {}
         remapped, names, offset = [], {}, 0
         for t in tables:
@@ -246,21 +283,27 @@ class EntryTable(Sequence):
     def __radd__(self, other) -> EntryTable:
         return EntryTable.concat([other, self])
 
-    def take(self, indices) -> EntryTable:
-        """The entries at ``indices``, in that order."""
-        indices = np.asarray(indices, np.int64)
-        if len(indices) == len(self) and np.array_equal(indices, np.arange(len(self))):
+    def take(self, which) -> EntryTable:
+        """The entries at the indices ``which`` in that order, or where the boolean mask
+        ``which`` is True."""
+        which = np.asarray(which)
+        if which.dtype != bool:
+            which = which.astype(np.int64)
+            if len(which) == len(self) and np.array_equal(which, np.arange(len(self))):
+                return self
+        elif which.all():
             return self
         masks = None
         if self.masks is not None:
             dirs, ids, files = self.masks
-            masks = (dirs, ids[indices], files.take(indices))
+            masks = (dirs, ids[which], files.take(which))
         names = {}
         if self.names:
+            old = np.flatnonzero(which) if which.dtype == bool else which
             keys = np.fromiter(self.names, np.int64, len(self.names))
-            for new in np.flatnonzero(np.isin(indices, keys)).tolist():
-                names[new] = self.names[int(indices[new])]
-        return EntryTable(self.groups, self.group[indices], self.files.take(indices), masks, names)
+            for new in np.flatnonzero(np.isin(old, keys)).tolist():
+                names[new] = self.names[int(old[new])]
+        return EntryTable(self.groups, self.group[which], self.files.take(which), masks, names)
 
     def without_masks(self) -> EntryTable:
         return EntryTable(self.groups, self.group, self.files, None, self.names)
@@ -312,7 +355,7 @@ class EntryTable(Sequence):
             return self
         keep = np.ones(len(self), bool)
         keep[drop] = False
-        return self.take(np.flatnonzero(keep))
+        return self.take(keep)
 
     # ---------------------------------------------------------------------------- reading
     def __len__(self) -> int:
@@ -627,3 +670,12 @@ def scan(folder: Path, exts: tuple[str, ...] | None) -> EntryTable:
     if index is None:
         return scan_folder(folder, exts)[0]
     return index.scan(folder, exts)
+
+
+def release_free_memory() -> None:
+    """Give the heap memory freed while building tables back to the system (glibc's
+    ``malloc_trim``; nothing elsewhere), so that DataLoader workers forked later do not map it:
+    each worker's RSS counts every resident page of the main process at the fork."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
