@@ -23,6 +23,7 @@ from dualteacher.data.files import IMAGE_EXTS, scan_images
 from dualteacher.data.folder import FolderLayout
 from dualteacher.data.index import Entry, EntryTable, ScanIndex, Strings, using_index
 from dualteacher.data.loaders import build_train_loaders
+from dualteacher.data.voc import VocLayout
 from dualteacher.errors import DataError
 
 from . import trees
@@ -69,8 +70,13 @@ def test_entry_table_round_trips_and_is_compact(tmp_path):
 
     # a scanned pool: one image costs its file name + 8 bytes, no Python object per entry
     data = pool(tmp_path, 2000)
+    os.link(data / "unlabeled" / "u0.jpg", data / "unlabeled" / "d3" / "UPPER.JPG")
+    (data / "unlabeled" / "d3" / "notes.txt").write_text("not an image")
+    (data / "unlabeled" / ".hidden").mkdir()
+    os.link(data / "unlabeled" / "u0.jpg", data / "unlabeled" / ".hidden" / "h.jpg")
     scanned = scan_images(data / "unlabeled")
-    assert len(scanned) == 2001 and len(scanned.groups) == 5 and not scanned.names
+    assert len(scanned) == 2002 and len(scanned.groups) == 5 and not scanned.names
+    assert next(e.name for e in scanned if e.name.startswith("d3/")) == "d3/UPPER"  # sorted
     assert isinstance(scanned.files, Strings) and isinstance(scanned.group, np.ndarray)
     assert scanned.nbytes / len(scanned) <= len("img_000000.jpg") + 8 + 0.01
     assert scanned[1].image == data / "unlabeled" / "d0" / "img_000000.jpg"
@@ -80,9 +86,12 @@ def test_entry_table_round_trips_and_is_compact(tmp_path):
         os.path.join(d, f)
         for d, dirs, files in sorted(os.walk(data / "unlabeled"))
         for f in sorted(files)
+        if ".hidden" not in d and f != "notes.txt"
     ]
     assert [str(e.image) for e in scanned] == walked
     assert list(scanned.take(np.arange(1, 2001, 7))) == [scanned[i] for i in range(1, 2001, 7)]
+    keep = np.arange(len(scanned)) % 3 != 1
+    assert list(scanned.take(keep)) == [e for e, k in zip(scanned, keep) if k]
 
 
 # -------------------------------------------------------------------------------- index
@@ -193,6 +202,16 @@ def test_unlabelled_split_file_is_looked_up_only_for_its_first_lines(tmp_path, m
     # the missing file: named before training (the set is small: every file is checked)
     with pytest.raises(DataError, match=r"gone\.jpg: image file is missing"):
         build_data(cfg)
+
+    # VOC: paths relative to data.root (the folder above VOCdevkit), not to the VOC folder
+    voc = trees.make_voc(tmp_path / "v")
+    ids = trees.VOC_TRAIN + trees.VOC_AUG_ONLY
+    lines = [f"VOCdevkit/VOC2012/JPEGImages/{ids[i % len(ids)]}.jpg" for i in range(30)]
+    (tmp_path / "voc_unl.txt").write_text("\n".join(lines) + "\n")
+    cfg = load_config(None, ["data.name=voc", f"data.root={tmp_path / 'v'}"]).data
+    lay = VocLayout(voc)
+    table = splits_module.read_split(str(tmp_path / "voc_unl.txt"), cfg, lay, False, "k")
+    assert [e.image for e in table] == [voc / "JPEGImages" / f"{ids[i % 7]}.jpg" for i in range(30)]
 
 
 # ---------------------------------------------------------------------- start-up checks
