@@ -11,6 +11,7 @@ only N of its samples, drawn at random from ``seed``, are checked and read.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -72,6 +73,13 @@ def _scan_one(source: SegSource, index: int, num_classes: int):
     return sample.image.shape[:2], counts, None
 
 
+def _map_in_chunks(pool: ThreadPoolExecutor, fn, items: Sequence[int], chunk: int = 1024):
+    """``pool.map(fn, items)`` in order, submitting ``chunk`` items at a time (``map`` alone
+    would create a future for each of millions of items before the first result)."""
+    for a in range(0, len(items), chunk):
+        yield from pool.map(fn, items[a : a + chunk])
+
+
 def check_set(
     name: str,
     source: SegSource | None,
@@ -95,9 +103,12 @@ def check_set(
         if str(p.path) not in seen:
             seen.add(str(p.path))
             report.problems.append(p)
-    sizes = []
+
+    def area(size: tuple[int, int]) -> tuple[int, tuple[int, int]]:
+        return size[0] * size[1], size
+
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = pool.map(lambda i: _scan_one(source, i, num_classes), indices)
+        results = _map_in_chunks(pool, lambda i: _scan_one(source, i, num_classes), indices)
         for size, counts, problem in tqdm(
             results, total=len(indices), desc=name, disable=not progress, leave=False
         ):
@@ -107,12 +118,12 @@ def check_set(
                     report.problems.append(problem)
                 continue
             report.readable += 1
-            sizes.append(size)
+            if report.min_size is None or area(size) < area(report.min_size):
+                report.min_size = size
+            if report.max_size is None or area(size) > area(report.max_size):
+                report.max_size = size
             if counts is not None:
                 report.pixels = counts if report.pixels is None else report.pixels + counts
-    if sizes:
-        report.min_size = min(sizes, key=lambda s: (s[0] * s[1], s))
-        report.max_size = max(sizes, key=lambda s: (s[0] * s[1], s))
     return report
 
 
