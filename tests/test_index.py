@@ -24,6 +24,7 @@ from dualteacher.data.folder import FolderLayout
 from dualteacher.data.index import Entry, EntryTable, ScanIndex, Strings, using_index
 from dualteacher.data.loaders import build_train_loaders
 from dualteacher.data.voc import VocLayout
+from dualteacher.engine.evaluate import evaluate_checkpoint
 from dualteacher.errors import DataError
 
 from . import trees
@@ -157,6 +158,9 @@ def test_resumed_train_and_compare_do_not_scan_again(tmp_path, monkeypatch, caps
     assert "resuming" in capsys.readouterr().out and scans == []
     main([*run, "train.steps=4", "--rescan"])
     assert len(scans) == 5  # train/images, train/masks, unlabeled, val/images, val/masks
+    scans.clear()
+    evaluate_checkpoint(out / "latest.pt")  # reads the index of the checkpoint's run directory
+    assert scans == []
 
     scans.clear()
     cmp = tmp_path / "cmp"

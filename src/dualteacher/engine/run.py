@@ -154,7 +154,9 @@ def build_run(
     state = None
     if checkpoint is not None:
         state = load_checkpoint(checkpoint)
-        cfg = _without_pretrained(load_config(None, overrides, base=state["config"]))
+        # data.rescan (--rescan) was asked for by the command that trained, not by this one
+        base = {**state["config"], "data": {**state["config"].get("data", {}), "rescan": False}}
+        cfg = _without_pretrained(load_config(None, overrides, base=base))
     assert cfg is not None
     device, dist = _setup_process(cfg, training=False)
     if bundle is None:  # a checkpoint's run directory may hold its scan index: read it
