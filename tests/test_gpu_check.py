@@ -76,8 +76,13 @@ def test_a_failing_check_does_not_stop_the_others(tmp_path, monkeypatch, capsys)
     monkeypatch.setattr(
         gpu_check, "CPU", gpu_check.dataclasses.replace(gpu_check.CPU, train=broken)
     )
+
+    def crash(self, r):  # a bug in the script itself
+        raise KeyError("oops")
+
+    monkeypatch.setattr(gpu_check.Checks, "predict", crash)
     out = tmp_path / "r.json"
-    only = ["train_amp_none", "eval_whole", "bench_unet-r18@16_amp_none"]
+    only = ["train_amp_none", "eval_whole", "predict", "bench_unet-r18@16_amp_none"]
     argv = ["--cpu", "--out", str(out), "--work", str(tmp_path), "--only", ",".join(only)]
     assert gpu_check.main(argv) == 1
     checks = {c["name"]: c for c in json.loads(out.read_text())["checks"]}
@@ -86,8 +91,11 @@ def test_a_failing_check_does_not_stop_the_others(tmp_path, monkeypatch, capsys)
     assert "train.no_such_key" in checks["train_amp_none"]["log_tail"]
     assert checks["eval_whole"]["reason"] == "not run: needs train_amp_none, which did not pass"
     assert checks["bench_unet-r18@16_amp_none"]["status"] == "pass"
-    assert checks["predict"]["reason"] == "not run: not in --only"
-    assert "1 passed, 1 failed" in capsys.readouterr().out
+    assert checks["predict"]["status"] == "fail"
+    assert checks["predict"]["reason"] == "KeyError: 'oops'"
+    assert "in crash" in checks["predict"]["log_tail"]  # the traceback
+    assert checks["eval_sliding"]["reason"] == "not run: not in --only"
+    assert "1 passed, 2 failed" in capsys.readouterr().out
 
 
 def test_speedup_criterion_on_cuda(tmp_path):
