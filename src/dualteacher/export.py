@@ -36,21 +36,17 @@ from dualteacher import __version__
 from dualteacher.config import Config, to_dict
 from dualteacher.errors import CheckpointError, ConfigError
 from dualteacher.models import MODELS, SegModel
-from dualteacher.models.weights import Family
 
 FORMAT = "dualteacher-export"
 VERSION = 1
 FILES = {"safetensors": "model.safetensors", "onnx": "model.onnx"}
 FORMATS = tuple(FILES)
 # Opset 18: run by ONNX Runtime >= 1.14 on CPU; has LayerNormalization as one op (SegFormer,
-# DINOv2) and Resize with antialiasing (DINOv2's position-embedding resampling).
+# DINOv2; ONNX Runtime's fused kernel) and Resize with antialiasing (DINOv2's
+# position-embedding resampling).
 OPSET = 18
 MIN_AGREEMENT = 0.999  # share of pixels whose ONNX Runtime argmax must equal PyTorch's
-# The TorchScript exporter exports our CNN and SegFormer graphs in about a second; it has no
-# translation for the antialiased bicubic resize that timm's ViT uses to resample position
-# embeddings to the input grid, which the torch.export-based exporter (much slower: ~20 s for
-# DPT-DINOv2-S on 2 cores) translates. Both record the input's shape symbolically.
-TORCH_EXPORT_FAMILIES = {Family.vit}
+MIN_TORCH = "2.6"  # torch.onnx.export(dynamo=False) with opset 18 and dynamic axes, as used here
 
 
 @dataclass
@@ -83,6 +79,7 @@ def export_checkpoint(
     """Export the model ``model`` (``student``, ``teacher_a``, ...) of a checkpoint to
     ``out_dir``. ``overrides`` (``eval.mode=sliding``, ...) change the stored inference
     settings."""
+    from dualteacher.config import load_config
     from dualteacher.engine.checkpoint import load_checkpoint
     from dualteacher.engine.trainer import build_model_from_checkpoint
 
@@ -92,9 +89,12 @@ def export_checkpoint(
     trained = build_model_from_checkpoint(checkpoint, overrides, device="cpu")
     net = trained.models(model)[model]
     state = load_checkpoint(checkpoint)  # the training record: history, best, step
+    # The config as trained (model.pretrained included, which rebuilding the model drops),
+    # with the overrides of the inference settings.
+    cfg = load_config(None, overrides, base=state["config"])
     return export_model(
         net,
-        trained.cfg,
+        cfg,
         trained.classes,
         trained.palette,
         out_dir,
@@ -187,7 +187,11 @@ def format_export(result: ExportResult) -> str:
 
 
 def _require_onnx() -> None:
-    missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if not _importable(m)]
+    if torch.__version__ < MIN_TORCH:
+        raise ConfigError(
+            f"--format onnx needs torch {MIN_TORCH} or newer (this is {torch.__version__})"
+        )
+    missing = [m for m in ("onnx", "onnxruntime") if not _importable(m)]
     if missing:
         from dualteacher.inference import ONNX_EXTRA_HINT
 
@@ -214,20 +218,15 @@ def export_onnx(net: SegModel, path: Path) -> dict[str, Any]:
     Raises ``CheckpointError`` when ONNX Runtime's predictions differ (the file is deleted).
     """
     side = example_side(net)
-    # Batch 2: torch.export treats a dimension of size 1 as a constant.
     x = torch.randn(2, 3, side, side, generator=torch.Generator().manual_seed(0))
-    torch_export = MODELS[net.name].family in TORCH_EXPORT_FAMILIES
     axes = {0: "batch", 2: "height", 3: "width"}
-    kwargs: dict[str, Any]
-    if torch_export:
-        from torch.export import Dim
-
-        shapes = {"x": {i: Dim(n) for i, n in axes.items()}}
-        kwargs = {"dynamo": True, "dynamic_shapes": shapes, "external_data": False}
-    else:
-        kwargs = {"dynamo": False, "dynamic_axes": {"image": axes, "logits": axes}}
-    # The exporters print progress and warn (deprecation, tracing of shape arithmetic);
-    # whether the graph is right is checked below on inputs of other sizes.
+    _register_bicubic_aa()
+    # The TorchScript exporter: it records the input's shape arithmetic (the padding, the
+    # decoders' resizes, ViT position-embedding resampling) as graph operations, and exports
+    # every registered model in seconds. torch's newer torch.export-based exporter
+    # (dynamo=True) gives the same graphs for all of them too, but takes 10-20x longer (on 2
+    # cores about 30 s for DPT-DINOv2-S). It warns (deprecation, tracing of shape arithmetic);
+    # whether the graph is right is checked below on inputs of two other sizes.
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(
@@ -237,8 +236,8 @@ def export_onnx(net: SegModel, path: Path) -> dict[str, Any]:
             input_names=["image"],
             output_names=["logits"],
             opset_version=OPSET,
-            verbose=False,
-            **kwargs,
+            dynamic_axes={"image": axes, "logits": axes},
+            dynamo=False,
         )
     check = check_onnx(net, path)
     worst = min(c["argmax_agreement"] for c in check)
@@ -251,13 +250,45 @@ def export_onnx(net: SegModel, path: Path) -> dict[str, Any]:
         )
     return {
         "opset": OPSET,
-        "exporter": "torch.export" if torch_export else "torchscript",
+        "exporter": "torch.onnx (TorchScript)",
         "torch": torch.__version__,
         "input": "image",
         "output": "logits",
         "dynamic": {"batch": True, "height": True, "width": True},
         "check": check,
     }
+
+
+def _register_bicubic_aa() -> None:
+    """Teach the TorchScript exporter ``F.interpolate(mode="bicubic", antialias=True)``, which
+    timm's ViT uses to resample DINOv2's position embeddings to the input's patch grid: ONNX
+    ``Resize`` with the attributes onnxscript (torch's newer exporter) uses for the same op:
+    Keys cubic ``a = -0.5`` and out-of-bounds taps dropped, as PyTorch's antialiased kernel."""
+    from torch.onnx import register_custom_op_symbolic, symbolic_helper
+
+    # Traced as _upsample_bicubic2d_aa.vec(input, output_size, align_corners, scale_factors)
+    @symbolic_helper.parse_args("v", "v", "b", "none")
+    def bicubic_aa(g, x, output_size, align_corners, scale_factors):
+        # sizes = (N, C) of x, then the requested (H, W): a shape computed in the graph
+        shape = g.op("Shape", x)
+        start, stop = (g.op("Constant", value_t=torch.tensor([i])) for i in (0, 2))
+        head = g.op("Slice", shape, start, stop)
+        sizes = g.op("Concat", head, g.op("Cast", output_size, to_i=7), axis_i=0)  # 7: int64
+        empty = g.op("Constant", value_t=torch.tensor([], dtype=torch.float32))  # roi, scales
+        return g.op(
+            "Resize",
+            x,
+            empty,
+            empty,
+            sizes,
+            mode_s="cubic",
+            coordinate_transformation_mode_s="align_corners" if align_corners else "half_pixel",
+            cubic_coeff_a_f=-0.5,
+            antialias_i=1,
+            exclude_outside_i=1,
+        )
+
+    register_custom_op_symbolic("aten::_upsample_bicubic2d_aa", bicubic_aa, OPSET)
 
 
 def check_sizes(net: SegModel) -> list[tuple[int, int, int]]:

@@ -44,7 +44,7 @@ class SegModel(nn.Module):
         ph, pw = (-h) % d, (-w) % d
         # An ONNX export records the padding as arithmetic on the input's shape (always
         # applied, a no-op at multiples of d), so the exported graph takes any size.
-        exporting = torch.jit.is_tracing() or torch.compiler.is_exporting()
+        exporting = torch.onnx.is_in_onnx_export()
         return F.pad(x, (0, pw, 0, ph)) if exporting or ph or pw else x
 
     def forward(self, x: torch.Tensor, feature_noise: nn.Module | None = None):
