@@ -31,11 +31,11 @@ pytest.importorskip("onnxruntime", reason="the dev extra installs onnxruntime")
 
 @pytest.fixture(scope="module")
 def demo_checkpoint(tmp_path_factory):
-    """The demo model (unet-effl0, demo normalisation) after 2 tiny Dual Teacher steps."""
+    """The demo model (unet-effl0, demo normalisation) after 4 tiny Dual Teacher steps,
+    validated at steps 2 and 4."""
     out = tmp_path_factory.mktemp("export_run")
-    overrides = [*TINY, "model.name=unet-effl0", "train.steps=2", f"train.out_dir={out}"]
-    train(load_config("demo", overrides))
-    return out / "best.pt"
+    train(load_config("demo", [*TINY, "model.name=unet-effl0", f"train.out_dir={out}"]))
+    return out / "latest.pt"
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +82,9 @@ def test_export_writes_weights_card_and_metadata(demo_checkpoint, demo_export):
     )
     trained_with = json.loads(json.dumps(state["config"]))  # tuples as JSON lists
     assert info["config"] == trained_with and info["inference"] == trained_with["eval"]
+    assert [h["step"] for h in state["history"]] == [2, 4]
     last = state["history"][-1]
-    assert info["metrics"]["step"] == last["step"] == state["step"]
+    assert info["metrics"]["step"] == last["step"] == state["step"] == 4
     assert info["metrics"]["miou"] == pytest.approx(last["miou_student"], abs=1e-4)
     assert list(info["metrics"]["iou"]) == CLASSES
     onnx = info["onnx"]
@@ -104,11 +105,14 @@ def test_export_writes_weights_card_and_metadata(demo_checkpoint, demo_export):
     assert "model.onnx" in printed and "argmax agreement 100" in printed
 
 
-def test_export_a_teacher_and_refuse_bad_options(demo_checkpoint, tmp_path, capsys):
+def test_export_a_teacher_and_refuse_bad_options(demo_checkpoint, demo_export, tmp_path, capsys):
     out = tmp_path / "teacher"
+    shutil.copytree(demo_export, out)  # exporting again over an export replaces all of it
     main(["export", str(demo_checkpoint), "--out", str(out), "--model", "teacher_a"])
     info = read_export(out)
     assert info["exported_model"] == "teacher_a" and list(info["files"]) == ["safetensors"]
+    assert not (out / "model.onnx").exists()  # the earlier export's file would not match
+    assert "teacher_a" in (out / "README.md").read_text()
     teacher = build_model_from_checkpoint(demo_checkpoint, device="cpu").models("teacher_a")
     weights = load_file(out / "model.safetensors")
     assert all(torch.equal(weights[k], v) for k, v in teacher["teacher_a"].state_dict().items())

@@ -122,6 +122,8 @@ def export_model(
     if "onnx" in formats:
         _require_onnx()
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a directory for the export")
     out.mkdir(parents=True, exist_ok=True)
     # Without model.json the directory is no export: a crash below leaves nothing half-valid.
     (out / "model.json").unlink(missing_ok=True)
