@@ -237,3 +237,18 @@ def test_bad_export_directories(demo_export, images, tmp_path, capsys):
     (no_onnx / "model.json").write_text(json.dumps(info))
     assert "has no model.onnx" in error(no_onnx, "--runtime", "onnx")
     assert "holds the model 'student' only" in error(copy_export(), "--models", "teacher_a")
+
+
+def test_export_refuses_an_onnx_graph_that_disagrees(tmp_path, monkeypatch):
+    """A graph recorded without the padding (as if the model did not know it is exported)
+    is wrong at sizes that are no multiples of the divisor: the export-time check refuses it
+    and leaves no model.onnx and no model.json behind."""
+    from dualteacher.errors import CheckpointError
+
+    monkeypatch.setattr(torch.onnx, "is_in_onnx_export", lambda: False)
+    cfg = load_config("demo", ["model.name=unet-r18", "model.pretrained=null"])
+    torch.manual_seed(0)
+    net = build_model(cfg.model, 3, verbose=False).eval()
+    with pytest.raises(CheckpointError, match="predicts differently from PyTorch"):
+        export_model(net, cfg, ["a", "b", "c"], [], tmp_path, "onnx")
+    assert not (tmp_path / "model.onnx").exists() and not (tmp_path / "model.json").exists()
