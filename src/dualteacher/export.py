@@ -81,7 +81,7 @@ def export_checkpoint(
     settings."""
     from dualteacher.config import load_config
     from dualteacher.engine.checkpoint import load_checkpoint
-    from dualteacher.engine.trainer import build_model_from_checkpoint
+    from dualteacher.engine.run import build_model_from_checkpoint
 
     formats = parse_formats(formats)
     if model == "all" or "," in model:

@@ -139,9 +139,9 @@ def load_segmenter(
     if runtime not in RUNTIMES:
         raise ConfigError(f"--runtime {runtime}: choose one of {', '.join(RUNTIMES)}")
     if device == "auto":
-        from dualteacher.engine.distributed import resolve_device
+        from dualteacher.engine.device import select_device
 
-        device = resolve_device("auto")
+        device = select_device("auto")
     if Path(source).is_dir():
         return load_exported(source, runtime, device, overrides, models)
     if runtime == "onnx":
@@ -150,7 +150,7 @@ def load_segmenter(
             f"`dualteacher export {source} --out DIR --format safetensors,onnx` and predict "
             "with DIR"
         )
-    from dualteacher.engine.trainer import build_model_from_checkpoint
+    from dualteacher.engine.run import build_model_from_checkpoint
 
     trained = build_model_from_checkpoint(source, overrides, device)
     return Segmenter(
@@ -174,7 +174,7 @@ def load_exported(
     from dataclasses import replace
 
     from dualteacher.config import load_config
-    from dualteacher.engine.distributed import resolve_device
+    from dualteacher.engine.device import select_device
     from dualteacher.export import read_export
 
     if runtime not in RUNTIMES:
@@ -198,7 +198,7 @@ def load_exported(
         from dualteacher.export import load_weights
         from dualteacher.models import build_model
 
-        dev = torch.device(device) if device is not None else resolve_device("auto")
+        dev = torch.device(device) if device is not None else select_device("auto")
         if threads:
             torch.set_num_threads(threads)
         # The file holds every weight: never read encoder weights from model.pretrained.
