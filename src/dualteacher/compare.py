@@ -129,6 +129,7 @@ def compare(
     *,
     steps: int | None = None,
     minutes: float | None = None,
+    runs_dir: str | Path | None = None,
 ) -> dict:
     """Train every method for every seed with ``cfg``; write and return the summary.
 
@@ -140,6 +141,8 @@ def compare(
         seeds: seeds to run each method with (default: ``cfg.train.seed``).
         steps: step budget per run (default: the config's run length).
         minutes: training wall-clock budget per run instead of a step budget.
+        runs_dir: where the run directories go (default ``out_dir``); comparisons that share
+            it reuse each other's finished runs of the same method, seed and budget.
     """
     if steps is not None and minutes is not None:
         raise ConfigError("give a step budget or a time budget (--steps or --minutes), not both")
@@ -154,6 +157,7 @@ def compare(
         cfg = replace(cfg, train=replace(cfg.train, steps=steps))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    runs_dir = out_dir if runs_dir is None else Path(runs_dir)
     seeds = list(seeds) if seeds else [cfg.train.seed]
     bundle = build_data(cfg.data)  # the same data for every run, built once
     length = run_length(cfg, bundle)[1]  # train.steps, or train.epochs x steps per epoch
@@ -186,7 +190,7 @@ def compare(
                 kw = {"steps": planned[spec.label]["steps"], "epochs": None}
             if minutes is not None:
                 kw["max_minutes"] = planned[spec.label]["minutes"]
-            run_cfg = _with(cfg, spec.method, seed, out_dir / name, **kw)
+            run_cfg = _with(cfg, spec.method, seed, runs_dir / name, **kw)
             runs.setdefault(spec.label, []).append(train(run_cfg, bundle=bundle))
 
     results = [_summarise(s, runs[s.label], seeds, planned[s.label]) for s in specs]

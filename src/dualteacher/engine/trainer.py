@@ -266,7 +266,8 @@ def _loop(
 
         if done % cfg.train.log_every == 0 or last:
             row = {"step": done, "epoch": info.epoch, "lr": run.optimizer.param_groups[0]["lr"]}
-            row.update(_scalars(out), **state.counters(), time=state.train_seconds)
+            row.update(_scalars(out), **method.diagnostics())
+            row.update(state.counters(), time=state.train_seconds)
             writer.write(row)
             bar.set_postfix(loss=f"{row['loss']:.3f}")
 
