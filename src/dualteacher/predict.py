@@ -12,8 +12,10 @@ files there are skipped and counted) and glob patterns (``"photos/**/*.jpg"``). 
 With several ``--models`` each gets a sub-folder ``DIR/<model>/``. ``DIR/classes.json`` lists
 the class ids, names and colours. Inference follows the checkpoint's ``eval`` settings (whole
 image, sliding window or resize; override e.g. ``eval.mode=sliding``), images are normalised as
-in training. Images are read with EXIF orientation applied (as viewers show them) and converted
-to RGB. An input that cannot be read is reported and skipped; the rest are still written.
+in training. Images are read as training reads them (EXIF orientation applied, as viewers show
+them; 16-bit and float images scaled to 8 bits by their value range; see
+``data.files.decode_image``). An input that cannot be read is reported and skipped; the rest
+are still written.
 """
 
 from __future__ import annotations
@@ -25,13 +27,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 from tqdm.auto import tqdm
 
+from dualteacher.data.files import decode_image
 from dualteacher.data.transforms import normalize
 from dualteacher.engine.evaluate import predict_logits
+from dualteacher.errors import BadSampleError
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".gif"}
 _GLOB_CHARS = set("*?[")
@@ -99,17 +103,12 @@ def collect_inputs(inputs: list[str]) -> tuple[list[_Input], list[tuple[str, str
 
 
 def read_image(path: Path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB, EXIF orientation applied. Raises ``ValueError`` with the reason."""
+    """(H, W, 3) uint8 RGB, read as training reads images (``data.files.decode_image``: EXIF
+    orientation applied, deep images scaled to 8 bits). Raises ``ValueError`` with the reason."""
     try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            return np.array(im.convert("RGB"))  # a writable copy
-    except UnidentifiedImageError:
-        raise ValueError("not an image file PIL can read (corrupt or unsupported)") from None
-    except Image.DecompressionBombError as e:
-        raise ValueError(f"too large: {e}") from None
-    except (OSError, SyntaxError, ValueError) as e:  # truncated or damaged image data
-        raise ValueError(f"cannot decode: {e}") from None
+        return decode_image(path).array
+    except BadSampleError as e:
+        raise ValueError(e.reason + (f". Fix: {e.fix}" if e.fix else "")) from None
 
 
 class _ImageFiles(Dataset):

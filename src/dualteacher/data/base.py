@@ -36,6 +36,10 @@ class Sample:
     image: np.ndarray  # (H, W, 3) uint8 RGB
     mask: np.ndarray | None  # (H, W) integer class ids, IGNORE_INDEX = ignore; None: unlabelled
     name: str  # stable id, e.g. the file stem
+    # (kind, text) of what reading did beyond plain 8-bit RGB: ("depth", "16-bit grey PNG,
+    # values 0..4095: stretched to 0..255"), ("orientation", "EXIF orientation 6: ..."); see
+    # ``data.files.image_notes``. `dualteacher check` reports them.
+    notes: tuple[tuple[str, str], ...] = ()
 
 
 class SegSource:
