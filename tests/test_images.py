@@ -128,7 +128,9 @@ def _phone_photo(root, name: str, mask_turned: bool):
     exif[ORIENTATION] = 6
     Image.fromarray(stored).save(path, exif=exif, quality=95)
     mask = trees.halves(0, 1)  # (H, W): the stored size
-    trees.save_mask(root / "train" / "masks" / f"{name}.png", np.rot90(mask, -1) if mask_turned else mask)
+    trees.save_mask(
+        root / "train" / "masks" / f"{name}.png", np.rot90(mask, -1) if mask_turned else mask
+    )
     return path
 
 

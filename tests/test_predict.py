@@ -42,12 +42,12 @@ def test_predict_folder_with_corrupt_file(checkpoint, image_folder, tmp_path, ca
     argv += ["eval.mode=sliding", "eval.crop_size=32", "eval.stride=16", "--out", str(out)]
     with pytest.raises(SystemExit) as e:
         main(argv)
-    assert e.value.code == 1  # some inputs failed, the good ones are still written
+    assert e.value.code == 2  # some inputs could not be read (the user's input); the rest written
     captured = capsys.readouterr()
     assert "wrote 2 prediction(s)" in captured.out
     assert "skipped 1 non-image file(s)" in captured.out
     assert "2 input(s) failed" in captured.err
-    assert "broken.jpg: not an image file" in captured.err
+    assert "broken.jpg: cannot read the image (cannot identify image file" in captured.err
     assert "missing.png: no such file" in captured.err
 
     for name, src in [("a", image_folder / "a.png"), ("sub/b", image_folder / "sub/b.jpg")]:
@@ -98,6 +98,6 @@ def test_collect_inputs_names_are_unique(tmp_path):
         (tmp_path / d).mkdir()
         Image.new("RGB", (5, 5)).save(tmp_path / d / "img.png")
     files = [str(tmp_path / "x/img.png"), str(tmp_path / "y/img.png"), str(tmp_path / "x/img.png")]
-    items, failed, skipped = collect_inputs(files)
+    items, failed, skipped, previous = collect_inputs(files)
     assert [i.name for i in items] == ["img", "img_2"]  # the repeated file is predicted once
-    assert not failed and not skipped
+    assert not failed and not skipped and not previous

@@ -20,7 +20,6 @@ turns out slower than the probe, in which case its schedule is cut short (``stop
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from dataclasses import replace
@@ -30,6 +29,7 @@ from dualteacher.config import Config
 from dualteacher.data import build_data
 from dualteacher.engine.trainer import TrainResult, measure_step_seconds, train
 from dualteacher.errors import ConfigError
+from dualteacher.outputs import write_json, write_text
 
 PROBE_WARMUP, PROBE_STEPS = 2, 8
 
@@ -116,8 +116,8 @@ def compare(
         "model": cfg.model.name,
         "data": cfg.data.name,
     }
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    (out_dir / "summary.md").write_text(format_markdown(summary))
+    write_json(out_dir / "summary.json", summary)
+    write_text(out_dir / "summary.md", format_markdown(summary))
     _plot(runs, out_dir / "miou_vs_time.png")
     print("\n" + format_summary(results))
     print(

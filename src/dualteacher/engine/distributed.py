@@ -21,6 +21,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
 from dualteacher.config import AmpMode, TrainConfig
+from dualteacher.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +62,34 @@ def init_distributed(device: torch.device) -> DistInfo:
     return DistInfo(rank, world_size, local_rank)
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> this process's CUDA device if there is one, else CPU."""
-    if name == "auto":
+def resolve_device(name: str | torch.device) -> torch.device:
+    """``auto`` -> this process's CUDA device if there is one, else CPU. A device this machine
+    does not have is a ``ConfigError`` (one line, not a CUDA traceback later)."""
+    if str(name) == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         return torch.device("cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"train.device={name}: use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU only"
+            raise ConfigError(
+                f"train.device={name}, but torch sees no CUDA device here (torch "
+                f"{torch.__version__}, {build}): use train.device=cpu (or auto), or run where "
+                "a GPU is visible"
+            )
+        if device.index is not None and device.index >= count:
+            raise ConfigError(
+                f"train.device={name}, but this machine has {count} CUDA device(s) "
+                f"(cuda:0..cuda:{count - 1})"
+            )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"train.device={name}, but MPS is not available: use cpu or auto")
+    return device
 
 
 def barrier() -> None:

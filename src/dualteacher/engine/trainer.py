@@ -50,10 +50,11 @@ from dualteacher.engine.guard import RunGuard, check_writable
 from dualteacher.engine.memory import peak_memory_mb, reset_peak_memory
 from dualteacher.engine.optim import build_optimizer, build_scheduler, scaled_optim_config
 from dualteacher.engine.step import StepRunner
-from dualteacher.errors import CheckpointError, ConfigError
+from dualteacher.errors import CheckpointError, ConfigError, WriteError
 from dualteacher.methods import Method, StepInfo, build_method
 from dualteacher.metrics import SegMetrics
 from dualteacher.models import SegModel, build_model
+from dualteacher.outputs import default_fix, describe_os_error, write_text
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +187,7 @@ def build_model_from_checkpoint(
     # The checkpoint holds every weight: do not read encoder weights from model.pretrained.
     if getattr(cfg.model, "pretrained", None) is not None:
         cfg = replace(cfg, model=replace(cfg.model, pretrained=None))
-    device = torch.device(device) if device is not None else resolve_device(cfg.train.device)
+    device = resolve_device(device if device is not None else cfg.train.device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     method = _build_method(cfg, len(state["classes"]), device)
@@ -274,8 +275,14 @@ class MetricWriter:
     def write(self, row: dict[str, Any], prefix: str = "train") -> None:
         if not self.enabled:
             return
-        self.file.write(json.dumps(row) + "\n")
-        self.file.flush()
+        try:
+            self.file.write(json.dumps(row) + "\n")
+            self.file.flush()
+        except OSError as e:  # a torn last line is dropped on resume (drop_rows_after)
+            raise WriteError(
+                f"could not write {self.file.name}: {describe_os_error(e)}. "
+                f"{default_fix(Path(self.file.name))}."
+            ) from e
         if self.tb is not None:
             for k, v in row.items():
                 if isinstance(v, int | float) and k not in ("step", "time"):
@@ -418,7 +425,7 @@ def _train(
         step_fn.scaler.load_state_dict(resume[1]["grad_scaler"])  # fp16 loss scale continues
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.yaml").write_text(to_yaml(cfg))
+        write_text(out_dir / "config.yaml", to_yaml(cfg))
         print(lr_line)
     loader_x, loader_u = build_train_loaders(
         run.bundle,
