@@ -3,7 +3,9 @@
 ``dualteacher compare CONFIG --methods a,b [--steps N | --minutes M] [--seeds K]`` and
 ``dualteacher demo`` (supervised vs. dual_teacher on the demo data) both run ``compare``.
 Every run keeps its own directory ``OUT/<method>[_seed<k>]`` (re-running on the same ``OUT``
-resumes unfinished runs and reuses finished ones). Written to ``OUT``:
+resumes unfinished runs and reuses finished ones, with the figures measured while they trained,
+kept in ``OUT/<run>/result.json``). Every method name and run config is checked before the
+first run trains. Written to ``OUT``:
 
 - ``summary.json``: ``{"results": [{"method", "miou", "best_miou", "seconds", ...}], ...}``,
   one entry per method, means over seeds (mIoU in percent), plus spreads, per-seed values,
@@ -20,15 +22,16 @@ turns out slower than the probe, in which case its schedule is cut short (``stop
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from dataclasses import replace
 from pathlib import Path
 
-from dualteacher.config import Config
+from dualteacher.config import Config, check_values
 from dualteacher.data import build_data
 from dualteacher.engine.trainer import TrainResult, measure_step_seconds, train
-from dualteacher.errors import ConfigError
+from dualteacher.errors import ConfigError, DataError
 from dualteacher.outputs import write_json, write_text
 
 PROBE_WARMUP, PROBE_STEPS = 2, 8
@@ -77,12 +80,16 @@ def compare(
         raise ConfigError("give a step budget or a time budget (--steps or --minutes), not both")
     if not methods:
         raise ConfigError("no methods to compare: give --methods m1,m2")
+    if minutes is not None and not (math.isfinite(minutes) and minutes > 0):
+        raise ConfigError(f"minutes={minutes}: the time budget must be a positive number")
     if steps is not None:
         cfg = replace(cfg, train=replace(cfg.train, steps=steps))
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     seeds = list(seeds) if seeds else [cfg.train.seed]
+    _check_runs(cfg, methods, seeds)  # before anything is trained: a typo costs no budget
     bundle = build_data(cfg.data)  # the same data for every run, built once
+    _check_data(bundle, methods, cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
 
     planned: dict[str, dict] = {}
     for method in methods:
@@ -105,7 +112,7 @@ def compare(
             if minutes is not None:
                 kw["max_minutes"] = minutes
             run_cfg = _with(cfg, method, seed, out_dir / name, **kw)
-            runs.setdefault(method, []).append(train(run_cfg, bundle=bundle))
+            runs.setdefault(method, []).append(_train_keeping_figures(run_cfg, bundle))
 
     results = [_summarise(method, rs, seeds, planned[method]) for method, rs in runs.items()]
     budget = {"minutes": minutes} if minutes is not None else {"steps": cfg.train.steps}
@@ -125,6 +132,73 @@ def compare(
         f"plot: {out_dir / 'miou_vs_time.png'}"
     )
     return summary
+
+
+def _check_runs(cfg: Config, methods: list[str], seeds: list[int]) -> None:
+    """Every method name, and the config of every run, before the first run trains."""
+    from dualteacher.methods import METHODS
+
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ConfigError(
+            f"unknown method(s) {', '.join(unknown)} in --methods. Available: "
+            f"{', '.join(METHODS)}; nothing was trained"
+        )
+    if len(set(methods)) != len(methods):
+        raise ConfigError(f"--methods {','.join(methods)} names a method twice")
+    if not seeds:
+        raise ConfigError("seeds: give at least one seed")
+    for method in methods:
+        for seed in seeds:
+            check_values(_with(cfg, method, seed, None))
+
+
+def _check_data(bundle, methods: list[str], cfg: Config) -> None:
+    """Methods that train on unlabelled images need some: said before any run starts."""
+    from dualteacher.methods import METHODS
+
+    if bundle.unlabeled is not None and len(bundle.unlabeled) > 0:
+        return
+    needs = [m for m in methods if METHODS[m].uses_unlabeled]
+    if needs:
+        hint = getattr(bundle.unlabeled, "empty_hint", "") or "give data.unlabeled=SPLIT_FILE"
+        raise DataError(
+            f"the unlabelled set of data.name={cfg.data.name} is empty, but {', '.join(needs)} "
+            f"train(s) on unlabelled images: {hint}; nothing was trained"
+        )
+
+
+RESULT_FILE = "result.json"  # per run directory: the figures measured while it trained
+
+
+def _train_keeping_figures(cfg: Config, bundle) -> TrainResult:
+    """``train``, and the measured figures (peak memory) of a run that was already finished:
+    a re-run only validates it, and what it measures then is not the training's."""
+    path = Path(cfg.train.out_dir) / RESULT_FILE
+    stored = None
+    if path.is_file():
+        try:
+            stored = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            stored = None
+    result = train(cfg, bundle=bundle)
+    trained_now = not (
+        stored is not None
+        and stored.get("steps") == result.steps
+        and stored.get("train_seconds") == result.train_seconds  # no step ran in this process
+    )
+    if not trained_now:
+        result.peak_memory_mb = stored["peak_memory_mb"]
+        result.memory_kind = stored["memory_kind"]
+    else:
+        figures = {
+            "steps": result.steps,
+            "train_seconds": result.train_seconds,
+            "peak_memory_mb": result.peak_memory_mb,
+            "memory_kind": result.memory_kind,
+        }
+        write_json(path, figures)
+    return result
 
 
 def _summarise(method: str, rs: list[TrainResult], seeds: list[int], plan: dict) -> dict:

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -496,6 +497,31 @@ def load_config(
 
     check_values(cfg, where)
     return cfg
+
+
+def with_absolute_paths(cfg: Config) -> Config:
+    """``cfg`` with a relative ``data.root``, and relative split files and ``model.pretrained``
+    files that exist from the working folder, made absolute: a run stores them so, and its
+    checkpoints evaluate and resume from any folder. (Moving the data later is fine: give the
+    new ``data.root``; see ``data.fingerprint``.)"""
+
+    def absolute(value: str | None, must_exist: bool) -> str | None:
+        if not value or value in ("hub", "bundled"):
+            return value
+        p = Path(value).expanduser()
+        if p.is_absolute() or (must_exist and not p.exists()):
+            return value
+        return os.path.abspath(p)
+
+    data = replace(
+        cfg.data,
+        root=absolute(cfg.data.root, must_exist=False),
+        labeled=absolute(cfg.data.labeled, must_exist=True),
+        unlabeled=absolute(cfg.data.unlabeled, must_exist=True),
+        val=absolute(cfg.data.val, must_exist=True),
+    )
+    model = replace(cfg.model, pretrained=absolute(cfg.model.pretrained, must_exist=True))
+    return replace(cfg, data=data, model=model)
 
 
 def to_dict(cfg: Config) -> dict:

@@ -176,7 +176,9 @@ def read_image(path: Path) -> np.ndarray:
         return decode_image(path).array
     except BadSampleError as e:  # the fix of a damaged file speaks of datasets: left out
         unreadable = e.reason.startswith("cannot read")
-        raise ValueError(e.reason + (f". Fix: {e.fix}" if e.fix and not unreadable else "")) from None
+        raise ValueError(
+            e.reason + (f". Fix: {e.fix}" if e.fix and not unreadable else "")
+        ) from None
 
 
 class _ImageFiles(Dataset):

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import random
+import re
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,9 +25,18 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from dualteacher.config import Config, EpochUnit, load_config, to_dict, to_yaml
+from dualteacher.config import (
+    Config,
+    EpochUnit,
+    check_values,
+    load_config,
+    to_dict,
+    to_yaml,
+    with_absolute_paths,
+)
 from dualteacher.data import DataBundle, build_data
 from dualteacher.data.base import EvalSet
+from dualteacher.data.fingerprint import data_changes, data_fingerprint
 from dualteacher.data.loaders import build_train_loaders
 from dualteacher.engine.checkpoint import (
     config_changes,
@@ -50,7 +60,7 @@ from dualteacher.engine.guard import RunGuard, check_writable
 from dualteacher.engine.memory import peak_memory_mb, reset_peak_memory
 from dualteacher.engine.optim import build_optimizer, build_scheduler, scaled_optim_config
 from dualteacher.engine.step import StepRunner
-from dualteacher.errors import CheckpointError, ConfigError, WriteError
+from dualteacher.errors import CheckpointError, ConfigError, DataError, WriteError
 from dualteacher.methods import Method, StepInfo, build_method
 from dualteacher.metrics import SegMetrics
 from dualteacher.models import SegModel, build_model
@@ -118,7 +128,8 @@ def build_run(
     state = None
     if checkpoint is not None:
         state = load_checkpoint(checkpoint)
-        cfg = load_config(None, overrides, base=state["config"])
+        # the checkpoint holds every weight: reading model.pretrained again is wasted (and loud)
+        cfg = without_pretrained(load_config(None, overrides, base=state["config"]))
     assert cfg is not None
     check_eval_config(cfg.eval)
     device = resolve_device(cfg.train.device)
@@ -126,7 +137,12 @@ def build_run(
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     if bundle is None:
-        bundle = build_data(cfg.data)
+        try:
+            bundle = build_data(cfg.data)
+        except DataError as e:
+            if checkpoint is None:
+                raise
+            raise DataError(f"{e}\n{_stored_data_hint(cfg, checkpoint)}") from None
     if state is not None:
         _check_compatible(state, cfg, bundle, checkpoint)
     method = _build_method(cfg, bundle.num_classes, device)
@@ -184,9 +200,7 @@ def build_model_from_checkpoint(
     """
     state = load_checkpoint(path)
     cfg = load_config(None, overrides, base=state["config"])
-    # The checkpoint holds every weight: do not read encoder weights from model.pretrained.
-    if getattr(cfg.model, "pretrained", None) is not None:
-        cfg = replace(cfg, model=replace(cfg.model, pretrained=None))
+    cfg = without_pretrained(cfg)  # the checkpoint holds every weight
     device = resolve_device(device if device is not None else cfg.train.device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -216,19 +230,44 @@ def _check_compatible(state: dict, cfg: Config, bundle: DataBundle | None, path)
         )
 
 
-def _check_resume_config(state: dict, cfg: Config, path) -> None:
+def without_pretrained(cfg: Config) -> Config:
+    """``cfg`` without ``model.pretrained``, for a model whose weights come from a checkpoint."""
+    if getattr(cfg.model, "pretrained", None) is None:
+        return cfg
+    return replace(cfg, model=replace(cfg.model, pretrained=None))
+
+
+def _stored_data_hint(cfg: Config, checkpoint) -> str:
+    """Where the data settings of a checkpoint's run come from, and how to point elsewhere."""
+    root = cfg.data.root
+    relative = root is not None and not Path(root).expanduser().is_absolute()
+    return (
+        f"The data settings come from the config stored in {checkpoint}"
+        + (
+            f" (data.root={root} is relative: resolved from this folder, {Path.cwd()})"
+            if relative
+            else ""
+        )
+        + f"; if the dataset is elsewhere, give its place after the checkpoint: dualteacher "
+        f"eval {checkpoint} data.root=PATH"
+    )
+
+
+def _check_resume_config(state: dict, cfg: Config, path, changes: list[str] | None = None) -> None:
     """A run resumes only with the config it was started with, up to the keys that do not
-    change the training (``RESUMABLE_CHANGES``), unless ``train.resume_with_changes``."""
-    changes = config_changes(state["config"], to_dict(cfg))
+    change the training (``RESUMABLE_CHANGES``), and on the same data (``changes``: the
+    ``data_changes`` of its fingerprint), unless ``train.resume_with_changes``."""
+    if changes is None:
+        changes = config_changes(state["config"], to_dict(cfg))
     if not changes:
         return
     listed = "\n  ".join(changes)
     if cfg.train.resume_with_changes:
-        print(f"warning: resuming {path} with a changed config:\n  {listed}")
+        print(f"warning: resuming {path} with a changed config or data:\n  {listed}")
         return
     raise CheckpointError(
-        f"{path} was written by a run with another config; resuming it with this one would "
-        f"not continue the same training:\n  {listed}\nRun the original config again to "
+        f"{path} was written by a run with another config or other data; resuming it with "
+        f"this one would not continue the same training:\n  {listed}\nRun the original config again to "
         "resume, use a new run directory (--out) for the new config, or pass "
         "train.resume_with_changes=true to continue this run with the changes."
     )
@@ -316,7 +355,16 @@ def drop_rows_after(path: Path, step: int) -> None:
 
 
 def default_out_dir(cfg: Config) -> str:
-    return f"runs/{cfg.data.name}_{cfg.method.name}"
+    """``runs/<data>_<method>``: <data> is the name of the ``data.root`` folder (prefixed with
+    ``data.name`` when it does not contain it, e.g. ``voc_data``), or ``data.name``."""
+    data = cfg.data.name
+    if cfg.data.root:
+        folder = Path(os.path.abspath(Path(cfg.data.root).expanduser())).name
+        folder = re.sub(r"[^\w.-]+", "_", folder).strip("._")
+        if folder:
+            keep = cfg.data.name == "folder" or cfg.data.name.lower() in folder.lower()
+            data = folder if keep else f"{cfg.data.name}_{folder}"
+    return f"runs/{data}_{cfg.method.name}"
 
 
 def measure_step_seconds(
@@ -377,6 +425,8 @@ def train(
     ``bundle``: data already built from ``cfg.data``. Signals, bad files and non-finite losses
     are handled by ``engine.guard.RunGuard`` (``TrainingStopped`` / ``DataError``).
     """
+    check_values(cfg)  # a Config built in Python (compare, tests) is checked as a loaded one
+    cfg = with_absolute_paths(cfg)  # stored so: eval / resume work from any folder
     out_dir = Path(cfg.train.out_dir or default_out_dir(cfg))
     is_main = int(os.environ.get("RANK", "0")) == 0  # torchrun's rank; the group joins later
     if is_main:
@@ -392,7 +442,12 @@ def _train(
     if resume is not None:  # before building anything: a wrong run directory fails fast
         _check_compatible(resume[1], cfg, None, resume[0])
         _check_resume_config(resume[1], cfg, resume[0])
-    run = build_run(cfg, bundle=bundle)
+    run = build_run(cfg if resume is None else without_pretrained(cfg), bundle=bundle)
+    data_id = data_fingerprint(run.bundle)
+    if resume is not None:  # the same data, wherever it lies now (data.root is not compared)
+        _check_resume_config(
+            resume[1], cfg, resume[0], data_changes(resume[1].get("data"), data_id)
+        )
     method, dist, device = run.method, run.dist, run.device
     student = method.student
     optim_cfg, lr_line = scaled_optim_config(cfg, dist.world_size)
@@ -460,6 +515,7 @@ def _train(
             "train_seconds": t_train,
             "rng": rng_state(),
             "guard": guard.state_dict(),
+            "data": data_id,
             "grad_scaler": step_fn.scaler.state_dict() if step_fn.scaler else None,
         }
 
