@@ -43,7 +43,9 @@ def test_default_run_directory_names_the_dataset(tmp_path, monkeypatch, capsys):
 
 def test_resume_on_other_data_is_refused_with_the_changes(tmp_path, monkeypatch, capsys):
     first = trees.make_folder(tmp_path / "a")  # .../a/mydata
-    second = trees.make_folder(tmp_path / "b", n_train=6, n_unlabeled=1)  # .../b/mydata: the same folder name
+    second = trees.make_folder(
+        tmp_path / "b", n_train=6, n_unlabeled=1
+    )  # .../b/mydata: the same folder name
     monkeypatch.chdir(tmp_path)
     code, _, err = cli(capsys, "train", "demo", *RUN, f"data.root={first}")
     assert code == 0, err

@@ -135,10 +135,14 @@ def remove_stale_temp_files(out_dir: Path) -> None:
             p.unlink(missing_ok=True)
 
 
-def find_resume_checkpoint(out_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+def find_resume_checkpoint(
+    out_dir: Path, repair: bool = False
+) -> tuple[Path, dict[str, Any]] | None:
     """The newest readable checkpoint of a run directory: ``latest.pt``, or a newer or intact
     ``step_*.pt`` when ``latest.pt`` is behind (killed between the two writes), missing or
-    unreadable. ``None`` when there is no checkpoint at all."""
+    unreadable. ``None`` when there is no checkpoint at all. ``repair`` (the process that
+    writes the run's files): ``latest.pt`` is then made a link to the step file found, so that
+    it is no longer damaged or behind, whatever happens to this run."""
     latest = out_dir / "latest.pt"
     candidates = [p for _, p in reversed(step_checkpoints(out_dir))]
     best: tuple[Path, dict] | None = None
@@ -161,6 +165,10 @@ def find_resume_checkpoint(out_dir: Path) -> tuple[Path, dict[str, Any]] | None:
         )
     if best is not None and errors:
         print(f"warning: skipped unreadable checkpoint(s): {'; '.join(errors)}", file=sys.stderr)
+    if repair and best is not None and best[0] != latest:
+        _link_or_copy(best[0], latest)
+        print(f"note: {latest} replaced by a link to {best[0].name}", file=sys.stderr)
+        best = (latest, best[1])
     return best
 
 

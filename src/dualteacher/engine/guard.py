@@ -12,6 +12,10 @@
 - A step whose loss is not finite is skipped: no optimizer, EMA or BatchNorm-statistics update.
   ``train.max_bad_steps`` of them in a row stop the run; the last checkpoint written before is
   kept: no periodic checkpoint is written on a skipped step, and none from non-finite weights.
+- A checkpoint is written only from a good state: finite weights, and neither the loss nor the
+  largest weight more than ``EXPLODED`` times (and above an absolute floor) their level at the
+  last good checkpoint (or at the start). Otherwise the run stops (exit status 1) naming the
+  last good checkpoint, which resuming then really starts from.
 - Samples skipped under ``data.skip_bad`` are counted and each file is logged once.
 - ``train.deterministic`` switches torch to deterministic algorithms for the run.
 
@@ -23,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import statistics
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -47,6 +52,15 @@ from dualteacher.errors import (
 )
 
 SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + signal number, as shells do
+# A state has blown up when its loss or its largest |weight| is this many times their level at
+# the last good checkpoint (or the run's start) and above the floor (cross-entropy losses of a
+# working model stay far below 100; weights of a normalised network far below 1000).
+EXPLODED, LOSS_FLOOR, WEIGHT_FLOOR = 1e3, 100.0, 1e3
+
+
+def blown_up(value: float, reference: float | None, floor: float) -> bool:
+    """``value`` is more than ``EXPLODED`` times ``reference`` and above ``floor``."""
+    return reference is not None and value > max(EXPLODED * reference, floor)
 
 
 def _say(msg: str) -> None:
@@ -129,6 +143,11 @@ class RunGuard:
         self._checkpoint: Callable[[int], dict] | None = None
         self._skipped = False
         self._fetch_failed = False
+        # blow-up detection (see ``check_good``): losses since the last good checkpoint, and
+        # the loss / largest |weight| levels at it (or at the start of this process)
+        self._losses: list[float] = []
+        self.loss_ref: float | None = None
+        self._weight_ref: float | None = None
 
     # --- context: deterministic mode, signal handlers, faults --------------------------------
     def __enter__(self) -> RunGuard:
@@ -178,12 +197,14 @@ class RunGuard:
             "bad_steps": self.bad_steps,
             "bad_samples": self.bad_samples,
             "bad_files": list(self.bad_files),
+            "loss_ref": self.loss_ref,
         }
 
     def load_state_dict(self, state: dict, step: int) -> None:
         self.bad_steps = state.get("bad_steps", 0)
         self.bad_samples = state.get("bad_samples", 0)
         self.bad_files = list(state.get("bad_files", []))
+        self.loss_ref = state.get("loss_ref")
         self.completed = self.saved_step = step
 
     def counters(self) -> dict[str, int]:
@@ -197,6 +218,7 @@ class RunGuard:
         the last checkpoint stays a good one."""
         if not self.is_main or self._checkpoint is None or (periodic and self.bad_in_a_row):
             return None
+        self.check_good(step)
         state = self._checkpoint(step)
         bad = [
             k for k, v in state["state"].items() if v.is_floating_point() and not v.isfinite().all()
@@ -209,7 +231,40 @@ class RunGuard:
             )
         path = save_run_checkpoint(state, self.out_dir, step, self.cfg.train.keep_last)
         self.saved_step = step
+        self._good_state_saved()
         return path
+
+    def check_good(self, step: int) -> None:
+        """Raise ``TrainingStopped`` when the state of ``step`` has blown up (its last finite
+        loss or its largest |weight|, see ``EXPLODED``), so that no checkpoint is written
+        from it and the last good one stays the one to resume from."""
+        loss = self._losses[-1] if self._losses else None
+        if loss is not None and blown_up(loss, self.loss_ref, LOSS_FLOOR):
+            what = f"the loss exploded to {loss:.3g} (it was {self.loss_ref:.3g})"
+        else:
+            peak = self._largest_weight()
+            if peak is None or not blown_up(peak, self._weight_ref, WEIGHT_FLOOR):
+                return
+            what = f"the largest weight exploded to {peak:.3g} (it was {self._weight_ref:.3g})"
+        raise TrainingStopped(
+            f"{what} by step {step}: the run is stopped and no checkpoint is written from this "
+            f"state. {self._last_good()} {self._nan_fix()}"
+        )
+
+    def _largest_weight(self) -> float | None:
+        """max |parameter| of the method (student and teachers); None before the first step."""
+        if self._method is None:
+            return None
+        with torch.no_grad():
+            peaks = [p.detach().abs().max() for p in self._method.parameters() if p.numel()]
+            return float(torch.stack(peaks).max().float()) if peaks else None
+
+    def _good_state_saved(self) -> None:
+        """A good checkpoint was written: its levels are the reference from now on."""
+        if self._losses:
+            self.loss_ref = float(statistics.median(self._losses[-20:]))
+            self._losses = self._losses[-1:]
+        self._weight_ref = self._largest_weight()
 
     def _last_good(self) -> str:
         if self.saved_step is None:
@@ -256,6 +311,9 @@ class RunGuard:
 
     def begin_step(self, method: torch.nn.Module) -> None:
         """Remember what the forward pass changes: buffers (BatchNorm statistics) and RNG."""
+        if self._method is None:
+            self._method = method
+            self._weight_ref = self._largest_weight()  # the weights the run starts from
         self._method = method
         self._buffers = [b.detach().clone() for b in method.buffers()]
         self._rng = rng_state()
@@ -265,6 +323,10 @@ class RunGuard:
         """True (and the step's buffer updates undone) when ``loss`` is not finite, on this
         rank or (under DDP) on any other: all ranks skip the same steps."""
         if not _any_rank(not bool(torch.isfinite(loss.detach()).all())):
+            value = float(loss.detach().float().sum())  # synchronised already by isfinite
+            if self.loss_ref is None:
+                self.loss_ref = value  # the loss of the starting weights
+            self._losses = [*self._losses[-99:], value]
             return False
         with torch.no_grad():
             for b, saved in zip(method.buffers(), self._buffers):

@@ -58,7 +58,12 @@ from dualteacher.engine.distributed import (
 from dualteacher.engine.evaluate import check_eval_config, evaluate
 from dualteacher.engine.guard import RunGuard, check_writable
 from dualteacher.engine.memory import peak_memory_mb, reset_peak_memory
-from dualteacher.engine.optim import build_optimizer, build_scheduler, scaled_optim_config
+from dualteacher.engine.optim import (
+    build_optimizer,
+    build_scheduler,
+    load_keeping_config,
+    scaled_optim_config,
+)
 from dualteacher.engine.step import StepRunner
 from dualteacher.errors import CheckpointError, ConfigError, DataError, WriteError
 from dualteacher.methods import Method, StepInfo, build_method
@@ -267,9 +272,9 @@ def _check_resume_config(state: dict, cfg: Config, path, changes: list[str] | No
         return
     raise CheckpointError(
         f"{path} was written by a run with another config or other data; resuming it with "
-        f"this one would not continue the same training:\n  {listed}\nRun the original config again to "
-        "resume, use a new run directory (--out) for the new config, or pass "
-        "train.resume_with_changes=true to continue this run with the changes."
+        f"this one would not continue the same training:\n  {listed}\nRun the original "
+        "config (and data) again to resume, use a new run directory (--out) for the new "
+        "config, or pass train.resume_with_changes=true to continue this run with the changes."
     )
 
 
@@ -309,7 +314,9 @@ class MetricWriter:
         if enabled and tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(out_dir / "tb"))
+            # a resumed run drops the events of steps it trains again, as metrics.jsonl does
+            purge = keep_until + 1 if keep_until else None
+            self.tb = SummaryWriter(str(out_dir / "tb"), purge_step=purge)
 
     def write(self, row: dict[str, Any], prefix: str = "train") -> None:
         if not self.enabled:
@@ -438,7 +445,7 @@ def train(
 def _train(
     cfg: Config, out_dir: Path, guard: RunGuard, stop_after: int | None, bundle: DataBundle | None
 ) -> TrainResult:
-    resume = find_resume_checkpoint(out_dir)
+    resume = find_resume_checkpoint(out_dir, repair=guard.is_main)
     if resume is not None:  # before building anything: a wrong run directory fails fast
         _check_compatible(resume[1], cfg, None, resume[0])
         _check_resume_config(resume[1], cfg, resume[0])
@@ -462,8 +469,7 @@ def _train(
         path, state = resume
         _check_compatible(state, cfg, run.bundle, path)
         load_method_state(method, state, path)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        load_keeping_config(optimizer, scheduler, state)  # a changed optim.lr applies
         start, best, history = state["step"], state["best"], state["history"]
         t_train = state["train_seconds"]
         set_rng_state(state["rng"])
@@ -581,6 +587,7 @@ def _train(
                 parts = "  ".join(f"{n} {r.miou:5.2f}" for n, r in final.items())
                 bar.write(f"step {done:>6}  val mIoU  {parts}  (best {best['miou']:.2f})")
                 if improved:
+                    guard.check_good(done)  # best.pt too is written from good states only
                     save_checkpoint(checkpoint_state(done), out_dir / "best.pt")
                 if cfg.train.curves:
                     _write_curves(out_dir, epoch_steps)
