@@ -16,10 +16,10 @@ from dualteacher.errors import INPUT_EXIT
 EPILOG = """examples:
   dualteacher demo                                   supervised vs. dual_teacher on demo data
   dualteacher train configs/demo.yaml train.steps=200
-  dualteacher eval runs/demo_dual_teacher/best.pt --models all
+  dualteacher eval runs/demo/dual_teacher/best.pt --models all      (written by demo)
   dualteacher check configs/demo.yaml data.name=folder data.root=my_data
-  dualteacher eval runs/demo_dual_teacher/best.pt --report runs/report
-  dualteacher predict runs/demo_dual_teacher/best.pt photos/ --out runs/pred
+  dualteacher eval runs/demo/dual_teacher/best.pt --report runs/report
+  dualteacher predict runs/demo/dual_teacher/best.pt photos/ --out runs/pred
   dualteacher compare demo --methods supervised,mean_teacher,dual_teacher --seeds 3
   dualteacher configs                                list the built-in configs
   dualteacher models                                 registered models and their sizes
@@ -182,12 +182,14 @@ def _cmd_compare(args: argparse.Namespace) -> None:
 def _cmd_configs(args: argparse.Namespace) -> None:
     from dualteacher.config import builtin_config_dir
 
-    for path in sorted(builtin_config_dir().glob("*.yaml")):
+    paths = sorted(builtin_config_dir().glob("*.yaml"))
+    width = max((len(p.stem) for p in paths), default=0) + 2  # names never run into the text
+    for path in paths:
         first = next(
             (ln.lstrip("#").strip() for ln in path.read_text().splitlines() if ln.startswith("#")),
             "",
         )
-        print(f"{path.stem:<20}{first}")
+        print(f"{path.stem:<{width}}{first}")
     print(f"\n(in {builtin_config_dir()}; use a name or a path: dualteacher train demo)")
 
 
@@ -265,7 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("config", help="YAML config file, or the name of a built-in config")
     p.add_argument("overrides", nargs="*", help="config overrides key=value")
-    p.add_argument("--out", help="run directory (default: train.out_dir or runs/<data>_<method>)")
+    p.add_argument(
+        "--out",
+        help="run directory (default: train.out_dir, or runs/<data>_<method> where <data> is "
+        "the data.root folder's name or data.name)",
+    )
     p.set_defaults(func=_cmd_train)
 
     p = add(

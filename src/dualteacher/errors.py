@@ -50,6 +50,11 @@ class BadSampleError(DataError):
         self.path, self.reason, self.fix = path, reason, fix
 
 
+class BadValidationFile(BadSampleError):
+    """A bad validation file met while validating. Validation files are never skipped
+    (``data.skip_bad`` applies to training files), so the hint differs."""
+
+
 class WriteError(DualTeacherError):
     """An output file could not be written (full disk, quota, permissions): the message names
     the file; no partial file was left (``dualteacher.outputs``)."""

@@ -268,6 +268,23 @@ def read_mask(path: Path) -> np.ndarray:
     return mask.astype(np.uint8) if mask.dtype == bool else mask
 
 
+def _header(path: Path, orientation: bool = False) -> tuple[tuple[int, int], int]:
+    """((H, W) as stored, EXIF orientation or 1) of an image file, from its header only (a
+    PNG's orientation only when its EXIF comes before the pixels: Pillow would decode them)."""
+    try:
+        with Image.open(path) as im:
+            found = 1
+            if orientation and (im.format != "PNG" or "exif" in im.info):
+                found = int(im.getexif().get(EXIF_ORIENTATION, 1))
+            return (im.height, im.width), found
+    except FileNotFoundError:
+        raise BadSampleError(path, "file is missing") from None
+    except _READ_ERRORS as e:
+        raise BadSampleError(
+            path, f"cannot read the file ({e})", "re-export it, or remove it from the set"
+        ) from None
+
+
 def image_notes(decoded: DecodedImage) -> tuple[tuple[str, str], ...]:
     """``(kind, text)`` of what reading did to an image beyond decoding 8-bit RGB:
     ``("depth", ...)`` for deep images, ``("orientation", ...)`` for an EXIF orientation;
@@ -379,6 +396,23 @@ class FileSource(SegSource):
                 out.append(BadSampleError(e.image, "image file is missing"))
             if e.mask is not None and not e.mask.is_file():
                 out.append(BadSampleError(e.mask, f"mask of {e.image.name} is missing"))
+        return out
+
+    def header_problems(self) -> list[BadSampleError]:
+        """What reading only the files' headers finds (no pixel is decoded: about a
+        millisecond a sample): files that are not images, and masks whose size is not their
+        image's as viewers show it. Training checks the validation set so before its first
+        step, instead of failing at the first validation."""
+        out = []
+        for i, e in enumerate(self.entries):
+            try:
+                size, orientation = _header(e.image, orientation=True)
+                if e.mask is not None:
+                    shown = size[::-1] if orientation in (5, 6, 7, 8) else size
+                    if _header(e.mask)[0] != shown:
+                        self.load(i)  # confirm by reading it (a PNG's EXIF may follow its pixels)
+            except BadSampleError as err:
+                out.append(err)
         return out
 
     def describe(self, index: int) -> str:

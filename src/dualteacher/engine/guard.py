@@ -45,6 +45,7 @@ from dualteacher.engine.checkpoint import (
 )
 from dualteacher.errors import (
     BadSampleError,
+    BadValidationFile,
     CheckpointError,
     ConfigError,
     DataError,
@@ -392,6 +393,14 @@ class RunGuard:
             if self.saved_step is not None
             else "No training step was done yet."
         )
+        if isinstance(err, BadValidationFile):
+            return DataError(
+                f"bad validation file, the run is stopped at its validation: {err}\n{saved} "
+                "Validation files are never skipped (data.skip_bad applies to training files "
+                "only): fix or replace the file, or leave it out of the validation set (a split "
+                "file data.val=...), then run the same command to resume. `dualteacher check "
+                "CONFIG` lists every bad file."
+            )
         return DataError(
             f"bad data file, the run is stopped: {err}\n{saved} Fix or remove the file "
             "(`dualteacher check CONFIG` lists every bad file) and run the same command to "
