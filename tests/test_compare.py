@@ -108,3 +108,17 @@ def test_compare_rerun_keeps_the_measured_figures_of_finished_runs(tmp_path, mon
     assert row()["seconds"] == first["seconds"]
     main([*args, "--steps", "3"])  # a longer budget trains on: measured again
     assert row()["steps"] == 3 and row()["peak_memory_mb"] == 1.0
+
+
+def test_compare_says_before_training_that_a_method_lacks_unlabelled_images(tmp_path, capsys):
+    from . import trees
+
+    root = trees.make_folder(tmp_path, n_unlabeled=0)
+    (root / "train" / "images" / "nomask.png").unlink()  # no unlabelled image left
+    out = tmp_path / "cmp"
+    args = ["compare", "demo", *TINY, "data.name=folder", f"data.root={root}", "--out", str(out)]
+    with pytest.raises(SystemExit) as e:
+        main([*args, "--methods", "supervised,dual_teacher"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "unlabelled set of data.name=folder is empty" in err
+    assert "dual_teacher train(s) on unlabelled images" in err and not out.exists()
