@@ -114,5 +114,5 @@ def test_cuda_device_without_a_gpu_is_one_line(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     code, _, err = cli(capsys, "train", "demo", "train.device=cuda", "--out", tmp_path / "r")
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
-    assert "train.device=cuda, but torch sees no CUDA device here" in err
+    assert "train.device=cuda, but this process sees no usable CUDA GPU" in err
     assert "train.device=cpu" in err
