@@ -97,7 +97,7 @@ def test_check_names_every_bad_file(tmp_path, capsys):
     (root / "unlabeled" / "u1.jpg").write_bytes(b"\xff\xd8garbage")  # corrupt unlabelled image
 
     code, out = run_check(capsys, "data.name=folder", f"data.root={root}")
-    assert code == 1
+    assert code == 2  # bad data files: the user's input, the same status as train
     expect = {
         train / "images" / "img0.jpg": "cannot read the image",
         train / "masks" / "img1.png": "the mask is 20x20 but its image",
@@ -131,7 +131,7 @@ def test_check_reports_missing_files_listed_in_a_split(tmp_path, capsys):
     split.write_text("2007_000032\n2099_000001\n")
     (voc / "SegmentationClass" / "2007_000032.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     code, out = run_check(capsys, "data.name=voc", f"data.root={tmp_path}", f"data.labeled={split}")
-    assert code == 1
+    assert code == 2  # bad data files: the user's input, the same status as train
     assert f"{voc / 'JPEGImages' / '2099_000001.jpg'}: image file is missing" in out
     assert f"{voc / 'SegmentationClass' / '2007_000032.png'}: cannot read the mask" in out
     # no mask of the missing id exists in either folder: reported once, at the preferred path

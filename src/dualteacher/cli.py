@@ -11,21 +11,55 @@ import traceback
 from pathlib import Path
 
 from dualteacher import __version__
+from dualteacher.errors import INPUT_EXIT
 
 EPILOG = """examples:
   dualteacher demo                                   supervised vs. dual_teacher on demo data
   dualteacher train configs/demo.yaml train.steps=200
-  dualteacher eval runs/demo_dual_teacher/best.pt --models all
+  dualteacher eval runs/demo/dual_teacher/best.pt --models all      (written by demo)
   dualteacher check configs/demo.yaml data.name=folder data.root=my_data
-  dualteacher eval runs/demo_dual_teacher/best.pt --report runs/report
-  dualteacher predict runs/demo_dual_teacher/best.pt photos/ --out runs/pred
-  dualteacher export runs/demo_dual_teacher/best.pt --out exported --format safetensors,onnx
+  dualteacher eval runs/demo/dual_teacher/best.pt --report runs/report
+  dualteacher predict runs/demo/dual_teacher/best.pt photos/ --out runs/pred
+  dualteacher export runs/demo/dual_teacher/best.pt --out exported --format safetensors,onnx
   dualteacher predict exported photos/ --out runs/pred --runtime onnx
   dualteacher compare demo --methods supervised,mean_teacher,dual_teacher --seeds 3
   dualteacher configs                                list the built-in configs
   dualteacher models                                 registered models and their sizes
   dualteacher bench --model segformer-b1 --crop 512 --batch 2 --method dual_teacher
 """
+
+
+def _number(kind: type, rule: str):
+    """An argparse ``type`` for numbers in a range (a bad value is a usage error, status 2):
+    ``count`` >= 1, ``non_negative`` >= 0, ``fraction`` in [0, 1], ``positive`` > 0 finite."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        ok = {
+            "count": lambda v: v >= 1,
+            "non_negative": lambda v: v >= 0,
+            "fraction": lambda v: 0 <= v <= 1,
+            "positive": lambda v: v > 0 and v != float("inf"),
+        }[rule](value)
+        if not ok:
+            must = {
+                "count": "at least 1",
+                "non_negative": "at least 0",
+                "fraction": "between 0 and 1",
+                "positive": "a finite number greater than 0",
+            }[rule]
+            raise argparse.ArgumentTypeError(f"{text} must be {must}")
+        return value
+
+    parse.__name__ = f"{rule} {kind.__name__}"
+    return parse
+
+
+COUNT, NON_NEGATIVE = _number(int, "count"), _number(int, "non_negative")
+FRACTION, POSITIVE = _number(float, "fraction"), _number(float, "positive")
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
@@ -71,7 +105,7 @@ def _cmd_check(args: argparse.Namespace) -> None:
     report = check_data(cfg, workers=args.workers, progress=sys.stderr.isatty())
     print(format_report(report))
     if not report.ok:
-        sys.exit(1)
+        sys.exit(INPUT_EXIT)  # bad data files are the user's input, as in every other command
 
 
 def _cmd_splits(args: argparse.Namespace) -> None:
@@ -125,9 +159,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     print(f"wrote {len(result.written)} prediction(s) to {args.out}")
     if result.skipped:
         print(f"skipped {len(result.skipped)} non-image file(s) in folders")
+    if result.previous_outputs:
+        print(
+            f"left out {len(result.previous_outputs)} file(s) written by an earlier predict "
+            f"(e.g. {result.previous_outputs[0]})"
+        )
     if result.failed:
         print(format_failures(result), file=sys.stderr)
-        return 1
+        return INPUT_EXIT  # some inputs could not be read: the user's input
     return 0
 
 
@@ -154,12 +193,14 @@ def _cmd_compare(args: argparse.Namespace) -> None:
 def _cmd_configs(args: argparse.Namespace) -> None:
     from dualteacher.config import builtin_config_dir
 
-    for path in sorted(builtin_config_dir().glob("*.yaml")):
+    paths = sorted(builtin_config_dir().glob("*.yaml"))
+    width = max((len(p.stem) for p in paths), default=0) + 2  # names never run into the text
+    for path in paths:
         first = next(
             (ln.lstrip("#").strip() for ln in path.read_text().splitlines() if ln.startswith("#")),
             "",
         )
-        print(f"{path.stem:<20}{first}")
+        print(f"{path.stem:<{width}}{first}")
     print(f"\n(in {builtin_config_dir()}; use a name or a path: dualteacher train demo)")
 
 
@@ -237,7 +278,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("config", help="YAML config file, or the name of a built-in config")
     p.add_argument("overrides", nargs="*", help="config overrides key=value")
-    p.add_argument("--out", help="run directory (default: train.out_dir or runs/<data>_<method>)")
+    p.add_argument(
+        "--out",
+        help="run directory (default: train.out_dir, or runs/<data>_<method> where <data> is "
+        "the data.root folder's name or data.name)",
+    )
     p.set_defaults(func=_cmd_train)
 
     p = add(
@@ -256,7 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="write a report to DIR: iou.md, iou.json, confusion.png, samples.png",
     )
     p.add_argument(
-        "--samples", type=int, default=8, help="validation images in samples.png (default 8)"
+        "--samples",
+        type=NON_NEGATIVE,
+        default=8,
+        help="validation images in samples.png (default 8)",
     )
     p.set_defaults(func=_cmd_eval)
 
@@ -280,14 +328,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--models", default="student", help="student (default), all, or names separated by ','"
     )
-    p.add_argument("--batch-size", type=int, help="images per forward (default eval.batch_size)")
-    p.add_argument("--alpha", type=float, default=0.5, help="colour weight of the overlay")
+    p.add_argument("--batch-size", type=COUNT, help="images per forward (default eval.batch_size)")
+    p.add_argument("--alpha", type=FRACTION, default=0.5, help="colour weight of the overlay, 0..1")
     p.add_argument(
         "--device",
         help="cpu, cuda, cuda:N (default: a checkpoint's train.device; an export: "
         "cuda if there is one (torch), cpu (onnx))",
     )
-    p.add_argument("--workers", type=int, default=0, help="image-reading worker processes")
+    p.add_argument("--workers", type=NON_NEGATIVE, default=0, help="image-reading worker processes")
     p.add_argument(
         "--runtime",
         choices=("torch", "onnx"),
@@ -334,13 +382,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="config overrides key=value, shared by all runs")
     p.add_argument("--methods", required=True, help="method names separated by ','")
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--steps", type=int, help="steps per run (default: train.steps)")
+    budget.add_argument("--steps", type=COUNT, help="steps per run (default: train.steps)")
     budget.add_argument(
         "--minutes",
-        type=float,
+        type=POSITIVE,
         help="training wall-clock per run; steps are set from a short timing probe",
     )
-    p.add_argument("--seeds", type=int, help="run seeds 0..K-1 (default: train.seed only)")
+    p.add_argument("--seeds", type=COUNT, help="run seeds 0..K-1 (default: train.seed only)")
     p.add_argument("--out", help="output directory (default runs/compare_<config name>)")
     p.set_defaults(func=_cmd_compare)
 
@@ -359,12 +407,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         "check",
         "read every image and mask of a dataset config; report counts, class frequencies and "
-        "every bad file (exit status 1 when there is any)",
+        "every bad file (exit status 2 when there is any)",
         "dualteacher check configs/voc_classic_r101_321.yaml data.root=data/VOC2012",
     )
     p.add_argument("config", help="YAML config file, or the name of a built-in config")
     p.add_argument("overrides", nargs="*", help="config overrides key=value (e.g. data.root=...)")
-    p.add_argument("--workers", type=int, default=None, help="reading threads (default: CPUs)")
+    p.add_argument("--workers", type=COUNT, default=None, help="reading threads (default: CPUs)")
     p.set_defaults(func=_cmd_check)
 
     p = add(
@@ -376,8 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", required=True, help="dataset root (as data.root)")
     p.add_argument("--dataset", required=True, help="voc | cityscapes | ade20k | folder")
     group = p.add_mutually_exclusive_group(required=True)
-    group.add_argument("--labeled", type=int, help="number of labelled images")
-    group.add_argument("--fraction", type=float, help="fraction of the candidates to label")
+    group.add_argument("--labeled", type=COUNT, help="number of labelled images")
+    group.add_argument("--fraction", type=FRACTION, help="fraction of the candidates to label")
     p.add_argument(
         "--blended",
         action="store_true",
@@ -393,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
         "dualteacher models segformer-b1 dpt-dinov2-s --classes 150",
     )
     p.add_argument("names", nargs="*", help="models to list (default: all)")
-    p.add_argument("--classes", type=int, default=21, help="number of classes (default 21)")
+    p.add_argument("--classes", type=COUNT, default=21, help="number of classes (default 21)")
     p.add_argument("--json", action="store_true", help="print a JSON list")
     p.set_defaults(func=_cmd_models)
 
@@ -406,13 +454,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", help="registered model (default: model.name of the config)")
     p.add_argument("--method", help="registered method (default: method.name of the config)")
-    p.add_argument("--crop", type=int, help="square crop size (default: data.crop_size)")
-    p.add_argument("--batch", type=int, help="labelled batch size (default: data.batch_size)")
-    p.add_argument("--steps", type=int, default=3, help="timed steps (default 3)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")
-    p.add_argument("--classes", type=int, default=21, help="number of classes (default 21)")
+    p.add_argument("--crop", type=COUNT, help="square crop size (default: data.crop_size)")
+    p.add_argument("--batch", type=COUNT, help="labelled batch size (default: data.batch_size)")
+    p.add_argument("--steps", type=COUNT, default=3, help="timed steps (default 3)")
+    p.add_argument("--warmup", type=NON_NEGATIVE, default=1, help="untimed steps first (default 1)")
+    p.add_argument("--classes", type=COUNT, default=21, help="number of classes (default 21)")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", type=COUNT, help="torch CPU threads (default: torch's)")
     p.add_argument("--config", help="YAML config to start from (default: built-in defaults)")
     p.add_argument(
         "--data",
@@ -425,6 +473,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_bench)
     return parser
+
+
+def _close_progress_bars() -> None:
+    """End every open tqdm bar, so that an error starts on a line of its own: a bar written to
+    a file (stderr redirected) has no newline after its last update."""
+    if "tqdm" in sys.modules:
+        from tqdm import tqdm
+
+        for bar in list(getattr(tqdm, "_instances", ())):
+            bar.close()
 
 
 # OS errors that are the user's environment, not a bug: reported in one line.
@@ -456,6 +514,7 @@ def main(argv: list[str] | None = None) -> None:
             shutdown()  # torchrun: leave the process group together
         sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
     except DualTeacherError as e:
+        _close_progress_bars()
         if args.debug:
             traceback.print_exc()
         print(f"{e.label}: {e}", file=sys.stderr)
@@ -469,6 +528,7 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as e:
         if e.errno not in USER_OS_ERRORS:
             raise
+        _close_progress_bars()
         if args.debug:
             traceback.print_exc()
         where = f"{e.filename}: " if e.filename else ""
@@ -477,7 +537,7 @@ def main(argv: list[str] | None = None) -> None:
             "the command again (a training run resumes from its last checkpoint).",
             file=sys.stderr,
         )
-        sys.exit(1)
+        sys.exit(INPUT_EXIT)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

@@ -209,12 +209,14 @@ def plot_training_curves(
 
 
 def _save(fig, path: str | Path) -> None:
-    """Write to a temporary name and rename, so a reader never sees a half-written PNG."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    _pyplot().close(fig)
-    tmp.replace(path)
+    """Write atomically (``outputs.save_figure``): a reader never sees a half-written PNG, a
+    full disk leaves none behind."""
+    from dualteacher.outputs import save_figure
+
+    try:
+        save_figure(fig, path)
+    finally:
+        _pyplot().close(fig)
 
 
 # -------------------------------------------------------------------------------- evaluation

@@ -4,8 +4,9 @@
 - ``voc``, ``cityscapes``, ``ade20k``: the benchmarks as distributed, at ``data.root``;
 - ``folder``: the user's own images and masks at ``data.root`` (``data/folder.py``).
 
-``build_data`` also checks that every listed file exists (one ``stat`` each) and that the
-labelled and validation sets are not empty; ``dualteacher check`` reads every file.
+``build_data`` also checks that every listed file exists (one ``stat`` each), that the
+labelled and validation sets are not empty, and the headers of the validation files (images
+that are no images, masks of another size); ``dualteacher check`` reads every file.
 """
 
 from __future__ import annotations
@@ -86,6 +87,9 @@ def verify_bundle(bundle: DataBundle, cfg: DataConfig) -> None:
                 + (f". Fix: {hint}" if hint else "")
             )
     problems = [p for s in (bundle.labeled, bundle.unlabeled, bundle.val) for p in set_problems(s)]
+    if not problems and hasattr(bundle.val, "header_problems"):
+        # validation files are never skipped: find what their headers tell before training
+        problems = bundle.val.header_problems()
     if problems:
         shown = "\n  ".join(str(p) for p in problems[:MAX_LISTED])
         more = (

@@ -25,7 +25,7 @@ from torchvision import tv_tensors
 
 from dualteacher.config import IGNORE_INDEX, DataConfig
 from dualteacher.data.transforms import normalize, strong_transform, weak_transform
-from dualteacher.errors import BadSampleError, DataError
+from dualteacher.errors import BadSampleError, BadValidationFile, DataError
 
 SKIPPED_KEY = "_skipped"  # (path, reason) of the bad files a training sample replaced
 MAX_REPLACEMENTS = 16  # bad samples in a row before ``data.skip_bad`` gives up
@@ -36,6 +36,10 @@ class Sample:
     image: np.ndarray  # (H, W, 3) uint8 RGB
     mask: np.ndarray | None  # (H, W) integer class ids, IGNORE_INDEX = ignore; None: unlabelled
     name: str  # stable id, e.g. the file stem
+    # (kind, text) of what reading did beyond plain 8-bit RGB: ("depth", "16-bit grey PNG,
+    # values 0..4095: stretched to 0..255"), ("orientation", "EXIF orientation 6: ..."); see
+    # ``data.files.image_notes``. `dualteacher check` reports them.
+    notes: tuple[tuple[str, str], ...] = ()
 
 
 class SegSource:
@@ -215,7 +219,10 @@ class EvalSet(Dataset):
         return len(self.source)
 
     def __getitem__(self, index: int) -> dict:
-        sample = self.source.load(index)
+        try:
+            sample = self.source.load(index)
+        except BadSampleError as e:  # never skipped: the message must not offer skip_bad
+            raise BadValidationFile(e.path, e.reason or str(e), e.fix) from None
         image, mask = _to_tv(sample)
         out = {"image": self.norm(image).as_subclass(torch.Tensor), "name": sample.name}
         if sample.mask is not None:

@@ -33,6 +33,7 @@ import numpy as np
 from dualteacher.config import DataConfig
 from dualteacher.data.files import IMAGE_EXTS, Entry, exclude, without_masks
 from dualteacher.errors import DataError
+from dualteacher.outputs import write_text
 
 FORMATS = (
     "one id per line (2007_000032), one image path per line, or 'image mask' path pairs "
@@ -198,5 +199,4 @@ def write_split(path: Path, entries: list[Entry], root: Path, with_masks: bool) 
             lines.append(f"{_rel(e.image, root)} {_rel(e.mask, root)}")
         else:
             lines.append(_rel(e.image, root))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
+    write_text(path, "\n".join(lines) + "\n")

@@ -76,6 +76,23 @@ def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, cfg: Opt
     )
 
 
+def load_keeping_config(optimizer: torch.optim.Optimizer, scheduler, state: dict) -> None:
+    """Load a checkpoint's optimizer and scheduler states (momenta, step count) but keep the
+    hyper-parameters of the current config (learning rates, weight decay, momentum, betas):
+    ``load_state_dict`` alone would bring back the checkpoint's, so that resuming with
+    ``train.resume_with_changes=true optim.lr=...`` (the advice after a blow-up) would train
+    on with the old learning rate. With an unchanged config this changes nothing."""
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    base = list(scheduler.base_lrs)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scheduler.base_lrs = base
+    for g, saved, b in zip(optimizer.param_groups, groups, base):
+        g.update(saved)
+        g["initial_lr"] = b
+        g["lr"] = b * scheduler.lr_lambdas[0](scheduler.last_epoch)  # as LambdaLR computes it
+
+
 def scaled_optim_config(cfg: Config, world_size: int = 1) -> tuple[OptimConfig, str]:
     """``cfg.optim`` with ``lr`` scaled by ``optim.scale_lr`` for the global labelled batch
     ``data.batch_size * world_size * train.accum_steps`` relative to ``optim.ref_batch_size``
