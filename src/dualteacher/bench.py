@@ -148,6 +148,7 @@ def _data_iterators(cfg: Config, method: Method, device: torch.device):
         start_step=0,
         need_unlabeled=method.uses_unlabeled,
         need_strong=method.needs_strong_view,
+        official_pad=method.official_pad,
         num_strong=method.num_strong_views,
         device=device,
         accum_steps=cfg.train.accum_steps,

@@ -90,6 +90,20 @@ def total_steps(cfg: Config, epoch_steps: int) -> int:
     return cfg.train.epochs * epoch_steps if cfg.train.epochs else cfg.train.steps
 
 
+def eval_interval(cfg: Config, epoch_steps: int) -> int:
+    """Steps between validations: ``train.eval_every_epochs * epoch_steps`` when that is set,
+    else ``train.eval_every``."""
+    every = cfg.train.eval_every_epochs
+    if every is None:
+        return cfg.train.eval_every
+    if every < 1:
+        raise ConfigError(
+            f"train.eval_every_epochs={every} must be a positive number of epochs "
+            "(or null: validate every train.eval_every steps)"
+        )
+    return every * epoch_steps
+
+
 @dataclass
 class Run:
     """Everything built from a config, shared by training, evaluation and prediction."""
@@ -331,6 +345,7 @@ def measure_step_seconds(
         start_step=0,
         need_unlabeled=method.uses_unlabeled,
         need_strong=method.needs_strong_view,
+        official_pad=method.official_pad,
         rank=run.dist.rank,
         world_size=run.dist.world_size,
         device=device,
@@ -394,6 +409,7 @@ def _train(
     epoch_steps = steps_per_epoch(cfg, len(run.bundle.labeled), dist.world_size, num_unlabeled)
     total = total_steps(cfg, epoch_steps)
     scheduler = build_scheduler(optimizer, total, cfg.optim)
+    eval_every = eval_interval(cfg, epoch_steps)
 
     start, best, history, t_train = 0, {"miou": float("-inf"), "step": 0}, [], 0.0
     if resume is not None:
@@ -427,6 +443,7 @@ def _train(
         start_step=start,
         need_unlabeled=method.uses_unlabeled,
         need_strong=method.needs_strong_view,
+        official_pad=method.official_pad,
         num_strong=method.num_strong_views,
         rank=dist.rank,
         world_size=dist.world_size,
@@ -505,7 +522,7 @@ def _train(
             writer.write(row)
             bar.set_postfix(loss=f"{row['loss']:.3f}")
 
-        if done % cfg.train.eval_every == 0 or last:
+        if done % eval_every == 0 or last:
             final = validate()
             row = {"step": done, "time": t_train}
             row.update({f"miou_{n}": r.miou for n, r in final.items()})
