@@ -29,8 +29,6 @@ from dualteacher.engine.trainer import build_run
 from dualteacher.errors import ConfigError
 from dualteacher.methods import StepInfo
 from dualteacher.methods.dual_teacher import (
-    BRANCHES,
-    TEACHER_NAMES,
     DualTeacher,
     DualTeacherFlags,
     active_teacher,
@@ -46,6 +44,8 @@ from .conftest import TINY
 MODES = ("faithful", "clean")
 K, H, W, B = 3, 16, 16, 2  # classes, crop, unlabelled (= labelled) batch of the stub steps
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+TEACHER_NAMES = ("teacher_a", "teacher_b")  # eval_models() names, as checkpoints and logs use
+BRANCHES = ("cutmix", "classmix")  # teacher A's and B's mixing: loss_cutmix / loss_classmix
 
 # What each mode must do; True = the official code's behaviour (see DualTeacherFlags).
 EXPECTED_FLAGS = {
