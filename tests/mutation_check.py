@@ -8,7 +8,7 @@ copy of ``src/``, and the tests that pin it must fail.
 Each mutation replaces one or more exact snippets (each must occur exactly once) in a
 temporary copy of ``src/`` and runs the listed test files against it (``PYTHONPATH``), never
 touching the checkout. Not collected by pytest (the name does not start with ``test_``); it
-takes about half an hour on two cores.
+takes about an hour on two cores.
 """
 
 from __future__ import annotations
@@ -124,6 +124,11 @@ MUTATIONS = [
       "if torch.rand(1) > 0.5:"),
     m("ReCo blur always", DT,
       "if torch.rand(1) > 0.5:\n            sigma", "if True:\n            sigma"),
+    m("ReCo blur sigma ~ U(0.1, 2.0)", DT, "uniform_(0.15, 1.15)", "uniform_(0.1, 2.0)"),
+    m("ReCo jitter brightness (0.5, 1.5)", DT,
+      "v2.ColorJitter((0.75, 1.25), (0.75, 1.25)", "v2.ColorJitter((0.5, 1.5), (0.75, 1.25)"),
+    m("faithful strong view without greyscale", DT, "v2.RandomGrayscale(p=0.2)",
+      "v2.RandomGrayscale(p=0.0)"),
     # --- weights and normalisation
     m("CutMix weight per batch, not per image", DT,
       "weight = confident.flatten(1).sum(1) / valid.flatten(1).sum(1).clamp(min=1)  # (B,)",

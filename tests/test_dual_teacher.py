@@ -646,6 +646,34 @@ def test_reco_augment_pil_round_trip_quantises_to_8_bits():
         assert torch.allclose(conf_o * 255, (conf_o * 255).round(), atol=1e-4) == pil_8bit
 
 
+def test_reco_blur_sigma_is_uniform_from_0_15_to_1_15(monkeypatch):
+    """Official ReCo transform: GaussianBlur with radius ~ U(0.15, 1.15), half of the images."""
+    sigmas = []
+    real = dt_module.TF.gaussian_blur
+
+    def spy(img, kernel_size, sigma):
+        sigmas.append(sigma)
+        return real(img, kernel_size=kernel_size, sigma=sigma)
+
+    monkeypatch.setattr(dt_module.TF, "gaussian_blur", spy)
+    torch.manual_seed(0)
+    x, pl, conf = _ramp_batch(200)
+    reco_augment(x, pl, conf, MEAN, STD, pil_8bit=False)
+    assert 70 < len(sigmas) < 130
+    assert 0.15 <= min(sigmas) < 0.2 and 1.1 < max(sigmas) <= 1.15
+
+
+def test_official_jitter_parameters():
+    """ReCo's ColorJitter((0.75, 1.25) x 3, hue +-0.25) and the faithful strong view's
+    ColorJitter(0.5, 0.5, 0.5, 0.25) + RandomGrayscale(0.2)."""
+    reco = dt_module.RECO_JITTER
+    assert (reco.brightness, reco.contrast, reco.saturation) == ((0.75, 1.25),) * 3
+    assert reco.hue == (-0.25, 0.25)
+    jitter, grey = dt_module.BATCH_JITTER.transforms
+    assert (jitter.brightness, jitter.contrast, jitter.saturation) == ((0.5, 1.5),) * 3
+    assert jitter.hue == (-0.25, 0.25) and grey.p == 0.2
+
+
 def test_every_flag_is_in_the_readme_table():
     from pathlib import Path
 
