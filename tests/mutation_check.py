@@ -153,7 +153,7 @@ MUTATIONS = [
       "self.teachers = nn.ModuleList([self.make_teacher(make_model) for _ in TEACHER_NAMES])",
       "self.teachers = nn.ModuleList([self.make_teacher(make_model) for _ in TEACHER_NAMES])\n"
       "        [t.load_state_dict(student.state_dict()) for t in self.teachers]"),
-    m("every model built from the same seed", "dualteacher/engine/trainer.py",
+    m("every model built from the same seed", "dualteacher/engine/run.py",
       "    def make_model() -> SegModel:\n        return",
       "    def make_model() -> SegModel:\n        seed_all(cfg.train.seed)\n        return"),
     # --- strong view (7.4)
@@ -266,10 +266,8 @@ MUTATIONS = [
       "pad_bottom_right(v.as_subclass(torch.Tensor), self.crop_size, -2.0)", T_DATA),
     m("faithful without the official padding", DT, "official_pad=official",
       "official_pad=False"),
-    m("trainer does not pass the padding", "dualteacher/engine/trainer.py",
-      "        official_pad=method.official_pad,\n        num_strong=method.num_strong_views,\n"
-      "        rank=dist.rank,",
-      "        num_strong=method.num_strong_views,\n        rank=dist.rank,", T_REC),
+    m("the run's loaders do not get the padding", "dualteacher/engine/run.py",
+      "            official_pad=method.official_pad,\n", "", T_REC),
     # --- LR horizon, per-epoch validation
     m("schedule_steps ignored", "dualteacher/engine/optim.py",
       "if cfg.schedule_steps is not None:\n        total_steps", "if False:\n        total_steps",

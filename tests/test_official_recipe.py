@@ -10,6 +10,7 @@ import json
 import pytest
 import torch
 
+import dualteacher.engine.run as run_module
 import dualteacher.engine.trainer as trainer
 from dualteacher.config import OptimConfig, load_config
 from dualteacher.engine.optim import build_scheduler, lr_factor
@@ -62,13 +63,13 @@ def test_ade20k_paper_config_uses_the_official_horizon_and_per_epoch_validation(
 
 def test_training_run_uses_the_horizon_the_epoch_validation_and_the_padding(tmp_path, monkeypatch):
     seen = {}
-    real = trainer.build_train_loaders
+    real = run_module.build_train_loaders
 
     def spy(*args, **kwargs):
         seen.update(kwargs)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "build_train_loaders", spy)
+    monkeypatch.setattr(run_module, "build_train_loaders", spy)
     cfg = load_config(
         "demo",
         [
