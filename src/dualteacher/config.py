@@ -95,8 +95,11 @@ class ModelConfig:
 
 # ------------------------------------------------------------------------------------- method
 class DualTeacherMode(StrEnum):
-    faithful = "faithful"  # behaviour of the official code (spec section 2), quirks included
-    clean = "clean"  # fixes spec section 7 items 3, 4 and 7
+    """What each mode reproduces and changes: README table "Dual Teacher: faithful and clean"
+    (one row per ``methods.dual_teacher.DualTeacherFlags`` field)."""
+
+    faithful = "faithful"  # the official code's step, its quirks included
+    clean = "clean"  # the same algorithm with the quirks the README table lists fixed
 
 
 @dataclass
@@ -177,6 +180,10 @@ class OptimConfig:
     poly_power: float = 0.9
     warmup_steps: int = 0  # linear warm-up from lr * warmup_ratio
     warmup_ratio: float = 1e-6
+    # Steps the poly schedule spans, whatever the run's length; past them the lr keeps its last
+    # value. The official Dual Teacher code fixes 50000 (its 200 epochs at 1263 labels end near
+    # step 31600, lr at 0.37x). None: the run's length (train.steps or train.epochs).
+    schedule_steps: int | None = None
     # Scale lr with the global labelled batch (data.batch_size x processes x train.accum_steps)
     # relative to the batch the recipe's lr was tuned for; the effective lr is logged at start.
     scale_lr: LrScaling = LrScaling.none
@@ -206,6 +213,9 @@ class TrainConfig:
     threads: int | None = None  # torch CPU threads; None: torch default
     out_dir: str | None = None  # run directory; None: runs/<config name>
     eval_every: int = 200  # steps between validations (the last step is always evaluated)
+    # If set, validate every this many epochs instead (train.eval_every unused); the official
+    # Dual Teacher code validates every epoch.
+    eval_every_epochs: int | None = None
     eval_teachers: bool = True  # also evaluate every teacher
     log_every: int = 10
     ckpt_every: int = 200  # steps between writes of latest.pt

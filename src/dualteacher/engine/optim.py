@@ -61,16 +61,26 @@ def lr_factor(step: int, total_steps: int, cfg: OptimConfig) -> float:
     """Multiplier of every group's base lr at ``step``.
 
     Linear warm-up from ``warmup_ratio`` over ``warmup_steps``, then ``poly``:
-    ``(1 - step / total_steps) ** poly_power`` (or ``constant``: 1).
+    ``(1 - step / horizon) ** poly_power`` (or ``constant``: 1). The horizon is the run's
+    ``total_steps``, or ``optim.schedule_steps`` when set; past that horizon the factor keeps
+    its value at the last step before it (the official ``PolyWarmupAdamW`` stops updating).
     """
     if step < cfg.warmup_steps:
         return cfg.warmup_ratio + (1 - cfg.warmup_ratio) * step / cfg.warmup_steps
     if cfg.schedule == Schedule.constant:
         return 1.0
+    if cfg.schedule_steps is not None:
+        total_steps = cfg.schedule_steps
+        step = min(step, total_steps - 1)
     return max(0.0, 1.0 - step / max(1, total_steps)) ** cfg.poly_power
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, cfg: OptimConfig):
+    if cfg.schedule_steps is not None and cfg.schedule_steps < 1:
+        raise ConfigError(
+            f"optim.schedule_steps={cfg.schedule_steps} must be a positive number of steps "
+            "(or null: the schedule spans the run)"
+        )
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, total_steps, cfg)
     )

@@ -86,6 +86,20 @@ def total_steps(cfg: Config, epoch_steps: int) -> int:
     return cfg.train.epochs * epoch_steps if cfg.train.epochs else cfg.train.steps
 
 
+def eval_interval(cfg: Config, epoch_steps: int) -> int:
+    """Steps between validations: ``train.eval_every_epochs * epoch_steps`` when that is set,
+    else ``train.eval_every``."""
+    every = cfg.train.eval_every_epochs
+    if every is None:
+        return cfg.train.eval_every
+    if every < 1:
+        raise ConfigError(
+            f"train.eval_every_epochs={every} must be a positive number of epochs "
+            "(or null: validate every train.eval_every steps)"
+        )
+    return every * epoch_steps
+
+
 def run_length(cfg: Config, bundle: DataBundle | None, world_size: int = 1) -> tuple[int, int]:
     """``(steps per epoch, total steps)`` of ``cfg`` on ``bundle``; without data (``bench``'s
     random batches) an epoch is ``train.epoch_steps`` or 1 step."""
@@ -360,6 +374,7 @@ class TrainingRun:
             need_unlabeled=method.uses_unlabeled,
             need_strong=method.needs_strong_view,
             num_strong=method.num_strong_views,
+            official_pad=method.official_pad,
             rank=self.dist.rank,
             world_size=self.dist.world_size,
             device=self.device,
@@ -454,6 +469,7 @@ __all__ = [
     "build_model_from_checkpoint",
     "build_run",
     "build_training",
+    "eval_interval",
     "run_length",
     "seed_all",
     "steps_per_epoch",

@@ -48,6 +48,7 @@ from dualteacher.engine.run import (
     build_model_from_checkpoint,
     build_run,
     build_training,
+    eval_interval,
     seed_all,
     steps_per_epoch,
     total_steps,
@@ -67,6 +68,7 @@ __all__ = [
     "build_model_from_checkpoint",
     "build_run",
     "default_out_dir",
+    "eval_interval",
     "measure_step_seconds",
     "seed_all",
     "steps_per_epoch",
@@ -272,6 +274,7 @@ def _loop(
     budget = cfg.train.max_minutes * 60 if cfg.train.max_minutes is not None else None
     # A resumed run whose budget is already spent only validates.
     end = start if budget is not None and state.train_seconds >= budget else total
+    eval_every = eval_interval(cfg, run.epoch_steps)
     memory_kind = reset_peak_memory(device)
     final: dict[str, SegMetrics] = {}
     out_of_time = False
@@ -296,7 +299,7 @@ def _loop(
             writer.write(row)
             bar.set_postfix(loss=f"{row['loss']:.3f}")
 
-        if done % cfg.train.eval_every == 0 or last:
+        if done % eval_every == 0 or last:
             final = _validate(run, models, val_set)
             _record_validation(run, final, writer, bar, out_dir, checkpoints)
 

@@ -103,6 +103,9 @@ class Method(nn.Module):
     uses_unlabeled: bool = True  # needs the unlabelled loader
     needs_strong_view: bool = False  # needs ``batch_u["image_s"]`` from the data pipeline
     num_strong_views: int = 1  # with needs_strong_view: image_s, image_s2, ... (UniMatch: 2)
+    # Weak views padded bottom/right with the normalised mean colour (mmseg, the official Dual
+    # Teacher code) instead of black at a random offset (``data.transforms``).
+    official_pad: bool = False
 
     def __init__(self, student: SegModel, cfg: Config, make_model: Callable[[], SegModel]):
         super().__init__()
