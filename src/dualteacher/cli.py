@@ -209,10 +209,10 @@ def _cmd_pseudolabel(args: argparse.Namespace) -> int:
 
 def _cmd_demo_data(args: argparse.Namespace) -> None:
     from dualteacher.config import load_config
-    from dualteacher.data.demo import write_folder
+    from dualteacher.data.demo import write_demo_folder
 
     cfg = load_config(args.config, args.overrides).data.demo
-    wrote = write_folder(cfg, args.out)
+    wrote = write_demo_folder(cfg, args.out)
     n = cfg.num_labeled, cfg.num_unlabeled, cfg.num_val
     print(
         f"{'wrote' if wrote else 'already there:'} {args.out}: {n[0]} labelled, {n[1]} unlabelled "

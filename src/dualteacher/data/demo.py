@@ -159,7 +159,7 @@ def generate(cfg: DemoDataConfig, split: str) -> tuple[np.ndarray, np.ndarray]:
 FOLDER_MARKER = "demo_data.json"  # written last: the folder is complete, made from this config
 
 
-def write_folder(cfg: DemoDataConfig, out) -> bool:
+def write_demo_folder(cfg: DemoDataConfig, out) -> bool:
     """Write the demo dataset to ``out`` in the ``folder`` layout (``data/folder.py``):
     ``classes.yaml``, ``train/images`` + ``train/masks`` (the labelled set), ``unlabeled/``,
     ``val/images`` + ``val/masks``, all PNG, named as in memory (``labeled_00000``, ...).
