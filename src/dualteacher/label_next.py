@@ -237,7 +237,9 @@ def combined_score(scores: dict[str, np.ndarray], weights: Sequence[float]) -> n
     if "sym_kl" in scores:
         terms.insert(0, (w_d, scores["sym_kl"]))
     total = sum(w for w, _ in terms)
-    return sum(w * percentile_rank(v) for w, v in terms) / total
+    # Rounded: equal sums of ranks can differ in the last bits with the order of the additions,
+    # and a tie must stay a tie (broken by name).
+    return np.round(sum(w * percentile_rank(v) for w, v in terms) / total, 9)
 
 
 def ranking_order(names: Sequence[str], combined: np.ndarray) -> list[int]:
