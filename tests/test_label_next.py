@@ -399,6 +399,16 @@ def test_label_next_benchmark_splits(dt_ckpt, tmp_path):
     assert (tmp_path / "out/label_next.md").read_text() == text
 
 
+def test_suggest_help_states_the_formula(capsys):
+    with pytest.raises(SystemExit):
+        main(["suggest", "--help"])
+    out = capsys.readouterr().out
+    assert (
+        "combined = (w_d R(sym_kl) + w_u R(uncertainty) + w_r R(rarity)) / (w_d + w_u + w_r)" in out
+    )
+    assert "log(f_max/f_c) / log(f_max/f_min)" in out
+
+
 def test_api_names():
     for name in ("suggest", "pseudolabel", "write_demo_folder"):
         assert callable(getattr(dualteacher, name))
