@@ -30,6 +30,11 @@ TINY = [
 ]
 
 
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("cuda") and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU (torch.cuda.is_available() is false)")
+
+
 @pytest.fixture(autouse=True)
 def _torch_threads():
     torch.set_num_threads(1)

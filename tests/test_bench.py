@@ -94,7 +94,7 @@ def test_model_passes_replay_what_the_step_ran():
     labels, and the IC term's second one) and two student forwards with gradient."""
     cfg = load_config(None, ["model.name=unet-r18", "data.crop_size=32", "data.batch_size=2"])
     method = build_method(cfg, build_model(cfg.model, 5), lambda: build_model(cfg.model, 5))
-    recorder = PassRecorder(list(method.eval_models().values()))
+    recorder = PassRecorder(method)
     recorder.active = True
     method.train()
     batch_x, batch_u = synthetic_batches(cfg, 5, torch.device("cpu"), method)

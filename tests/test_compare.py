@@ -6,25 +6,63 @@ import pytest
 from PIL import Image
 
 from dualteacher.cli import build_parser, main
+from dualteacher.compare import RunSpec, paired_difference, parse_run_specs
 from dualteacher.config import load_config
 from dualteacher.engine.checkpoint import load_checkpoint
 from dualteacher.engine.trainer import train
+from dualteacher.errors import ConfigError
 from dualteacher.plots import read_metrics
 
 from .conftest import TINY
+
+
+def test_paired_difference_uses_students_t():
+    d = paired_difference([3.0, 5.0, 4.0], [1.0, 2.0, 1.0])  # differences 2, 3, 3
+    assert d["per_seed"] == [2.0, 3.0, 3.0]
+    assert d["mean"] == pytest.approx(8 / 3) and d["std"] == pytest.approx(0.57735, abs=1e-5)
+    half = 4.302653 * 0.57735 / 3**0.5  # t(0.975, df=2), not the normal 1.96
+    assert d["ci95"] == pytest.approx([8 / 3 - half, 8 / 3 + half], abs=1e-4)
+    one = paired_difference([3.0], [1.0])
+    assert one["mean"] == 2.0 and one["std"] is None and one["ci95"] is None
+
+
+def test_run_specs_with_budget_multipliers():
+    specs = parse_run_specs(["supervised", "supervised:3x", "dual_teacher:0.5x"])
+    assert specs == [
+        RunSpec("supervised"),
+        RunSpec("supervised", 3.0),
+        RunSpec("dual_teacher", 0.5),
+    ]
+    assert [s.label for s in specs] == ["supervised", "supervised:3x", "dual_teacher:0.5x"]
+    assert [s.dirname for s in specs] == ["supervised", "supervised_3x", "dual_teacher_0.5x"]
+    for bad in (["supervised:0x"], ["supervised:abc"], ["supervised:-2x"], ["a", "a:1x"]):
+        with pytest.raises(ConfigError):
+            parse_run_specs(bad)
 
 
 def test_compare_two_methods_two_seeds(tmp_path, capsys):
     out = tmp_path / "cmp"
     quick = ["train.eval_every=1"]
     budget = ["--steps", "2", "--seeds", "2", "--out", str(out)]
+    methods = "supervised,supervised:2x,dual_teacher"
     # overrides may come before and after the options
-    main(["compare", "demo", *TINY, "--methods", "supervised,dual_teacher", *budget, *quick])
-    assert "dual_teacher" in capsys.readouterr().out
+    main(["compare", "demo", *TINY, "--methods", methods, *budget, *quick])
+    printed = capsys.readouterr().out
+    assert "dual_teacher - supervised:2x: final" in printed
     summary = json.loads((out / "summary.json").read_text())
-    assert [r["method"] for r in summary["results"]] == ["supervised", "dual_teacher"]
+    labels = [r["method"] for r in summary["results"]]
+    assert labels == ["supervised", "supervised:2x", "dual_teacher"]
     assert summary["budget"] == {"steps": 2} and summary["seeds"] == [0, 1]
-    for r in summary["results"]:
+    sup, sup2, dt = summary["results"]
+    assert sup2["steps"] == 4 and sup2["budget_mult"] == 2 and sup2["base_method"] == "supervised"
+    assert set(dt["vs"]) == {"supervised", "supervised:2x"} and set(sup["vs"]) == {"supervised:2x"}
+    for ref in (sup, sup2):
+        for key in ("miou", "best_miou"):
+            d = dt["vs"][ref["method"]][key]
+            expected = [a - b for a, b in zip(dt[f"{key}_per_seed"], ref[f"{key}_per_seed"])]
+            assert d["per_seed"] == pytest.approx(expected)
+            assert d["ci95"][0] <= d["mean"] <= d["ci95"][1]
+    for r in (sup, dt):
         assert {"method", "miou", "best_miou", "seconds"} <= set(r)  # the demo's keys
         assert r["steps"] == 2 and len(r["miou_per_seed"]) == 2
         assert r["miou"] == pytest.approx(sum(r["miou_per_seed"]) / 2)
@@ -32,11 +70,13 @@ def test_compare_two_methods_two_seeds(tmp_path, capsys):
         assert r["step_seconds"] > 0 and r["peak_memory_mb"] > 50 and r["memory_kind"]
         for d in r["run_dirs"]:
             assert load_checkpoint(f"{d}/latest.pt")["step"] == 2
-    teachers = summary["results"][1]["final_miou_teachers"]
+    teachers = dt["final_miou_teachers"]
     assert set(teachers) == {"teacher_a", "teacher_b"}
     md = (out / "summary.md").read_text()
     assert "| supervised |" in md and "| dual_teacher |" in md and " ± " in md
+    assert "| dual_teacher | supervised:2x |" in md and "Student's t" in md
     assert "2 steps per run" in md and "over 2 seeds" in md
+    assert (out / "supervised_2x_seed1" / "latest.pt").is_file()
     plot = Image.open(out / "miou_vs_time.png")
     plot.load()
     assert plot.size == (640, 420)
@@ -78,3 +118,62 @@ def test_every_command_has_help_with_an_example():
     assert {"train", "eval", "demo", "predict", "compare", "configs"} <= set(sub.choices)
     for name, p in sub.choices.items():
         assert "example" in p.format_help() and "dualteacher " + name in p.format_help(), name
+
+
+# ------------------------------------------------------------ budgets with every kind of config
+# compare's probe and bench build their runs where train does (engine.run.build_training);
+# these failed when each had its own copy of the set-up.
+
+
+def test_compare_minutes_with_a_method_of_two_strong_views(tmp_path, capsys):
+    """UniMatch needs image_s and image_s2; the probe's loaders gave one strong view."""
+    out = tmp_path / "cmp"
+    main(
+        ["compare", "demo", *TINY, "--methods", "unimatch", "--minutes", "0.002", "--out", str(out)]
+    )
+    (row,) = json.loads((out / "summary.json").read_text())["results"]
+    assert row["method"] == "unimatch" and row["probe_step_seconds"] > 0 and row["steps"] >= 1
+
+
+def test_compare_minutes_with_epochs_over_the_unlabelled_set(tmp_path):
+    """The probe counted an epoch without the unlabelled set ("the unlabelled set is empty")."""
+    out = tmp_path / "cmp"
+    cfg = [*TINY, "train.epoch_unit=unlabeled", "train.epochs=3"]
+    main(
+        [
+            "compare",
+            "demo",
+            *cfg,
+            "--methods",
+            "supervised",
+            "--minutes",
+            "0.002",
+            "--out",
+            str(out),
+        ]
+    )
+    (row,) = json.loads((out / "summary.json").read_text())["results"]
+    assert row["planned_steps"] == max(1, int(0.12 / row["probe_step_seconds"]))
+    assert 1 <= row["steps"] <= row["planned_steps"]
+
+
+def test_compare_steps_replace_the_config_epochs(tmp_path, capsys):
+    """--steps 3 with train.epochs=2 (8 labelled images, batch 2: 4 steps per epoch) ran 8."""
+    out = tmp_path / "cmp"
+    main(["compare", "demo", *TINY, "train.epochs=2", "--methods", "supervised", "--steps", "3",
+          "--out", str(out)])  # fmt: skip
+    (row,) = json.loads((out / "summary.json").read_text())["results"]
+    assert row["steps"] == 3 and row["planned_steps"] == 3
+    assert load_checkpoint(out / "supervised" / "latest.pt")["step"] == 3
+    assert "--steps 3 sets the length of every run: train.epochs=2 is not used" in (
+        capsys.readouterr().out
+    )
+
+
+def test_compare_without_a_budget_runs_the_config_epochs(tmp_path):
+    out = tmp_path / "cmp"
+    main(["compare", "demo", *TINY, "train.epochs=1", "--methods", "supervised", "--out", str(out)])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["budget"] == {"steps": 4, "epochs": 1}  # 8 labelled / batch 2
+    assert summary["results"][0]["steps"] == 4
+    assert "4 steps per run (1 epochs)" in (out / "summary.md").read_text()

@@ -79,12 +79,12 @@ def test_predict_folder_with_corrupt_file(checkpoint, image_folder, tmp_path, ca
 def test_predict_needs_no_training_data_and_writes_each_model(
     checkpoint, image_folder, tmp_path, monkeypatch
 ):
-    import dualteacher.engine.trainer as trainer
+    import dualteacher.engine.run as run
 
     def no_data(*args, **kwargs):
         raise AssertionError("predict must not build the training data")
 
-    monkeypatch.setattr(trainer, "build_data", no_data)
+    monkeypatch.setattr(run, "build_data", no_data)
     out = tmp_path / "pred_all"
     result = predict(checkpoint, [str(image_folder / "*.png")], out, models="all", progress=False)
     assert not result.failed and len(result.written) == 1

@@ -14,8 +14,9 @@ from dualteacher.bench import synthetic_batches
 from dualteacher.config import Config, load_config
 from dualteacher.data import build_data
 from dualteacher.data.loaders import build_train_loaders
+from dualteacher.engine import run as run_module
 from dualteacher.engine import trainer
-from dualteacher.engine.distributed import unused_parameters
+from dualteacher.engine.distributed import grad_scaler, unused_parameters
 from dualteacher.engine.optim import scaled_optim_config
 from dualteacher.engine.step import StepRunner
 from dualteacher.errors import ConfigError
@@ -38,7 +39,7 @@ def test_bf16_autocast_training_on_cpu(tmp_path, monkeypatch):
                 lambda m, i, out: dtypes.append(out.dtype) if torch.is_grad_enabled() else None
             )
 
-    monkeypatch.setattr(trainer, "StepRunner", Recording)
+    monkeypatch.setattr(run_module, "StepRunner", Recording)
     cfg = load_config(
         "demo",
         [
@@ -78,7 +79,8 @@ def _regression_step(data: list[dict], accum: int, amp: str = "none") -> torch.T
     optimizer = torch.optim.SGD(method.student.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     cfg = load_config(None, [f"train.accum_steps={accum}", f"train.amp={amp}"]).train
-    runner = StepRunner(method, optimizer, scheduler, torch.device("cpu"), cfg)
+    scaler = grad_scaler(torch.device("cpu"), cfg.amp)
+    runner = StepRunner(method, optimizer, scheduler, cfg, torch.device("cpu"), scaler=scaler)
     out = runner(iter(data), None, StepInfo(0, 1))
     assert set(out) == {"loss", "loss_x"}
     return torch.cat([p.detach().flatten() for p in method.student.parameters()])

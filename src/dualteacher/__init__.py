@@ -7,6 +7,9 @@ The Python API mirrors the CLI::
     result = train(cfg)          # dualteacher train configs/demo.yaml train.steps=100
     evaluate_checkpoint(result.out_dir + "/best.pt")   # dualteacher eval RUN/best.pt
     suggest(result.out_dir + "/latest.pt", "runs/next", top=20)  # dualteacher suggest ...
+    export_checkpoint(result.out_dir + "/best.pt", "exported", "safetensors,onnx")
+    model = load_exported("exported", runtime="onnx")  # dualteacher predict exported ...
+    ids = model.predict(rgb_uint8_array)                # (H, W) class ids
 
 Heavy modules (torch, models) are imported lazily so ``import dualteacher`` stays fast.
 """
@@ -19,6 +22,8 @@ _API = {
     "train": "dualteacher.engine.trainer",
     "TrainResult": "dualteacher.engine.trainer",
     "evaluate_checkpoint": "dualteacher.engine.evaluate",
+    "export_checkpoint": "dualteacher.export",
+    "load_exported": "dualteacher.inference",
     "run_demo": "dualteacher.demo",
     "write_report": "dualteacher.report",
     "suggest": "dualteacher.label_next",

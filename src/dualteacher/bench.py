@@ -1,17 +1,19 @@
 """Training-step benchmark on synthetic data: ``dualteacher bench``.
 
-``bench(cfg)`` builds the method of ``cfg`` (student, teachers, optimizer) exactly as training
-does, feeds it random images and masks at ``cfg.data.crop_size`` / ``cfg.data.batch_size`` (no
-dataset needed; ``real_data`` reads the configured dataset through the training loaders) and
-times the training step itself (``engine.step.StepRunner``: ``training_step`` under
-``train.amp``, backward, optimizer and scheduler step, ``after_step``). ``train.epoch_steps`` is
-1 here, so Dual Teacher alternates teacher A (CutMix branch) and teacher B (ClassMix branch)
+``bench(cfg)`` builds the training run of ``cfg`` exactly as ``train`` does (the same
+``engine.run.build_training``: method, optimizer, schedule, prepared method, step runner), feeds
+it random images and masks at ``cfg.data.crop_size`` / ``cfg.data.batch_size`` (no dataset
+needed; ``real_data`` reads the configured dataset through the training loaders) and times the
+training step itself (``engine.step.StepRunner``: ``training_step`` under ``train.amp``,
+backward, the non-finite check, optimizer and scheduler step, ``after_step``). The epoch is 1
+step here, so Dual Teacher alternates teacher A (CutMix branch) and teacher B (ClassMix branch)
 from one step to the next and the mean covers both.
 
 Each timed step is broken down by the ``phase`` blocks of the engine and the methods (data
 wait, teacher forwards, mixing, student forwards, backward, optimizer, EMA) and compared with
-its model passes replayed alone (``time_model_passes``): ``overhead_ratio`` = step time / time
-of the passes, 1.0 when everything but the networks is free.
+its model passes replayed alone (``time_model_passes``), through the same callables the step
+used (with ``train.compile``, the student's compiled training forward): ``overhead_ratio`` =
+step time / time of the passes, 1.0 when everything but the networks is free.
 """
 
 from __future__ import annotations
@@ -21,23 +23,20 @@ import resource
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
 from dualteacher.config import IGNORE_INDEX, Config
-from dualteacher.data import build_data
 from dualteacher.data.base import strong_key
-from dualteacher.data.loaders import build_train_loaders
-from dualteacher.engine.distributed import autocast, resolve_device, synchronize
-from dualteacher.engine.optim import build_optimizer, build_scheduler, scaled_optim_config
-from dualteacher.engine.step import StepRunner
-from dualteacher.engine.trainer import seed_all
+from dualteacher.engine.device import backend_settings
+from dualteacher.engine.distributed import autocast, synchronize
+from dualteacher.engine.run import build_training
 from dualteacher.errors import ConfigError
-from dualteacher.methods import Method, StepInfo, build_method
+from dualteacher.methods import Method, StepInfo
 from dualteacher.methods.base import Batch, PhaseTimer, timing
-from dualteacher.models import SegModel, build_model
 
 
 def synthetic_batches(
@@ -84,32 +83,58 @@ class ModelPass:
     kwargs: dict
     training: bool  # train or eval mode
     grad: bool  # part of the backward (student passes) or not (pseudo-labels)
+    call: Callable  # what the step called: the module, or the student's DDP / compiled wrapper
 
 
 class PassRecorder:
-    """Records every forward of ``models`` (forward pre-hooks, only while ``active``)."""
+    """Records every model forward of ``method``'s steps while ``active``: the student's
+    gradient passes where ``student_forward`` hands them to its (DDP / compiled) callable, every
+    other pass (teachers, the student without gradient: eager modules) by a forward pre-hook.
+    ``remove()`` undoes both."""
 
-    def __init__(self, models: list[nn.Module]):
+    def __init__(self, method: Method):
         self.passes: list[ModelPass] = []
         self.active = False
+        self._method, self._inner = method, method._student_call
+        self._in_student_call = False
+        models = list({id(m): m for m in method.eval_models().values()}.values())
         self.handles = [m.register_forward_pre_hook(self._hook, with_kwargs=True) for m in models]
+        method.wrap_student(self._student_call)
 
-    def _hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+    def _student_call(self, x: torch.Tensor, **kwargs):
+        student = self._method.student
         if self.active:
             grad = torch.is_grad_enabled()
             self.passes.append(
-                ModelPass(module, tuple(args[0].shape), kwargs, module.training, grad)
+                ModelPass(student, tuple(x.shape), kwargs, student.training, grad, self._inner)
             )
+        self._in_student_call = True
+        try:
+            return self._inner(x, **kwargs)
+        finally:
+            self._in_student_call = False
+
+    def _hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        # Inside a compiled forward the hook is traced, not run: nothing to record there, and
+        # nothing read that the compiled code would guard on (checked first).
+        if torch.compiler.is_compiling() or not self.active or self._in_student_call:
+            return
+        grad = torch.is_grad_enabled()
+        self.passes.append(
+            ModelPass(module, tuple(args[0].shape), kwargs, module.training, grad, module)
+        )
 
     def remove(self) -> None:
         for h in self.handles:
             h.remove()
+        self._method.wrap_student(self._inner)
 
 
 def time_model_passes(passes: list[ModelPass], device: torch.device, cfg: Config) -> float:
     """Seconds to run ``passes`` alone on random inputs of the recorded shapes, in their
-    recorded modes: the forwards without gradient, and the gradient forwards followed by one
-    backward through all of them (as the step does). No data, mixing, loss or optimizer."""
+    recorded modes, through the callables the step used: the forwards without gradient, and
+    the gradient forwards followed by one backward through all of them (as the step does). No
+    data, mixing, loss or optimizer."""
     fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     inputs = [torch.randn(p.shape, device=device).contiguous(memory_format=fmt) for p in passes]
     synchronize(device)
@@ -120,7 +145,7 @@ def time_model_passes(passes: list[ModelPass], device: torch.device, cfg: Config
             was_training = p.model.training
             p.model.train(p.training)
             with torch.set_grad_enabled(p.grad):
-                out = p.model(x, **p.kwargs)
+                out = p.call(x, **p.kwargs)
             p.model.train(was_training)
             if p.grad:
                 outputs += list(out) if isinstance(out, tuple) else [out]
@@ -136,23 +161,6 @@ def _synthetic_iterators(cfg: Config, num_classes: int, method: Method):
     pairs = [synthetic_batches(cfg, num_classes, cpu, method) for _ in range(2)]
     it_u = itertools.cycle([u for _, u in pairs]) if method.uses_unlabeled else None
     return itertools.cycle([x for x, _ in pairs]), it_u
-
-
-def _data_iterators(cfg: Config, method: Method, device: torch.device):
-    """Iterators over the real training loaders of ``cfg.data`` and its number of classes."""
-    bundle = build_data(cfg.data)
-    loader_x, loader_u = build_train_loaders(
-        bundle,
-        cfg.data,
-        seed=cfg.train.seed,
-        start_step=0,
-        need_unlabeled=method.uses_unlabeled,
-        need_strong=method.needs_strong_view,
-        num_strong=method.num_strong_views,
-        device=device,
-        accum_steps=cfg.train.accum_steps,
-    )
-    return iter(loader_x), (iter(loader_u) if loader_u is not None else None)
 
 
 def bench(
@@ -174,48 +182,38 @@ def bench(
     """
     if steps < 1 or warmup < 0:
         raise ConfigError(f"bench needs --steps >= 1 and --warmup >= 0, got {steps}, {warmup}")
-    device = resolve_device(cfg.train.device)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    seed_all(cfg.train.seed)
     t0 = time.perf_counter()
-    if real_data:
-        num_classes = build_data(cfg.data).num_classes
+    with backend_settings(cfg.train):  # cuDNN autotuning as in training
+        run = build_training(cfg, num_classes=None if real_data else num_classes, verbose=False)
+        method, device = run.method, run.device
+        num_classes = len(run.state.classes)
+        if real_data:
+            it_x, it_u = (iter(loader) if loader is not None else None for loader in run.batches())
+        else:
+            it_x, it_u = _synthetic_iterators(cfg, num_classes, method)
+        build_seconds = time.perf_counter() - t0
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
 
-    def make_model() -> SegModel:
-        return build_model(cfg.model, num_classes, verbose=False)  # keep --json output clean
-
-    method = build_method(cfg, make_model(), make_model).to(device)
-    optimizer = build_optimizer(method.student, scaled_optim_config(cfg)[0])
-    scheduler = build_scheduler(optimizer, max(cfg.train.steps, warmup + steps), cfg.optim)
-    step_fn = StepRunner(method, optimizer, scheduler, device, cfg.train)
-    if real_data:
-        it_x, it_u = _data_iterators(cfg, method, device)
-    else:
-        it_x, it_u = _synthetic_iterators(cfg, num_classes, method)
-    build_seconds = time.perf_counter() - t0
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-    recorder = PassRecorder(list({id(m): m for m in method.eval_models().values()}.values()))
-    times, pass_times, phases = [], [], []
-    for step in range(warmup + steps):
-        info = StepInfo(step, epoch_steps=1)
-        timer = PhaseTimer(device)
-        recorder.passes.clear()
-        recorder.active = True
-        synchronize(device)
-        start = time.perf_counter()
-        with timing(timer):
-            out = step_fn(it_x, it_u, info)
-        synchronize(device)
-        elapsed = time.perf_counter() - start
-        recorder.active = False
-        if step >= warmup:
-            times.append(elapsed)
-            phases.append(dict(timer.seconds))
-            pass_times.append(time_model_passes(recorder.passes, device, cfg))
-    recorder.remove()
+        recorder = PassRecorder(method)
+        times, pass_times, phases = [], [], []
+        for step in range(warmup + steps):
+            info = StepInfo(step, epoch_steps=1)
+            timer = PhaseTimer(device)
+            recorder.passes.clear()
+            recorder.active = True
+            synchronize(device)
+            start = time.perf_counter()
+            with timing(timer):
+                out = run.step(it_x, it_u, info)
+            synchronize(device)
+            elapsed = time.perf_counter() - start
+            recorder.active = False
+            if step >= warmup:
+                times.append(elapsed)
+                phases.append(dict(timer.seconds))
+                pass_times.append(time_model_passes(recorder.passes, device, cfg))
+        recorder.remove()
     peak_mb, peak_kind = _peak_memory_mb(device)
     mean = statistics.fmean(times)
     phase_means = {k: statistics.fmean(p.get(k, 0.0) for p in phases) for k in PHASES}
@@ -236,6 +234,7 @@ def bench(
         "channels_last": cfg.train.channels_last,
         "accum_steps": cfg.train.accum_steps,
         "data": "real" if real_data else "synthetic",
+        "compile": cfg.train.compile,
         "params_m": sum(p.numel() for p in method.student.parameters()) / 1e6,
         "warmup": warmup,
         "steps": steps,

@@ -19,6 +19,8 @@ EPILOG = """examples:
   dualteacher check configs/demo.yaml data.name=folder data.root=my_data
   dualteacher eval runs/demo_dual_teacher/best.pt --report runs/report
   dualteacher predict runs/demo_dual_teacher/best.pt photos/ --out runs/pred
+  dualteacher export runs/demo_dual_teacher/best.pt --out exported --format safetensors,onnx
+  dualteacher predict exported photos/ --out runs/pred --runtime onnx
   dualteacher compare demo --methods supervised,mean_teacher,dual_teacher --seeds 3
   dualteacher suggest runs/demo_dual_teacher/best.pt --top 20 --out runs/next
   dualteacher pseudolabel best.pt --images my_data/unlabeled --out runs/pseudo --conf 0.9
@@ -110,17 +112,17 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     # INPUT... may mix in config overrides (section.key=value) that are not existing paths.
     overrides = [a for a in args.inputs if _OVERRIDE.match(a) and not Path(a).exists()]
     inputs = [a for a in args.inputs if a not in overrides]
-    if args.device:
-        overrides.append(f"train.device={args.device}")
     result = predict(
         args.checkpoint,
         inputs,
         args.out,
         overrides=overrides,
+        device=args.device,
         models=args.models,
         batch_size=args.batch_size,
         alpha=args.alpha,
         workers=args.workers,
+        runtime=args.runtime,
     )
     print(f"wrote {len(result.written)} prediction(s) to {args.out}")
     if result.skipped:
@@ -219,6 +221,15 @@ def _cmd_demo_data(args: argparse.Namespace) -> None:
         f"(their masks in unlabeled_masks/), {n[2]} validation images\n"
         f"use: data.name=folder data.root={args.out}"
     )
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    from dualteacher.export import export_checkpoint, format_export
+
+    result = export_checkpoint(
+        args.checkpoint, args.out, args.format, model=args.model, overrides=args.overrides
+    )
+    print(format_export(result))
 
 
 def _cmd_compare(args: argparse.Namespace) -> None:
@@ -347,7 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
         "dualteacher predict runs/demo/dual_teacher/best.pt photos/ 'more/*.jpg' --out runs/pred"
         "\n  dualteacher predict best.pt big.jpg eval.mode=sliding eval.crop_size=256 --out pred",
     )
-    p.add_argument("checkpoint", help="latest.pt / best.pt of a run")
+    p.add_argument(
+        "checkpoint", help="latest.pt / best.pt of a run, or a directory of `dualteacher export`"
+    )
     p.add_argument(
         "inputs",
         nargs="+",
@@ -361,9 +374,46 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch-size", type=int, help="images per forward (default eval.batch_size)")
     p.add_argument("--alpha", type=float, default=0.5, help="colour weight of the overlay")
-    p.add_argument("--device", help="cpu, cuda, cuda:N (default: the checkpoint's train.device)")
+    p.add_argument(
+        "--device",
+        help="cpu, cuda, cuda:N (default: a checkpoint's train.device; an export: "
+        "cuda if there is one (torch), cpu (onnx))",
+    )
     p.add_argument("--workers", type=int, default=0, help="image-reading worker processes")
+    p.add_argument(
+        "--runtime",
+        choices=("torch", "onnx"),
+        default="torch",
+        help="torch (default) or onnx: ONNX Runtime on an exported directory with model.onnx "
+        "(pip install 'dualteacher[onnx]')",
+    )
     p.set_defaults(func=_cmd_predict)
+
+    p = add(
+        "export",
+        "write one model of a checkpoint for deployment: model.safetensors (weights), "
+        "model.json (architecture, classes, normalisation, metrics, config), a README.md model "
+        "card and, with --format onnx, model.onnx (dynamic batch and size)",
+        "dualteacher export runs/demo/dual_teacher/best.pt --out exported/demo "
+        "--format safetensors,onnx\n  dualteacher predict exported/demo photos/ --out pred "
+        "--runtime onnx",
+    )
+    p.add_argument("checkpoint", help="latest.pt / best.pt of a run")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        help="config overrides key=value stored as the inference settings (e.g. eval.mode=sliding)",
+    )
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument(
+        "--format",
+        default="safetensors",
+        help="safetensors (default), onnx, or both: safetensors,onnx",
+    )
+    p.add_argument(
+        "--model", default="student", help="student (default) or a teacher: teacher_a, ..."
+    )
+    p.set_defaults(func=_cmd_export)
 
     p = add(
         "compare",

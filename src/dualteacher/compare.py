@@ -1,21 +1,29 @@
 """Train several methods on the same data, model, seeds and budget, and compare them.
 
 ``dualteacher compare CONFIG --methods a,b [--steps N | --minutes M] [--seeds K]`` and
-``dualteacher demo`` (supervised vs. dual_teacher on the demo data) both run ``compare``.
-Every run keeps its own directory ``OUT/<method>[_seed<k>]`` (re-running on the same ``OUT``
-resumes unfinished runs and reuses finished ones). Written to ``OUT``:
+``dualteacher demo`` both run ``compare``. A method may carry a budget multiplier,
+``supervised:3x`` (three times the steps or minutes of the others): how a baseline trained to
+its plateau enters the same table. Every run keeps its own directory
+``OUT/<method>[_<k>x][_seed<s>]`` (re-running on the same ``OUT`` resumes unfinished runs and
+reuses finished ones). Written to ``OUT``:
 
 - ``summary.json``: ``{"results": [{"method", "miou", "best_miou", "seconds", ...}], ...}``,
-  one entry per method, means over seeds (mIoU in percent), plus spreads, per-seed values,
-  step time and peak memory;
-- ``summary.md``: the same as a Markdown table;
-- ``miou_vs_time.png``: validation mIoU of the student against training wall-clock.
+  one entry per method, means and standard deviations over seeds (mIoU in percent), per-seed
+  values, step time and peak memory; against every ``supervised`` entry, the paired difference
+  per seed (same seed, same data) with its mean, standard deviation and 95 % interval
+  (Student's t), for the final and for the best mIoU (``vs``);
+- ``summary.md``: the same as Markdown tables;
+- ``miou_vs_time.png``: validation mIoU of the student against training wall-clock, the mean
+  over seeds with a band from the lowest to the highest seed.
 
 Budgets. ``steps``: every run does that many optimizer steps. ``minutes``: every run gets that
 much training wall-clock (validation excluded). A short timing probe per method (2 warm-up
-and 8 timed steps) turns the minutes into a step count, so the learning-rate schedule, which
-is defined on ``train.steps``, runs to its end; ``train.max_minutes`` also stops a run that
-turns out slower than the probe, in which case its schedule is cut short (``stopped_by_time``).
+and 8 timed steps of the very step ``train`` runs) turns the minutes into a step count, so the
+learning-rate schedule, which is defined on ``train.steps``, runs to its end;
+``train.max_minutes`` also stops a run that turns out slower than the probe, in which case its
+schedule is cut short (``stopped_by_time``). Either budget replaces the config's
+``train.epochs`` (the paper configs set it), which would otherwise set the run length. Without
+a budget, the config's own length applies (``train.epochs`` or ``train.steps``).
 """
 
 from __future__ import annotations
@@ -23,15 +31,75 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from dualteacher.config import Config
 from dualteacher.data import build_data
+from dualteacher.engine.run import run_length
 from dualteacher.engine.trainer import TrainResult, measure_step_seconds, train
 from dualteacher.errors import ConfigError
 
 PROBE_WARMUP, PROBE_STEPS = 2, 8
+BASELINE = "supervised"  # the method every other one is paired against
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One row of a comparison: a method and a multiplier of the shared budget."""
+
+    method: str
+    budget_mult: float = 1.0
+
+    @property
+    def label(self) -> str:
+        """``supervised`` or ``supervised:3x``: the name in tables and ``summary.json``."""
+        return self.method if self.budget_mult == 1 else f"{self.method}:{self.budget_mult:g}x"
+
+    @property
+    def dirname(self) -> str:
+        return self.method if self.budget_mult == 1 else f"{self.method}_{self.budget_mult:g}x"
+
+
+def parse_run_specs(methods: list[str]) -> list[RunSpec]:
+    """``["supervised:3x", "dual_teacher"]`` -> run specs; a clear error for a bad entry."""
+    specs = []
+    for text in methods:
+        name, _, mult = text.strip().partition(":")
+        value = 1.0
+        if mult:
+            try:
+                value = float(mult.removesuffix("x"))
+            except ValueError:
+                value = float("nan")
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(
+                    f"--methods entry {text!r}: the budget multiplier must be a positive number "
+                    "followed by x, e.g. supervised:3x"
+                )
+        specs.append(RunSpec(name, value))
+    labels = [s.label for s in specs]
+    dupes = sorted({x for x in labels if labels.count(x) > 1})
+    if dupes:
+        raise ConfigError(f"--methods lists {', '.join(dupes)} more than once")
+    return specs
+
+
+def paired_difference(values: list[float], reference: list[float]) -> dict:
+    """Per-seed differences ``values[k] - reference[k]`` (the same seed and data on both
+    sides), their mean, sample standard deviation and the 95 % confidence interval of the mean
+    difference from Student's t with ``n - 1`` degrees of freedom (None for one seed)."""
+    d = [a - b for a, b in zip(values, reference)]
+    n = len(d)
+    mean = _mean(d)
+    std = _std(d)
+    ci = None
+    if std is not None:
+        from scipy.stats import t
+
+        half = float(t.ppf(0.975, n - 1)) * std / math.sqrt(n)
+        ci = [mean - half, mean + half]
+    return {"per_seed": d, "mean": mean, "std": std, "ci95": ci}
 
 
 def _with(cfg: Config, method: str, seed: int, out_dir: Path | None, **train_kw) -> Config:
@@ -61,6 +129,7 @@ def compare(
     *,
     steps: int | None = None,
     minutes: float | None = None,
+    runs_dir: str | Path | None = None,
 ) -> dict:
     """Train every method for every seed with ``cfg``; write and return the summary.
 
@@ -70,45 +139,68 @@ def compare(
         methods: registered method names.
         out_dir: where the runs and the summary go.
         seeds: seeds to run each method with (default: ``cfg.train.seed``).
-        steps: step budget per run (default: ``cfg.train.steps``).
+        steps: step budget per run (default: the config's run length).
         minutes: training wall-clock budget per run instead of a step budget.
+        runs_dir: where the run directories go (default ``out_dir``); comparisons that share
+            it reuse each other's finished runs of the same method, seed and budget.
     """
     if steps is not None and minutes is not None:
         raise ConfigError("give a step budget or a time budget (--steps or --minutes), not both")
     if not methods:
         raise ConfigError("no methods to compare: give --methods m1,m2")
+    if (steps is not None or minutes is not None) and cfg.train.epochs is not None:
+        given = f"--steps {steps}" if steps is not None else f"--minutes {minutes:g}"
+        print(f"{given} sets the length of every run: train.epochs={cfg.train.epochs} is not used")
+        cfg = replace(cfg, train=replace(cfg.train, epochs=None))
+    specs = parse_run_specs(methods)
     if steps is not None:
         cfg = replace(cfg, train=replace(cfg.train, steps=steps))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    runs_dir = out_dir if runs_dir is None else Path(runs_dir)
     seeds = list(seeds) if seeds else [cfg.train.seed]
     bundle = build_data(cfg.data)  # the same data for every run, built once
+    length = run_length(cfg, bundle)[1]  # train.steps, or train.epochs x steps per epoch
 
+    probed: dict[str, float] = {}  # seconds per step of each method, from its probe
     planned: dict[str, dict] = {}
-    for method in methods:
+    for spec in specs:
         if minutes is None:
-            planned[method] = {"steps": cfg.train.steps}
+            planned[spec.label] = {"steps": max(1, round(length * spec.budget_mult))}
             continue
-        print(f"timing probe for {method} ({PROBE_WARMUP} + {PROBE_STEPS} steps) ...")
-        probe = _with(cfg, method, seeds[0], None, progress=False)
-        sec = measure_step_seconds(probe, PROBE_STEPS, PROBE_WARMUP, bundle=bundle)
-        n = max(1, math.floor(minutes * 60 / sec))
-        planned[method] = {"steps": n, "probe_step_seconds": sec}
-        print(f"  {sec:.3f} s/step -> {n} steps in {minutes:g} min")
+        if spec.method not in probed:
+            print(f"timing probe for {spec.method} ({PROBE_WARMUP} + {PROBE_STEPS} steps) ...")
+            probe = _with(cfg, spec.method, seeds[0], None, progress=False)
+            probed[spec.method] = measure_step_seconds(
+                probe, PROBE_STEPS, PROBE_WARMUP, bundle=bundle
+            )
+        sec, spec_minutes = probed[spec.method], minutes * spec.budget_mult
+        n = max(1, math.floor(spec_minutes * 60 / sec))
+        planned[spec.label] = {"steps": n, "minutes": spec_minutes, "probe_step_seconds": sec}
+        print(f"  {spec.label}: {sec:.3f} s/step -> {n} steps in {spec_minutes:g} min")
 
     runs: dict[str, list[TrainResult]] = {}
-    for method in methods:
+    for spec in specs:
         for seed in seeds:
-            name = method if len(seeds) == 1 else f"{method}_seed{seed}"
+            name = spec.dirname if len(seeds) == 1 else f"{spec.dirname}_seed{seed}"
             print(f"\n=== {name} ===")
-            kw: dict = {"steps": planned[method]["steps"]}
+            kw: dict = {}
+            if minutes is not None or spec.budget_mult != 1:
+                # an explicit length; the config's own (train.epochs) only for a plain row
+                kw = {"steps": planned[spec.label]["steps"], "epochs": None}
             if minutes is not None:
-                kw["max_minutes"] = minutes
-            run_cfg = _with(cfg, method, seed, out_dir / name, **kw)
-            runs.setdefault(method, []).append(train(run_cfg, bundle=bundle))
+                kw["max_minutes"] = planned[spec.label]["minutes"]
+            run_cfg = _with(cfg, spec.method, seed, runs_dir / name, **kw)
+            runs.setdefault(spec.label, []).append(train(run_cfg, bundle=bundle))
 
-    results = [_summarise(method, rs, seeds, planned[method]) for method, rs in runs.items()]
-    budget = {"minutes": minutes} if minutes is not None else {"steps": cfg.train.steps}
+    results = [_summarise(s, runs[s.label], seeds, planned[s.label]) for s in specs]
+    _add_paired_differences(results, specs)
+    if minutes is not None:
+        budget: dict = {"minutes": minutes}
+    else:
+        budget = {"steps": length}
+        if cfg.train.epochs is not None:
+            budget["epochs"] = cfg.train.epochs
     summary = {
         "results": results,
         "budget": budget,
@@ -127,12 +219,29 @@ def compare(
     return summary
 
 
-def _summarise(method: str, rs: list[TrainResult], seeds: list[int], plan: dict) -> dict:
+def _add_paired_differences(results: list[dict], specs: list[RunSpec]) -> None:
+    """``row["vs"][ref]``: the paired difference of every row against every ``supervised``
+    row ``ref`` (one per budget multiplier), for the final and the best mIoU."""
+    refs = [r for r, s in zip(results, specs) if s.method == BASELINE]
+    for row in results:
+        row["vs"] = {
+            ref["method"]: {
+                key: paired_difference(row[f"{key}_per_seed"], ref[f"{key}_per_seed"])
+                for key in ("miou", "best_miou")
+            }
+            for ref in refs
+            if ref is not row
+        }
+
+
+def _summarise(spec: RunSpec, rs: list[TrainResult], seeds: list[int], plan: dict) -> dict:
     mious = [r.miou for r in rs]
     bests = [r.best_miou for r in rs]
     teachers = sorted({n for r in rs for n in r.final if n != "student"})
     row = {
-        "method": method,
+        "method": spec.label,
+        "base_method": spec.method,
+        "budget_mult": spec.budget_mult,
         "miou": _mean(mious),
         "best_miou": _mean(bests),
         "seconds": _mean([r.train_seconds for r in rs]),
@@ -170,7 +279,21 @@ def format_summary(results: list[dict]) -> str:
             f"{_pm(r['best_miou'], r.get('best_miou_std')):>16}{r['seconds']:>9.0f}"
             f"{r.get('step_seconds', float('nan')):>8.3f}{r.get('peak_memory_mb', 0):>7.0f}"
         )
+    diffs = [
+        f"  {r['method']} - {ref}: final {_diff_text(d['miou'])}, best {_diff_text(d['best_miou'])}"
+        for r in results
+        for ref, d in r.get("vs", {}).items()
+    ]
+    if diffs:
+        lines += ["", "paired difference per seed (mean [95% interval]; per seed):", *diffs]
     return "\n".join(lines)
+
+
+def _diff_text(d: dict) -> str:
+    """``+3.10 [+1.20, +5.00]; +2.9 +3.4 +3.0`` (no interval for one seed)."""
+    interval = "" if d["ci95"] is None else f" [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]"
+    per_seed = " ".join(f"{x:+.1f}" for x in d["per_seed"])
+    return f"{d['mean']:+.2f}{interval}; {per_seed}"
 
 
 _MEMORY_NOTE = {
@@ -195,7 +318,10 @@ def format_markdown(summary: dict) -> str:
         f"{budget['minutes']:g} min of training per run"
         if "minutes" in budget
         else f"{budget['steps']} steps per run"
+        + (f" ({budget['epochs']} epochs)" if "epochs" in budget else "")
     )
+    if any(r.get("budget_mult", 1) != 1 for r in results):
+        budget_text += " (a method named `name:Kx` got K times that)"
     lines = [
         "# Comparison",
         "",
@@ -224,6 +350,22 @@ def format_markdown(summary: dict) -> str:
             "Steps were set from a timing probe per method so that the learning-rate schedule "
             "ends with the budget; a run slower than its probe was stopped at the budget."
         )
+    diffs = [(r, ref, d) for r in results for ref, d in r.get("vs", {}).items()]
+    if diffs:
+        lines += [
+            "",
+            "Paired difference against supervised, seed by seed (same seed, same data), mean "
+            "± std and the 95 % interval of the mean (Student's t, n - 1 degrees of freedom):",
+            "",
+            "| method | against | final mIoU difference | best mIoU difference | per seed |",
+            "|---|---|---|---|---|",
+        ]
+        for r, ref, d in diffs:
+            per_seed = ", ".join(f"{x:+.2f}" for x in d["miou"]["per_seed"])
+            lines.append(
+                f"| {r['method']} | {ref} | {_md_diff(d['miou'])} | {_md_diff(d['best_miou'])} "
+                f"| {per_seed} |"
+            )
     teachers = [r for r in results if r.get("final_miou_teachers")]
     if teachers:
         lines += ["", "Final mIoU of the teachers:", ""]
@@ -231,6 +373,13 @@ def format_markdown(summary: dict) -> str:
             parts = ", ".join(f"{t} {v:.2f}" for t, v in r["final_miou_teachers"].items())
             lines.append(f"- {r['method']}: {parts}")
     return "\n".join(lines) + "\n"
+
+
+def _md_diff(d: dict) -> str:
+    text = f"{d['mean']:+.2f}" if d["std"] is None else f"{d['mean']:+.2f} ± {d['std']:.2f}"
+    if d["ci95"] is not None:
+        text += f" [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]"
+    return text
 
 
 def _plot(runs: dict[str, list[TrainResult]], path: Path) -> None:

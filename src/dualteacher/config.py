@@ -222,7 +222,7 @@ class TrainConfig:
     curves: bool = True  # write curves.png (losses, mask ratio, val mIoU) at every validation
     amp: AmpMode = AmpMode.none  # mixed precision of the training forwards
     channels_last: bool = False  # NHWC memory format for models and images (faster convs on GPU)
-    compile: bool = False  # torch.compile the student and teachers (first steps are slow)
+    compile: bool = False  # torch.compile the student's training forwards (first steps slow)
     accum_steps: int = 1  # micro-batches per optimizer step (gradient accumulation)
     sync_bn: bool = True  # SyncBatchNorm in the student under DDP on CUDA (never on CPU)
 

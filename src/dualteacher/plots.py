@@ -329,31 +329,26 @@ def plot_samples(
 # ---------------------------------------------------------------------------------- compare
 def plot_miou_vs_time(curves: dict[str, list[list[tuple[float, float]]]], path: str | Path):
     """Validation mIoU of the student against training wall-clock: ``curves[method]`` holds one
-    list of ``(seconds, mIoU)`` points per seed (thin lines), their mean is drawn bold when
-    there are several seeds of equal length."""
+    list of ``(seconds, mIoU)`` points per seed. One seed: its line. Several: the mean over
+    seeds (at each validation, time averaged too) with a band from the lowest to the highest
+    seed; seeds of unequal length are drawn as thin lines instead."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=100)
     for i, (method, runs) in enumerate(curves.items()):
-        several = len(runs) > 1
+        runs = [pts for pts in runs if pts]
+        if not runs:
+            continue
+        color = f"C{i}"
+        if len(runs) > 1 and len({len(p) for p in runs}) == 1:
+            arr = np.array(runs, dtype=float)  # (seeds, validations, 2)
+            t, m = arr[..., 0].mean(0), arr[..., 1]
+            ax.fill_between(t, m.min(0), m.max(0), color=color, alpha=0.2, lw=0)
+            label = f"{method} (mean, band: range over {len(runs)} seeds)"
+            ax.plot(t, m.mean(0), color=color, marker="o", ms=3, lw=1.8, label=label)
+            continue
         for j, pts in enumerate(runs):
-            if not pts:
-                continue
             t, m = zip(*pts)
-            ax.plot(
-                t,
-                m,
-                color=f"C{i}",
-                marker="o",
-                ms=2.5 if several else 3,
-                lw=0.8 if several else 1.5,
-                alpha=0.45 if several else 1.0,
-                label=None if (several or j) else method,
-            )
-        lengths = {len(p) for p in runs}
-        if several and len(lengths) == 1 and 0 not in lengths:
-            t = np.mean([[p[0] for p in pts] for pts in runs], axis=0)
-            m = np.mean([[p[1] for p in pts] for pts in runs], axis=0)
-            ax.plot(t, m, color=f"C{i}", lw=2, label=f"{method} (mean of {len(runs)} seeds)")
+            ax.plot(t, m, color=color, marker="o", ms=3, lw=1.2, label=None if j else method)
     ax.set_xlabel("training wall-clock (s, validation excluded)")
     ax.set_ylabel("validation mIoU (%) of the student")
     ax.grid(alpha=0.3)

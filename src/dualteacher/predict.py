@@ -14,6 +14,10 @@ the class ids, names and colours. Inference follows the checkpoint's ``eval`` se
 image, sliding window or resize; override e.g. ``eval.mode=sliding``), images are normalised as
 in training. Images are read with EXIF orientation applied (as viewers show them) and converted
 to RGB. An input that cannot be read is reported and skipped; the rest are still written.
+
+The model comes from a checkpoint or from a directory written by ``dualteacher export``, run
+by PyTorch or (``runtime="onnx"``, an export with ``model.onnx``) ONNX Runtime: see
+``dualteacher.inference``.
 """
 
 from __future__ import annotations
@@ -24,14 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
-from torchvision import tv_tensors
 from tqdm.auto import tqdm
-
-from dualteacher.data.transforms import normalize
-from dualteacher.engine.evaluate import predict_logits
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".gif"}
 _GLOB_CHARS = set("*?[")
@@ -159,8 +158,10 @@ def predict(
     device: str | None = None,
     workers: int = 0,
     progress: bool = True,
+    runtime: str = "torch",
 ) -> PredictResult:
-    """Predict every image of ``inputs`` with ``checkpoint``; see the module docstring.
+    """Predict every image of ``inputs`` with ``checkpoint`` (a checkpoint file or a directory
+    written by ``dualteacher export``); see the module docstring.
 
     Args:
         overrides: ``key=value`` changes of the stored config, e.g. ``eval.mode=sliding``.
@@ -168,19 +169,19 @@ def predict(
         batch_size: images per forward pass (equal sizes only); default ``eval.batch_size``.
         alpha: weight of the colours in the overlay.
         workers: DataLoader workers that read images.
+        runtime: ``torch``, or ``onnx`` (ONNX Runtime; an exported directory with model.onnx).
     """
-    from dualteacher.engine.trainer import build_model_from_checkpoint
+    from dualteacher.inference import load_segmenter
     from dualteacher.plots import label_colors
 
     items, failed, skipped = collect_inputs(list(inputs))
     result = PredictResult(failed=failed, skipped=skipped)
     if not items:
         return result
-    trained = build_model_from_checkpoint(checkpoint, overrides, device)
-    nets = trained.models(models)
-    cfg, dev = trained.cfg, trained.device
-    num_classes = len(trained.classes)
-    lut = label_colors(trained.palette, num_classes)
+    trained = load_segmenter(checkpoint, overrides, models, device, runtime)
+    nets = trained.models
+    cfg = trained.cfg
+    lut = label_colors(trained.palette, trained.num_classes)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "classes.json").write_text(
@@ -191,7 +192,6 @@ def predict(
     )
     outs = {n: out_dir / n if len(nets) > 1 else out_dir for n in nets}
     inputs_resolved = {it.path.resolve() for it in items}
-    norm = normalize(cfg.data)
     loader = DataLoader(
         _ImageFiles(items),
         batch_size=batch_size or cfg.eval.batch_size,
@@ -216,15 +216,9 @@ def predict(
             groups.setdefault(s["image"].shape[:2], []).append(s)
         for group in groups.values():
             # (B, 3, H, W) normalised like the training images
-            x = torch.stack(
-                [
-                    norm(tv_tensors.Image(torch.from_numpy(s["image"]).permute(2, 0, 1)))
-                    for s in group
-                ]
-            ).as_subclass(torch.Tensor)
-            x = x.to(dev)
-            for name, net in nets.items():
-                pred = predict_logits(net, x, cfg.eval, num_classes).argmax(1).cpu().numpy()
+            x = trained.to_input([s["image"] for s in group])
+            for name in nets:
+                pred = trained.logits(x, name).argmax(1).cpu().numpy()
                 for s, p in zip(group, pred):
                     path = _save_outputs(outs[name], s["item"].name, s["image"], p, lut, alpha)
                     if name == next(iter(nets)):

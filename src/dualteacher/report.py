@@ -80,10 +80,10 @@ def write_report(
     """
     from dualteacher.config import to_dict
     from dualteacher.engine.distributed import is_main_process
-    from dualteacher.engine.trainer import build_run
+    from dualteacher.engine.run import build_run
     from dualteacher.plots import label_colors, plot_confusion, plot_samples
 
-    run = build_run(checkpoint=checkpoint, overrides=overrides, for_training=False)
+    run = build_run(checkpoint=checkpoint, overrides=overrides)
     metrics = evaluate_run(run, models, source=str(checkpoint))
     if not is_main_process():  # under torchrun every rank scored its share; rank 0 writes
         return metrics

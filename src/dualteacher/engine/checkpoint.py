@@ -30,23 +30,34 @@ FORMAT = "dualteacher-checkpoint"
 VERSION = 1
 
 
-def rng_state() -> dict[str, Any]:
+def rng_state(device: torch.device | None = None) -> dict[str, Any]:
+    """The random states of this process: torch's CPU generator, NumPy, Python and, on a CUDA
+    ``device``, that GPU's generator only (another process's GPUs are not this one's to save,
+    and a resumed run may see fewer GPUs)."""
     state = {
         "torch": torch.get_rng_state(),
         "numpy": np.random.get_state(),
         "python": random.getstate(),
     }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
+    """Restore ``rng_state``'s states; the CUDA one into ``device``. Older checkpoints hold a
+    list with the state of every GPU their process saw: the entry of this device's index is
+    used (the first one when the list is shorter)."""
     torch.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if cuda is None or device is None or device.type != "cuda":
+        return
+    if isinstance(cuda, list | tuple):
+        index = device.index or 0
+        cuda = cuda[index] if index < len(cuda) else cuda[0]
+    torch.cuda.set_rng_state(cuda, device)
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:

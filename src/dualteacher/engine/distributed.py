@@ -3,7 +3,7 @@
 ``torchrun --nproc_per_node N -m dualteacher train ...`` sets RANK / WORLD_SIZE; every process
 then builds the same student and teachers, joins the process group (NCCL on CUDA, gloo on
 CPU), trains its share of every global batch through a DDP-wrapped student and keeps its
-teachers equal to everyone else's (``wrap_student``, ``average_buffers``). Only rank 0
+teachers equal to everyone else's (``prepare_method``, ``average_buffers``). Only rank 0
 prints and writes files.
 """
 
@@ -48,31 +48,60 @@ class DistInfo:
 
 
 def init_distributed(device: torch.device) -> DistInfo:
-    """Join the process group if ``torchrun`` started us (NCCL on CUDA, gloo on CPU)."""
+    """Join the process group if ``torchrun`` started us (NCCL on CUDA, gloo on CPU), bound to
+    ``device`` (``engine.device.select_device``: not necessarily ``cuda:LOCAL_RANK``)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistInfo()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
-            torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend=backend)
+            torch.cuda.set_device(device)
+            dist.init_process_group(backend="nccl", device_id=device)
+        else:
+            dist.init_process_group(backend="gloo")
     return DistInfo(rank, world_size, local_rank)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> this process's CUDA device if there is one, else CPU."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        return torch.device("cpu")
-    return torch.device(name)
 
 
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def _enabled() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def any_rank(device: torch.device, *flags: bool | torch.Tensor) -> list[bool]:
+    """Each flag OR-ed over the ranks, with one all-reduce and one host synchronisation for
+    all of them; a flag may be a 0-d tensor on ``device`` (nothing waits for it before)."""
+    t = torch.empty(len(flags), device=device)
+    for i, f in enumerate(flags):
+        if torch.is_tensor(f):
+            t[i] = f  # a device-side copy
+        else:
+            t[i].fill_(float(f))  # a kernel argument: no host-to-device copy to wait for
+    if _enabled():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [v > 0 for v in t.tolist()]
+
+
+def broadcast_object(obj, src: int = 0):
+    """``obj`` of rank ``src`` on every rank (``obj`` itself in one process)."""
+    if not _enabled():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src)
+    return box[0]
+
+
+def gather_objects(obj) -> list:
+    """Every rank's ``obj``, in rank order, on every rank (``[obj]`` in one process)."""
+    if not _enabled():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
@@ -123,9 +152,9 @@ def average_buffers(module: nn.Module) -> None:
     flat = torch.cat([b.detach().reshape(-1).float() for b in buffers])  # (sum of numels,)
     dist.all_reduce(flat)
     flat /= dist.get_world_size()
+    views = [v.view_as(b) for b, v in zip(buffers, flat.split([b.numel() for b in buffers]))]
     with torch.no_grad():
-        for b, v in zip(buffers, flat.split([b.numel() for b in buffers])):
-            b.copy_(v.view_as(b))
+        torch._foreach_copy_(buffers, views)  # one fused copy, not one per buffer
 
 
 def unused_parameters(model: nn.Module, size: int) -> list[str]:
@@ -148,13 +177,17 @@ def unused_parameters(model: nn.Module, size: int) -> list[str]:
     return [n for n, g in zip(params, grads) if g is None]
 
 
-def wrap_student(
+def prepare_method(
     method, cfg: TrainConfig, info: DistInfo, device: torch.device
 ) -> DistributedDataParallel | None:
-    """Prepare ``method`` for training on this process: memory format, the teachers equal to
-    rank 0's, and the student's gradient passes through DDP (SyncBN on CUDA) and/or
-    ``torch.compile`` (``Method.wrap_student``). Returns the DDP wrapper, if any. One process
-    without compile: nothing changes."""
+    """Prepare ``method`` (on ``device``, weights loaded) for training on this process, in
+    place: memory format, the teachers equal to rank 0's, and the student's gradient passes
+    through DDP (SyncBN on CUDA) and/or ``torch.compile`` (``Method.wrap_student``). Returns the
+    DDP wrapper, if any. One process without compile: nothing changes.
+
+    ``train.compile`` compiles the student's training forwards (through DDP under
+    ``torchrun``); the teachers' pseudo-label forwards and evaluation stay eager (evaluation
+    sees images of many sizes, which would recompile)."""
     student = method.student
     if cfg.channels_last:
         method.to(memory_format=torch.channels_last)
@@ -182,8 +215,6 @@ def wrap_student(
             **{_NO_FORWARD_BUFFER_SYNC: False},
         )
     if cfg.compile:
-        # Only the training forwards are compiled; evaluation runs the plain modules, whose
-        # image sizes vary (whole-image VOC evaluation would recompile for every size).
         call = torch.compile(call)
     method.wrap_student(call)
     return ddp

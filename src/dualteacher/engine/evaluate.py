@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 
 from dualteacher.config import EvalConfig, EvalMode
+from dualteacher.engine.device import cudnn_benchmark
 from dualteacher.errors import ConfigError
 from dualteacher.metrics import ConfusionMatrix, SegMetrics
 
@@ -127,9 +128,13 @@ def confusion_matrix(
         part, batch_size=batch_size, collate_fn=list, generator=torch.Generator().manual_seed(0)
     )
     cm = ConfusionMatrix(num_classes, ignore_index, device=device)
-    for image, mask in _batches(loader, device):
-        logits = predict_logits(model, image, cfg, num_classes)
-        cm.update(logits.argmax(1), mask)
+    # Whole and resized images come in many sizes: cuDNN would autotune each one; sliding
+    # windows have one size and keep the run's setting.
+    autotune = torch.backends.cudnn.benchmark and cfg.mode == EvalMode.sliding
+    with cudnn_benchmark(autotune):
+        for image, mask in _batches(loader, device):
+            logits = predict_logits(model, image, cfg, num_classes)
+            cm.update(logits.argmax(1), mask)
     model.train(was_training)
     return cm
 
@@ -174,9 +179,9 @@ def evaluate_checkpoint(
     ``data.root=/other/path``. ``models``: ``student``, ``all`` (student and teachers) or a
     comma-separated list of names.
     """
-    from dualteacher.engine.trainer import build_run
+    from dualteacher.engine.run import build_run
 
-    run = build_run(checkpoint=path, overrides=overrides, for_training=False)
+    run = build_run(checkpoint=path, overrides=overrides)
     return evaluate_run(run, models, source=str(path))
 
 

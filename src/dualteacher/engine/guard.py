@@ -1,21 +1,23 @@
-"""What keeps a long run from losing work: signals, faults, retention and determinism.
+"""What keeps a long run from losing work: signals, checkpoints, bad files and non-finite losses.
 
-``RunGuard`` is used by the training loop as a context manager around the whole run:
+One class per job, used by the training loop (``engine.trainer``):
 
-- SIGTERM / SIGINT set a flag; the loop writes a checkpoint at the end of the current step and
-  stops with ``TrainingStopped`` (exit status 143 / 130 from the CLI). A second SIGINT stops at
-  once, without a checkpoint.
-- A bad data file met while training (``BadSampleError``) stops the run with the file named,
-  after writing a checkpoint of the last completed step. So does any other failure of the
-  data loader (e.g. a worker gone): a step reads its batches before its first forward pass,
-  and buffers and RNG are rewound to the step's start should a read come later.
-- A step whose loss is not finite is skipped: no optimizer, EMA or BatchNorm-statistics update.
-  ``train.max_bad_steps`` of them in a row stop the run; the last checkpoint written before is
-  kept: no periodic checkpoint is written on a skipped step, and none from non-finite weights.
-- Samples skipped under ``data.skip_bad`` are counted and each file is logged once.
-- ``train.deterministic`` switches torch to deterministic algorithms for the run.
+- ``StopSignals``: SIGTERM / SIGINT set a flag; the loop writes a checkpoint at the end of the
+  current step and stops with ``TrainingStopped`` (exit status 143 / 130 from the CLI). A second
+  SIGINT stops at once, without a checkpoint. Under DDP the ranks agree on the flag in the
+  step's one all-reduce (``engine.step``), so they all stop after the same step.
+- ``Checkpointer``: writes the checkpoints of a run (rank 0) with their retention, refuses
+  non-finite weights, and knows on every rank which step was saved last.
+- ``BadSampleLog``: counts and logs the samples ``data.skip_bad`` replaced; notes a failed read.
+- ``NonFiniteSteps``: counts the steps skipped for a non-finite loss (the skip itself is the step
+  runner's) and stops the run after ``train.max_bad_steps`` of them in a row; no periodic
+  checkpoint is written on a skipped step, and none from non-finite weights.
+- ``save_after_fault``: a bad data file (``BadSampleError``) or any other failure of the data
+  loader stops the run with the file named, after writing a checkpoint of the last completed
+  step. A step reads its batches before its first forward pass, and buffers and RNG are
+  rewound to the step's start should a read come later.
 
-The counters travel in every checkpoint (``state["guard"]``), so they survive a resume.
+The counters live in ``engine.state.TrainState``, so they travel in every checkpoint.
 """
 
 from __future__ import annotations
@@ -25,19 +27,15 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from dualteacher.config import Config
-from dualteacher.engine.checkpoint import (
-    remove_stale_temp_files,
-    rng_state,
-    save_run_checkpoint,
-    set_rng_state,
-)
+from dualteacher.engine.checkpoint import remove_stale_temp_files, save_run_checkpoint
+from dualteacher.engine.distributed import any_rank
+from dualteacher.engine.state import TrainState
 from dualteacher.errors import (
     BadSampleError,
     CheckpointError,
@@ -71,71 +69,22 @@ def check_writable(out_dir: Path) -> None:
         ) from None
 
 
-@contextlib.contextmanager
-def deterministic_mode(enabled: bool) -> Iterator[None]:
-    """Deterministic torch algorithms (and cuDNN) inside the block; previous settings after.
-
-    ``warn_only``: a CUDA op without a deterministic kernel (e.g. bilinear upsampling backward)
-    warns instead of ending the run; on CPU every op the models use is deterministic.
-    """
-    if not enabled:
-        yield
-        return
-    # cuBLAS reads this when CUDA starts; it is needed for deterministic matrix products.
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    saved = (
-        torch.are_deterministic_algorithms_enabled(),
-        torch.is_deterministic_algorithms_warn_only_enabled(),
-        torch.backends.cudnn.deterministic,
-        torch.backends.cudnn.benchmark,
+def nan_fix() -> str:
+    return (
+        "Lower optim.lr (or raise optim.warmup_steps), check the data with `dualteacher "
+        "check`, then resume with train.resume_with_changes=true, or start a new --out."
     )
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[2:]
 
 
-def _any_rank(flag: bool) -> bool:
-    """``flag`` of this process, or of any rank under DDP (one tiny all-reduce)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        t = torch.tensor([float(flag)])
-        if torch.distributed.get_backend() == "nccl":
-            t = t.cuda()
-        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-        flag = bool(t.item())
-    return flag
+class StopSignals:
+    """SIGTERM and SIGINT handlers for the duration of a run (a context manager): ``received``
+    is the signal that arrived, if any."""
 
-
-class RunGuard:
-    """Signals, fault handling, counters and checkpoint retention of one training run."""
-
-    def __init__(self, cfg: Config, out_dir: Path, is_main: bool = True):
-        self.cfg, self.out_dir, self.is_main = cfg, Path(out_dir), is_main
-        self.completed = 0  # optimizer steps done (the state a checkpoint would hold)
-        self.saved_step: int | None = None  # step of the last checkpoint written or found
-        self.bad_steps = 0  # steps skipped for a non-finite loss, in total
-        self.bad_in_a_row = 0
-        self.bad_samples = 0  # training samples replaced under data.skip_bad, in total
-        self.bad_files: list[str] = []  # the distinct files among them
-        self._logged: set[str] = set()
-        self._signal: int | None = None
+    def __init__(self) -> None:
+        self.received: int | None = None
         self._handlers: dict[int, Any] = {}
-        self._buffers: list[torch.Tensor] | None = None  # the running step's start state
-        self._rng: dict | None = None
-        self._method: torch.nn.Module | None = None
-        self._checkpoint: Callable[[int], dict] | None = None
-        self._skipped = False
-        self._fetch_failed = False
 
-    # --- context: deterministic mode, signal handlers, faults --------------------------------
-    def __enter__(self) -> RunGuard:
-        self._det = deterministic_mode(self.cfg.train.deterministic)
-        self._det.__enter__()
-        if self.is_main:
-            remove_stale_temp_files(self.out_dir)
+    def __enter__(self) -> StopSignals:
         # Python runs signal handlers in the main thread only; elsewhere (a library caller's
         # worker thread) the process keeps its default behaviour.
         if threading.current_thread() is threading.main_thread():
@@ -143,20 +92,10 @@ class RunGuard:
                 self._handlers[sig] = signal.signal(sig, self._on_signal)
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, *exc) -> None:
         for sig, handler in self._handlers.items():
             signal.signal(sig, handler)
         self._handlers.clear()
-        self._det.__exit__(exc_type, exc, tb)
-        if exc is None or not (self._fetch_failed or isinstance(exc, BadSampleError)):
-            return
-        saved = self._save_after_fault()
-        if isinstance(exc, BadSampleError):
-            raise self._stop_on_bad_file(exc) from None
-        if self._signal is not None:
-            raise self.interrupted() from None
-        if saved:  # an unexpected loader failure keeps its traceback
-            _say(f"reading data failed; checkpoint of step {self.completed} written first")
 
     def _on_signal(self, signum: int, frame) -> None:
         name = signal.Signals(signum).name
@@ -166,172 +105,193 @@ class RunGuard:
             f"\n{name} received: stopping after the current step with a checkpoint"
             + (" (Ctrl-C again stops at once, without one)" if signum == signal.SIGINT else "")
         )
-        self._signal = signum
+        self.received = signum
 
-    def bind(self, checkpoint: Callable[[int], dict]) -> None:
-        """``checkpoint(step)`` builds the checkpoint dict of the current state."""
-        self._checkpoint = checkpoint
+    def requested(self) -> bool:
+        return self.received is not None
 
-    # --- resume ------------------------------------------------------------------------------
-    def state_dict(self) -> dict:
-        return {
-            "bad_steps": self.bad_steps,
-            "bad_samples": self.bad_samples,
-            "bad_files": list(self.bad_files),
-        }
+    def stopped(self, step: int, checkpoints: Checkpointer) -> TrainingStopped:
+        """The error that ends a run stopped by a signal after ``step`` (checkpoint written)."""
+        sig = self.received or signal.SIGTERM
+        return TrainingStopped(
+            f"stopped by {signal.Signals(sig).name} after step {step}; checkpoint "
+            f"{checkpoints.out_dir / 'latest.pt'} written. {checkpoints.resume_hint()}",
+            exit_code=SIGNAL_EXIT.get(sig, 1),
+            label="interrupted",
+        )
 
-    def load_state_dict(self, state: dict, step: int) -> None:
-        self.bad_steps = state.get("bad_steps", 0)
-        self.bad_samples = state.get("bad_samples", 0)
-        self.bad_files = list(state.get("bad_files", []))
-        self.completed = self.saved_step = step
 
-    def counters(self) -> dict[str, int]:
-        """For the metrics rows."""
-        return {"bad_steps": self.bad_steps, "bad_samples": self.bad_samples}
+class Checkpointer:
+    """The checkpoints of one run directory: rank 0 writes them, every rank knows the last."""
 
-    # --- checkpoints -------------------------------------------------------------------------
-    def save(self, step: int, periodic: bool = False) -> Path | None:
-        """Write the checkpoint of ``step`` (rank 0) and prune old ones. ``periodic`` saves
-        are left out while the loss is not finite, and non-finite weights are refused, so that
-        the last checkpoint stays a good one."""
-        if not self.is_main or self._checkpoint is None or (periodic and self.bad_in_a_row):
-            return None
-        state = self._checkpoint(step)
-        bad = [
-            k for k, v in state["state"].items() if v.is_floating_point() and not v.isfinite().all()
-        ]
+    def __init__(
+        self,
+        out_dir: Path,
+        keep_last: int,
+        is_main: bool,
+        device: torch.device,
+        saved_step: int | None = None,
+    ):
+        self.out_dir, self.keep_last, self.is_main = Path(out_dir), keep_last, is_main
+        self.device = device
+        self.saved_step = saved_step  # step of the last checkpoint written or resumed from
+        if is_main:
+            remove_stale_temp_files(self.out_dir)
+
+    def save(self, state: TrainState, agree: bool = True) -> None:
+        """Write the checkpoint of ``state.step`` (rank 0) and prune old ones. Non-finite
+        weights are refused, so that the last checkpoint stays a good one. Under DDP every
+        rank checks its own (identical) weights and, with ``agree``, learns whether rank 0's
+        write worked (one all-reduce), so that all of them go on or stop together; a rank that
+        is stopping on its own (a data fault) does not wait for the others."""
+        step = state.step
+        bad = _non_finite(state.method)
         if bad:
             raise TrainingStopped(
                 f"the weights are no longer finite at step {step} ({', '.join(bad[:3])}, ...): "
-                f"the run is stopped and no checkpoint is written. {self._last_good()} "
-                f"{self._nan_fix()}"
+                f"the run is stopped and no checkpoint is written. {self.last_good()} "
+                f"{nan_fix()}"
             )
-        path = save_run_checkpoint(state, self.out_dir, step, self.cfg.train.keep_last)
+        error = None
+        if self.is_main:
+            try:
+                save_run_checkpoint(state.state_dict(), self.out_dir, step, self.keep_last)
+            except CheckpointError as e:
+                error = e
+        (failed,) = any_rank(self.device, error is not None) if agree else (False,)
+        if error is not None:
+            raise error
+        if failed:
+            raise CheckpointError(
+                f"rank 0 could not write the checkpoint of step {step} to {self.out_dir} "
+                "(its error says why); every rank stops"
+            )
         self.saved_step = step
-        return path
 
-    def _last_good(self) -> str:
+    def last_good(self) -> str:
         if self.saved_step is None:
             return "No checkpoint was written before."
         return f"The last good checkpoint is {self.out_dir / 'latest.pt'} (step {self.saved_step})."
 
-    def _nan_fix(self) -> str:
-        return (
-            "Lower optim.lr (or raise optim.warmup_steps), check the data with `dualteacher "
-            "check`, then resume with train.resume_with_changes=true, or start a new --out."
-        )
-
-    def _resume_hint(self) -> str:
+    def resume_hint(self) -> str:
         return (
             f"Run the same command again (same config, --out {self.out_dir}) to resume "
             f"from step {self.saved_step}."
         )
 
-    # --- per step ----------------------------------------------------------------------------
-    def watch(self, batches: Iterator[dict]) -> Iterator[dict]:
-        """Pass batches through, counting and logging the samples ``data.skip_bad`` replaced
-        (the loaders attach them to the batch as ``.skipped``)."""
-        it = iter(batches)
+
+def _non_finite(method: torch.nn.Module) -> list[str]:
+    """Names of the floating-point tensors of ``method``'s state that hold NaN or infinity;
+    one host synchronisation for all of them."""
+    floats = [(k, v) for k, v in method.state_dict().items() if v.is_floating_point()]
+    if not floats:
+        return []
+    finite = torch.stack([v.isfinite().all() for _, v in floats])
+    if bool(finite.all()):
+        return []
+    return [k for (k, _), ok in zip(floats, finite.tolist()) if not ok]
+
+
+class BadSampleLog:
+    """Passes training batches through, counting (in ``state``) and logging once per file the
+    samples ``data.skip_bad`` replaced (the loaders attach them to the batch as ``.skipped``);
+    ``fetch_failed`` notes a read that raised."""
+
+    def __init__(self, state: TrainState, is_main: bool):
+        self.state, self.is_main = state, is_main
+        self.fetch_failed = False
+        self._logged: set[str] = set()
+
+    def watch(self, batches: Iterator[dict] | None) -> Iterator[dict] | None:
+        return None if batches is None else self._watch(iter(batches))
+
+    def _watch(self, it: Iterator[dict]) -> Iterator[dict]:
+        state = self.state
         while True:
             try:
                 batch = next(it)
             except StopIteration:
                 return
             except Exception:  # not KeyboardInterrupt: a second Ctrl-C means "no checkpoint"
-                self._fetch_failed = True  # the step has not changed any weight yet
+                self.fetch_failed = True  # the step has not changed any weight yet
                 raise
             for path, reason in getattr(batch, "skipped", ()):
-                self.bad_samples += 1
-                if path not in self.bad_files:
-                    self.bad_files.append(path)
+                state.bad_samples += 1
+                if path not in state.bad_files:
+                    state.bad_files.append(path)
                 if path not in self._logged and self.is_main:
                     self._logged.add(path)
                     print(
                         f"warning: skipped bad training file {path}: {reason} (data.skip_bad="
-                        f"true: replaced by another sample; {self.bad_samples} skipped so far)",
+                        f"true: replaced by another sample; {state.bad_samples} skipped so far)",
                         file=sys.stderr,
                     )
             yield batch
 
-    def begin_step(self, method: torch.nn.Module) -> None:
-        """Remember what the forward pass changes: buffers (BatchNorm statistics) and RNG."""
-        self._method = method
-        self._buffers = [b.detach().clone() for b in method.buffers()]
-        self._rng = rng_state()
-        self._skipped = False
 
-    def skip_step(self, loss: torch.Tensor, method: torch.nn.Module, step: int) -> bool:
-        """True (and the step's buffer updates undone) when ``loss`` is not finite, on this
-        rank or (under DDP) on any other: all ranks skip the same steps."""
-        if not _any_rank(not bool(torch.isfinite(loss.detach()).all())):
-            return False
-        with torch.no_grad():
-            for b, saved in zip(method.buffers(), self._buffers):
-                b.copy_(saved)
-        self._skipped = True
-        self.bad_steps += 1
-        self.bad_in_a_row += 1
-        limit = self.cfg.train.max_bad_steps
+class NonFiniteSteps:
+    """The steps skipped for a non-finite loss: counted in ``state.bad_steps``, logged, and
+    ``max_bad`` of them in a row stop the run."""
+
+    def __init__(self, state: TrainState, max_bad: int, is_main: bool):
+        self.state, self.max_bad, self.is_main = state, max_bad, is_main
+        self.in_a_row = 0
+
+    def record(self, skipped: bool, loss: torch.Tensor, step: int, checkpoints) -> None:
+        """After step ``step`` (0-based): ``skipped`` says whether it was skipped."""
+        if not skipped:
+            self.in_a_row = 0
+            return
+        self.state.bad_steps += 1
+        self.in_a_row += 1
         if self.is_main:
             print(
                 f"warning: step {step + 1}: the loss is {float(loss.detach().float().sum())}; "
-                f"step skipped (no weight or teacher update), {self.bad_in_a_row} in a row of "
-                f"train.max_bad_steps={limit}, {self.bad_steps} in total",
+                f"step skipped (no weight or teacher update), {self.in_a_row} in a row of "
+                f"train.max_bad_steps={self.max_bad}, {self.state.bad_steps} in total",
                 file=sys.stderr,
             )
-        if self.bad_in_a_row >= limit:
+        if self.in_a_row >= self.max_bad:
             raise TrainingStopped(
-                f"the loss was not finite for {self.bad_in_a_row} steps in a row (up to step "
-                f"{step + 1}, train.max_bad_steps={limit}): the run is stopped. "
-                f"{self._last_good()} {self._nan_fix()}"
+                f"the loss was not finite for {self.in_a_row} steps in a row (up to step "
+                f"{step + 1}, train.max_bad_steps={self.max_bad}): the run is stopped. "
+                f"{checkpoints.last_good()} {nan_fix()}"
             )
-        return True
 
-    def end_step(self, done: int) -> None:
-        """Step ``done`` (1-based) is complete."""
-        self.completed = done
-        self._buffers = self._rng = None
-        if not self._skipped:
-            self.bad_in_a_row = 0
 
-    def stop_requested(self) -> bool:
-        """A signal arrived (on any rank: all ranks stop at the same step)."""
-        return _any_rank(self._signal is not None)
-
-    def interrupted(self) -> TrainingStopped:
-        """The error that ends a run stopped by a signal (after its checkpoint was written)."""
-        sig = self._signal or signal.SIGTERM
-        return TrainingStopped(
-            f"stopped by {signal.Signals(sig).name} after step {self.completed}; checkpoint "
-            f"{self.out_dir / 'latest.pt'} written. {self._resume_hint()}",
-            exit_code=SIGNAL_EXIT.get(sig, 1),
-            label="interrupted",
-        )
-
-    def _save_after_fault(self) -> bool:
-        """Checkpoint the last completed step, if newer than the last checkpoint, after
-        rewinding what the failed step may have changed before its data read failed."""
-        if not self.completed or self.completed == self.saved_step:
-            return False
-        if self._buffers is not None and self._method is not None:
-            with torch.no_grad():
-                for b, saved in zip(self._method.buffers(), self._buffers):
-                    b.copy_(saved)
-            set_rng_state(self._rng)
+def save_after_fault(
+    error: BaseException,
+    state: TrainState,
+    checkpoints: Checkpointer,
+    samples: BadSampleLog,
+    signals: StopSignals,
+    rewind,
+) -> BaseException | None:
+    """What to raise instead of ``error``, after a checkpoint of the last completed step, when
+    reading data failed (``None``: re-raise ``error`` itself, or it is no data fault).
+    ``rewind()`` restores what the failed step changed before its read failed."""
+    if not (isinstance(error, BadSampleError) or samples.fetch_failed):
+        return None
+    saved = False
+    if state.step and state.step != checkpoints.saved_step:
+        rewind()
         with contextlib.suppress(TrainingStopped, CheckpointError):
-            return self.save(self.completed) is not None
-        return False
-
-    def _stop_on_bad_file(self, err: BadSampleError) -> DataError:
-        """The message of a run stopped by a bad file."""
-        saved = (
-            f"Checkpoint {self.out_dir / 'latest.pt'} (step {self.saved_step}) is kept."
-            if self.saved_step is not None
+            checkpoints.save(state, agree=False)
+            saved = True
+    if isinstance(error, BadSampleError):
+        kept = (
+            f"Checkpoint {checkpoints.out_dir / 'latest.pt'} (step {checkpoints.saved_step}) "
+            "is kept."
+            if checkpoints.saved_step is not None
             else "No training step was done yet."
         )
         return DataError(
-            f"bad data file, the run is stopped: {err}\n{saved} Fix or remove the file "
+            f"bad data file, the run is stopped: {error}\n{kept} Fix or remove the file "
             "(`dualteacher check CONFIG` lists every bad file) and run the same command to "
             "resume, or set data.skip_bad=true to skip bad files."
         )
+    if signals.received is not None:  # the workers were stopped by the same signal
+        return signals.stopped(state.step, checkpoints)
+    if saved:  # an unexpected loader failure keeps its traceback
+        _say(f"reading data failed; checkpoint of step {state.step} written first")
+    return None

@@ -1,12 +1,15 @@
 """The training loop: plain, iteration-based, method-agnostic.
 
-One step: next labelled (and unlabelled) batch -> ``method.training_step`` -> backward of
-``"loss"`` -> optimizer and scheduler step -> ``method.after_step`` (teacher updates). Every
-``eval_every`` steps the student and each teacher are validated and ``curves.png`` is redrawn;
-every ``ckpt_every`` steps ``latest.pt`` (and a step-numbered copy) is written; ``best.pt``
-follows the student's best mIoU. A run directory that already holds a checkpoint resumes from
-it. ``train.max_minutes`` stops the loop once the training steps have used that much
-wall-clock time. Signals, bad files and non-finite losses: ``engine.guard``.
+``train(cfg)`` builds the run (``engine.run.build_training``: data, models, optimizer,
+schedule, loaders, step runner; resuming from the run directory's newest checkpoint), then
+loops: one optimizer step (``engine.step.StepRunner``: next labelled and unlabelled batch ->
+``method.training_step`` -> backward of ``"loss"`` -> optimizer and scheduler step ->
+``method.after_step``, the teacher updates), a metrics row every ``log_every`` steps, a
+validation of the student and each teacher every ``eval_every`` (``best.pt`` follows the
+student's best mIoU, ``curves.png`` is redrawn), ``latest.pt`` (and a step-numbered copy)
+every ``ckpt_every``. ``train.max_minutes`` stops the loop once the training steps have used
+that much wall-clock time. Signals, checkpoints, bad files and non-finite losses:
+``engine.guard``.
 """
 
 from __future__ import annotations
@@ -14,223 +17,58 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from dualteacher.config import Config, EpochUnit, load_config, to_dict, to_yaml
-from dualteacher.data import DataBundle, build_data
-from dualteacher.data.base import EvalSet
-from dualteacher.data.loaders import build_train_loaders
-from dualteacher.engine.checkpoint import (
-    config_changes,
-    find_resume_checkpoint,
-    load_checkpoint,
-    load_method_state,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
+from dualteacher.config import Config, to_yaml
+from dualteacher.data import DataBundle
+from dualteacher.engine.checkpoint import save_checkpoint
+from dualteacher.engine.device import backend_settings
+from dualteacher.engine.distributed import barrier, synchronize
+from dualteacher.engine.evaluate import evaluate
+from dualteacher.engine.guard import (
+    BadSampleLog,
+    Checkpointer,
+    NonFiniteSteps,
+    StopSignals,
+    check_writable,
+    save_after_fault,
 )
-from dualteacher.engine.distributed import (
-    DistInfo,
-    barrier,
-    init_distributed,
-    reseed_rank,
-    resolve_device,
-    synchronize,
-)
-from dualteacher.engine.evaluate import check_eval_config, evaluate
-from dualteacher.engine.guard import RunGuard, check_writable
 from dualteacher.engine.memory import peak_memory_mb, reset_peak_memory
-from dualteacher.engine.optim import build_optimizer, build_scheduler, scaled_optim_config
-from dualteacher.engine.step import StepRunner
-from dualteacher.errors import CheckpointError, ConfigError
-from dualteacher.methods import Method, StepInfo, build_method
+from dualteacher.engine.run import (
+    Run,
+    TrainingRun,
+    build_model_from_checkpoint,
+    build_run,
+    build_training,
+    seed_all,
+    steps_per_epoch,
+    total_steps,
+)
+from dualteacher.methods import StepInfo
 from dualteacher.metrics import SegMetrics
-from dualteacher.models import SegModel, build_model
 
 log = logging.getLogger(__name__)
 
-
-def seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def steps_per_epoch(
-    cfg: Config, num_labeled: int, world_size: int = 1, num_unlabeled: int | None = None
-) -> int:
-    """What an "epoch" is: ``train.epoch_steps`` if set, else one pass over the labelled set
-    (``num_labeled // global labelled batch``, at least 1), or over the unlabelled set with
-    ``train.epoch_unit=unlabeled``. The global batch counts every process and accumulated
-    micro-batch. Dual Teacher switches teachers by it."""
-    if cfg.train.epoch_steps:
-        return cfg.train.epoch_steps
-    if cfg.train.epoch_unit == EpochUnit.unlabeled:
-        if not num_unlabeled:
-            raise ConfigError(
-                "train.epoch_unit=unlabeled, but the unlabelled set is empty: give unlabelled "
-                "images (data.unlabeled) or set train.epoch_unit=labeled"
-            )
-        batch_u = cfg.data.batch_size_u or cfg.data.batch_size
-        return max(1, num_unlabeled // (batch_u * world_size * cfg.train.accum_steps))
-    return max(1, num_labeled // (cfg.data.batch_size * world_size * cfg.train.accum_steps))
-
-
-def total_steps(cfg: Config, epoch_steps: int) -> int:
-    """Length of the run: ``train.epochs * epoch_steps`` when ``train.epochs`` is set, else
-    ``train.steps``. The learning-rate schedule spans it."""
-    return cfg.train.epochs * epoch_steps if cfg.train.epochs else cfg.train.steps
-
-
-@dataclass
-class Run:
-    """Everything built from a config, shared by training, evaluation and prediction."""
-
-    cfg: Config
-    dist: DistInfo
-    device: torch.device
-    bundle: DataBundle
-    method: Method
-    val_set: EvalSet
-    checkpoint: dict | None = None
-
-
-def build_run(
-    cfg: Config | None = None,
-    *,
-    checkpoint: str | Path | None = None,
-    overrides: list[str] | tuple[str, ...] = (),
-    for_training: bool = True,
-    bundle: DataBundle | None = None,
-) -> Run:
-    """Build data, student and method from ``cfg``, or from a checkpoint's stored config (with
-    ``overrides``) and load its weights. ``bundle``: data already built from the same
-    ``cfg.data`` (``compare`` builds it once for all its runs)."""
-    state = None
-    if checkpoint is not None:
-        state = load_checkpoint(checkpoint)
-        cfg = load_config(None, overrides, base=state["config"])
-    assert cfg is not None
-    check_eval_config(cfg.eval)
-    device = resolve_device(cfg.train.device)
-    dist = init_distributed(device)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    if bundle is None:
-        bundle = build_data(cfg.data)
-    if state is not None:
-        _check_compatible(state, cfg, bundle, checkpoint)
-    method = _build_method(cfg, bundle.num_classes, device)
-    if state is not None:
-        load_method_state(method, state, checkpoint)
-    return Run(cfg, dist, device, bundle, method, EvalSet(bundle.val, cfg.data), state)
-
-
-def _build_method(cfg: Config, num_classes: int, device: torch.device) -> Method:
-    # Same seed on every rank: identical initial student and teachers everywhere.
-    seed_all(cfg.train.seed)
-
-    def make_model() -> SegModel:
-        return build_model(cfg.model, num_classes)
-
-    return build_method(cfg, make_model(), make_model).to(device)
-
-
-@dataclass
-class TrainedModels:
-    """A checkpoint's student and teachers, ready for inference, built without its data."""
-
-    cfg: Config
-    device: torch.device
-    method: Method
-    classes: list[str]
-    palette: list[tuple[int, int, int]]
-    step: int
-
-    def models(self, names: str = "student") -> dict[str, torch.nn.Module]:
-        """``student``, ``all`` or comma-separated names -> models in eval mode, by name."""
-        from dualteacher.errors import ConfigError
-
-        available = self.method.eval_models()
-        wanted = list(available) if names == "all" else [n for n in names.split(",") if n]
-        unknown = [n for n in wanted if n not in available]
-        if unknown or not wanted:
-            raise ConfigError(
-                f"no model named {', '.join(unknown) or repr(names)} in this checkpoint; "
-                f"it has: {', '.join(available)} (or 'all')"
-            )
-        return {n: available[n].eval() for n in wanted}
-
-
-def build_model_from_checkpoint(
-    path: str | Path,
-    overrides: list[str] | tuple[str, ...] = (),
-    device: str | torch.device | None = None,
-) -> TrainedModels:
-    """Rebuild the model(s) of a checkpoint from its stored config and load the weights.
-
-    Unlike ``build_run`` this does not build the dataset: predicting on new images needs
-    neither the training data nor its root directory. ``overrides`` change the stored config
-    (e.g. ``eval.mode=sliding``); ``device`` defaults to ``train.device`` of that config.
-    """
-    state = load_checkpoint(path)
-    cfg = load_config(None, overrides, base=state["config"])
-    # The checkpoint holds every weight: do not read encoder weights from model.pretrained.
-    if getattr(cfg.model, "pretrained", None) is not None:
-        cfg = replace(cfg, model=replace(cfg.model, pretrained=None))
-    device = torch.device(device) if device is not None else resolve_device(cfg.train.device)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    method = _build_method(cfg, len(state["classes"]), device)
-    load_method_state(method, state, path)
-    method.eval()
-    palette = [tuple(c) for c in state.get("palette") or []]
-    return TrainedModels(cfg, device, method, list(state["classes"]), palette, state["step"])
-
-
-def _check_compatible(state: dict, cfg: Config, bundle: DataBundle | None, path) -> None:
-    """Same model, method and (with ``bundle``) number of classes as the checkpoint."""
-    stored = state["config"]
-    problems = []
-    if stored["model"]["name"] != cfg.model.name:
-        problems.append(f"model {stored['model']['name']!r} (config says {cfg.model.name!r})")
-    if stored["method"]["name"] != cfg.method.name:
-        problems.append(f"method {stored['method']['name']!r} (config says {cfg.method.name!r})")
-    if bundle is not None and len(state["classes"]) != bundle.num_classes:
-        problems.append(
-            f"{len(state['classes'])} classes (dataset {cfg.data.name!r} has {bundle.num_classes})"
-        )
-    if problems:
-        raise CheckpointError(
-            f"{path} was trained with {'; '.join(problems)}. Use a run directory (--out) of its "
-            "own for this config, or a checkpoint of the same model, method and classes."
-        )
-
-
-def _check_resume_config(state: dict, cfg: Config, path) -> None:
-    """A run resumes only with the config it was started with, up to the keys that do not
-    change the training (``RESUMABLE_CHANGES``), unless ``train.resume_with_changes``."""
-    changes = config_changes(state["config"], to_dict(cfg))
-    if not changes:
-        return
-    listed = "\n  ".join(changes)
-    if cfg.train.resume_with_changes:
-        print(f"warning: resuming {path} with a changed config:\n  {listed}")
-        return
-    raise CheckpointError(
-        f"{path} was written by a run with another config; resuming it with this one would "
-        f"not continue the same training:\n  {listed}\nRun the original config again to "
-        "resume, use a new run directory (--out) for the new config, or pass "
-        "train.resume_with_changes=true to continue this run with the changes."
-    )
+# Built in engine.run; importable from here too.
+__all__ = [
+    "MetricWriter",
+    "Run",
+    "TrainResult",
+    "build_model_from_checkpoint",
+    "build_run",
+    "default_out_dir",
+    "measure_step_seconds",
+    "seed_all",
+    "steps_per_epoch",
+    "total_steps",
+    "train",
+]
 
 
 @dataclass
@@ -316,35 +154,19 @@ def measure_step_seconds(
     cfg: Config, steps: int = 8, warmup: int = 2, bundle: DataBundle | None = None
 ) -> float:
     """Mean wall-clock seconds of one training step of ``cfg``, timed over ``steps`` steps after
-    ``warmup`` untimed ones; writes nothing. ``compare --minutes`` turns a time budget into a
-    step count with it."""
-    run = build_run(cfg, bundle=bundle)
-    method, device = run.method, run.device
-    optimizer = build_optimizer(method.student, scaled_optim_config(cfg, run.dist.world_size)[0])
-    scheduler = build_scheduler(optimizer, max(cfg.train.steps, warmup + steps), cfg.optim)
-    step_fn = StepRunner(method, optimizer, scheduler, device, cfg.train, run.dist)
-    epoch_steps = steps_per_epoch(cfg, len(run.bundle.labeled), run.dist.world_size)
-    loader_x, loader_u = build_train_loaders(
-        run.bundle,
-        cfg.data,
-        seed=cfg.train.seed,
-        start_step=0,
-        need_unlabeled=method.uses_unlabeled,
-        need_strong=method.needs_strong_view,
-        rank=run.dist.rank,
-        world_size=run.dist.world_size,
-        device=device,
-        accum_steps=cfg.train.accum_steps,
-    )
-    it_x = iter(loader_x)
-    it_u = iter(loader_u) if loader_u is not None else None
-    t0 = 0.0
-    for step in range(warmup + steps):
-        if step == warmup:
-            synchronize(device)
-            t0 = time.perf_counter()
-        step_fn(it_x, it_u, StepInfo(step, epoch_steps))
-    synchronize(device)
+    ``warmup`` untimed ones, as ``train`` would run them (the same ``build_training``); writes
+    nothing. ``compare --minutes`` turns a time budget into a step count with it."""
+    with backend_settings(cfg.train):
+        run = build_training(cfg, bundle=bundle, verbose=False)
+        loader_x, loader_u = run.batches()
+        it_x, it_u = iter(loader_x), iter(loader_u) if loader_u is not None else None
+        t0 = 0.0
+        for step in range(warmup + steps):
+            if step == warmup:
+                synchronize(run.device)
+                t0 = time.perf_counter()
+            run.step(it_x, it_u, StepInfo(step, run.epoch_steps))
+        synchronize(run.device)
     return (time.perf_counter() - t0) / steps
 
 
@@ -367,112 +189,55 @@ def train(
 
     ``stop_after``: leave after this global step with ``latest.pt`` written, as an interrupted
     run would (tests use it; the schedule still spans the whole run, see ``total_steps``).
-    ``bundle``: data already built from ``cfg.data``. Signals, bad files and non-finite losses
-    are handled by ``engine.guard.RunGuard`` (``TrainingStopped`` / ``DataError``).
+    ``bundle``: data already built from ``cfg.data``. A signal stops the run with
+    ``TrainingStopped``, a bad file with ``DataError`` (both after a checkpoint).
     """
     out_dir = Path(cfg.train.out_dir or default_out_dir(cfg))
-    is_main = int(os.environ.get("RANK", "0")) == 0  # torchrun's rank; the group joins later
-    if is_main:
+    if int(os.environ.get("RANK", "0")) == 0:  # torchrun's rank; the group joins later
         check_writable(out_dir)
-    with RunGuard(cfg, out_dir, is_main) as guard:
-        return _train(cfg, out_dir, guard, stop_after, bundle)
+    with StopSignals() as signals, backend_settings(cfg.train):
+        run = build_training(cfg, bundle=bundle, resume_dir=out_dir)
+        checkpoints = Checkpointer(
+            out_dir,
+            cfg.train.keep_last,
+            run.dist.is_main,
+            run.device,
+            saved_step=run.state.step if run.resumed_from else None,
+        )
+        samples = BadSampleLog(run.state, run.dist.is_main)
+        try:
+            return _loop(run, out_dir, stop_after, signals, checkpoints, samples)
+        except BaseException as e:
+            instead = save_after_fault(e, run.state, checkpoints, samples, signals, run.step.rewind)
+            if instead is None:
+                raise
+            raise instead from None
 
 
-def _train(
-    cfg: Config, out_dir: Path, guard: RunGuard, stop_after: int | None, bundle: DataBundle | None
+def _loop(
+    run: TrainingRun,
+    out_dir: Path,
+    stop_after: int | None,
+    signals: StopSignals,
+    checkpoints: Checkpointer,
+    samples: BadSampleLog,
 ) -> TrainResult:
-    resume = find_resume_checkpoint(out_dir)
-    if resume is not None:  # before building anything: a wrong run directory fails fast
-        _check_compatible(resume[1], cfg, None, resume[0])
-        _check_resume_config(resume[1], cfg, resume[0])
-    run = build_run(cfg, bundle=bundle)
-    method, dist, device = run.method, run.dist, run.device
-    student = method.student
-    optim_cfg, lr_line = scaled_optim_config(cfg, dist.world_size)
-    optimizer = build_optimizer(student, optim_cfg)
-    num_unlabeled = len(run.bundle.unlabeled) if run.bundle.unlabeled is not None else 0
-    epoch_steps = steps_per_epoch(cfg, len(run.bundle.labeled), dist.world_size, num_unlabeled)
-    total = total_steps(cfg, epoch_steps)
-    scheduler = build_scheduler(optimizer, total, cfg.optim)
-
-    start, best, history, t_train = 0, {"miou": float("-inf"), "step": 0}, [], 0.0
-    if resume is not None:
-        path, state = resume
-        _check_compatible(state, cfg, run.bundle, path)
-        load_method_state(method, state, path)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start, best, history = state["step"], state["best"], state["history"]
-        t_train = state["train_seconds"]
-        set_rng_state(state["rng"])
-        guard.load_state_dict(state.get("guard", {}), start)
-        reseed_rank(cfg.train.seed, dist, start)
-        if dist.is_main:
-            print(f"resuming {out_dir} from step {start} ({path.name})")
-    else:
-        # Per-rank randomness (mixing boxes, dropout) from here on; weights are identical.
-        seed_all(cfg.train.seed + 1000 * dist.rank)
-
-    step_fn = StepRunner(method, optimizer, scheduler, device, cfg.train, dist, guard)
-    if resume is not None and step_fn.scaler and resume[1].get("grad_scaler"):
-        step_fn.scaler.load_state_dict(resume[1]["grad_scaler"])  # fp16 loss scale continues
+    cfg, state, dist, device, total = run.cfg, run.state, run.dist, run.device, run.total_steps
+    start = state.step
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.yaml").write_text(to_yaml(cfg))
-        print(lr_line)
-    loader_x, loader_u = build_train_loaders(
-        run.bundle,
-        cfg.data,
-        seed=cfg.train.seed,
-        start_step=start,
-        need_unlabeled=method.uses_unlabeled,
-        need_strong=method.needs_strong_view,
-        num_strong=method.num_strong_views,
-        rank=dist.rank,
-        world_size=dist.world_size,
-        device=device,
-        accum_steps=cfg.train.accum_steps,
-    )
-    it_x = guard.watch(iter(loader_x))
-    it_u = guard.watch(iter(loader_u)) if loader_u is not None else None
-    writer = MetricWriter(out_dir, cfg.train.tensorboard, dist.is_main, keep_until=start)
-    models = method.eval_models() if cfg.train.eval_teachers else {"student": student}
-    final: dict[str, SegMetrics] = {}
-
-    def checkpoint_state(step: int) -> dict:
-        return {
-            "config": to_dict(cfg),
-            "classes": run.bundle.classes,
-            "palette": run.bundle.palette,
-            "state": method.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "step": step,
-            "best": best,
-            "history": history,
-            "train_seconds": t_train,
-            "rng": rng_state(),
-            "guard": guard.state_dict(),
-            "grad_scaler": step_fn.scaler.state_dict() if step_fn.scaler else None,
-        }
-
-    guard.bind(checkpoint_state)
-
-    def validate() -> dict[str, SegMetrics]:
-        return {
-            name: evaluate(
-                m,
-                run.val_set,
-                run.bundle.num_classes,
-                cfg.eval,
-                device,
-                run.bundle.ignore_index,
-                dist.rank,
-                dist.world_size,
-            )
-            for name, m in models.items()
-        }
-
+        print(run.lr_line)
+        if run.resumed_from is not None:
+            ranks = f"; every one of the {dist.world_size} ranks loaded it" if dist.enabled else ""
+            print(f"resuming {out_dir} from step {state.step} ({run.resumed_from.name}){ranks}")
+    loader_x, loader_u = run.batches()
+    it_x, it_u = samples.watch(loader_x), samples.watch(loader_u)
+    nonfinite = NonFiniteSteps(state, cfg.train.max_bad_steps, dist.is_main)
+    writer = MetricWriter(out_dir, cfg.train.tensorboard, dist.is_main, keep_until=state.step)
+    method = run.method
+    models = method.eval_models() if cfg.train.eval_teachers else {"student": method.student}
+    val_set = run.val_set
     bar = tqdm(
         total=total,
         initial=start,
@@ -482,78 +247,116 @@ def _train(
     )
     budget = cfg.train.max_minutes * 60 if cfg.train.max_minutes is not None else None
     # A resumed run whose budget is already spent only validates.
-    end = start if budget is not None and t_train >= budget else total
+    end = start if budget is not None and state.train_seconds >= budget else total
     memory_kind = reset_peak_memory(device)
-    step, out_of_time = start, False
-    for step in range(start, end):
+    final: dict[str, SegMetrics] = {}
+    out_of_time = False
+    while state.step < end:
+        info = StepInfo(state.step, run.epoch_steps)
         t0 = time.perf_counter()
-        info = StepInfo(step, epoch_steps)
-        out = step_fn(it_x, it_u, info)
-        if budget is not None:
-            synchronize(device)  # the budget is wall-clock: count queued GPU work in this step
-        t_train += time.perf_counter() - t0
-        done = step + 1
-        guard.end_step(done)
+        # No synchronisation here: the step waits for its own forward and backward (the
+        # non-finite check); its optimizer and EMA kernels are counted in the next step.
+        out = run.step(it_x, it_u, info, stop=signals.requested)
+        state.train_seconds += time.perf_counter() - t0
+        state.step = done = info.step + 1
+        nonfinite.record(run.step.skipped, out["loss"], info.step, checkpoints)
         bar.update(1)
-        out_of_time = budget is not None and t_train >= budget and done < total
+        out_of_time = budget is not None and state.train_seconds >= budget and done < total
         last = done == total or out_of_time
 
         if done % cfg.train.log_every == 0 or last:
-            row = {"step": done, "epoch": info.epoch, "lr": optimizer.param_groups[0]["lr"]}
-            row.update({k: float(v.detach() if torch.is_tensor(v) else v) for k, v in out.items()})
-            row.update(guard.counters(), time=t_train)
+            row = {"step": done, "epoch": info.epoch, "lr": run.optimizer.param_groups[0]["lr"]}
+            row.update(_scalars(out), **method.diagnostics())
+            row.update(state.counters(), time=state.train_seconds)
             writer.write(row)
             bar.set_postfix(loss=f"{row['loss']:.3f}")
 
         if done % cfg.train.eval_every == 0 or last:
-            final = validate()
-            row = {"step": done, "time": t_train}
-            row.update({f"miou_{n}": r.miou for n, r in final.items()})
-            history.append({**row, "iou": {n: r.iou for n, r in final.items()}})
-            writer.write(row, prefix="val")
-            improved = final["student"].miou > best["miou"]
-            if improved:
-                best = {"miou": final["student"].miou, "step": done}
-            if dist.is_main:
-                parts = "  ".join(f"{n} {r.miou:5.2f}" for n, r in final.items())
-                bar.write(f"step {done:>6}  val mIoU  {parts}  (best {best['miou']:.2f})")
-                if improved:
-                    save_checkpoint(checkpoint_state(done), out_dir / "best.pt")
-                if cfg.train.curves:
-                    _write_curves(out_dir, epoch_steps)
+            final = _validate(run, models, val_set)
+            _record_validation(run, final, writer, bar, out_dir)
 
         stopping = stop_after is not None and done >= stop_after
-        signalled = guard.stop_requested() and not last
+        signalled = run.step.stop_requested and not last
         if done % cfg.train.ckpt_every == 0 or last or stopping or signalled:
-            guard.save(done, periodic=not (last or stopping or signalled))
+            periodic = not (last or stopping or signalled)
+            if not (periodic and nonfinite.in_a_row):  # latest.pt stays a good one
+                checkpoints.save(state)
         if signalled:
-            raise guard.interrupted()
+            raise signals.stopped(done, checkpoints)
         if stopping or out_of_time:
             break
     bar.close()
     writer.close()
-    done = min(step + 1, total) if end > start else start
     if not final:  # nothing validated in this process (resumed a finished run, or stopped)
-        final = validate()
+        final = _validate(run, models, val_set)
+    done = state.step
     if out_of_time and dist.is_main:
         print(f"time budget train.max_minutes={cfg.train.max_minutes} used up at step {done}")
     result = TrainResult(
         out_dir=str(out_dir),
         steps=done,
         final=final,
-        best_miou=best["miou"],
-        best_step=best["step"],
-        train_seconds=t_train,
-        history=history,
-        step_seconds=t_train / done if done else float("nan"),
+        best_miou=state.best["miou"],
+        best_step=state.best["step"],
+        train_seconds=state.train_seconds,
+        history=state.history,
+        step_seconds=state.train_seconds / done if done else float("nan"),
         peak_memory_mb=peak_memory_mb(device, memory_kind),
         memory_kind=memory_kind,
         stopped_by_time=out_of_time or (budget is not None and end == start and done < total),
     )
     if dist.is_main and final:
         print(
-            f"done: {done} steps in {t_train:.0f} s; student mIoU final {result.miou:.2f}, "
-            f"best {result.best_miou:.2f} (step {result.best_step}); run dir {out_dir}"
+            f"done: {done} steps in {state.train_seconds:.0f} s; student mIoU final "
+            f"{result.miou:.2f}, best {result.best_miou:.2f} (step {result.best_step}); "
+            f"run dir {out_dir}"
         )
     barrier()  # under DDP: no rank leaves before rank 0 has written its files
     return result
+
+
+def _scalars(out: dict) -> dict[str, float]:
+    """The loss dict's values as floats, with one host synchronisation for all tensors."""
+    keys = [k for k, v in out.items() if torch.is_tensor(v)]
+    values = []
+    if keys:
+        values = torch.stack([out[k].detach().float().reshape(()) for k in keys]).tolist()
+    row = {k: float(v) for k, v in out.items() if not torch.is_tensor(v)}
+    row.update(zip(keys, values))
+    return {k: row[k] for k in out}  # the method's order
+
+
+def _validate(run: TrainingRun, models: dict, val_set) -> dict[str, SegMetrics]:
+    bundle = run.bundle
+    return {
+        name: evaluate(
+            m,
+            val_set,
+            bundle.num_classes,
+            run.cfg.eval,
+            run.device,
+            bundle.ignore_index,
+            run.dist.rank,
+            run.dist.world_size,
+        )
+        for name, m in models.items()
+    }
+
+
+def _record_validation(run: TrainingRun, final: dict, writer, bar, out_dir: Path) -> None:
+    """Log a validation, keep the best student (``best.pt``) and redraw the curves."""
+    state, done = run.state, run.state.step
+    row = {"step": done, "time": state.train_seconds}
+    row.update({f"miou_{n}": r.miou for n, r in final.items()})
+    state.history.append({**row, "iou": {n: r.iou for n, r in final.items()}})
+    writer.write(row, prefix="val")
+    improved = final["student"].miou > state.best["miou"]
+    if improved:
+        state.best = {"miou": final["student"].miou, "step": done}
+    if run.dist.is_main:
+        parts = "  ".join(f"{n} {r.miou:5.2f}" for n, r in final.items())
+        bar.write(f"step {done:>6}  val mIoU  {parts}  (best {state.best['miou']:.2f})")
+        if improved:
+            save_checkpoint(state.state_dict(), out_dir / "best.pt")
+        if run.cfg.train.curves:
+            _write_curves(out_dir, run.epoch_steps)

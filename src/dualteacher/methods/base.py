@@ -140,6 +140,12 @@ class Method(nn.Module):
         """Models to validate, by name; the first is the one whose mIoU picks ``best.pt``."""
         return {"student": self.student}
 
+    def diagnostics(self) -> dict[str, float]:
+        """Extra scalars for the log rows (``metrics.jsonl``, TensorBoard), computed only on
+        logged steps: things that cost more than a loss term, e.g. teacher-student distances.
+        """
+        return {}
+
     # --- helpers ---------------------------------------------------------------------------
     def supervised_loss(self, logits_x: torch.Tensor, mask_x: torch.Tensor) -> torch.Tensor:
         """Cross-entropy over labelled pixels, mean over the non-ignored ones."""

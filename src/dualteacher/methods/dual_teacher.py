@@ -33,7 +33,7 @@ from dualteacher.config import Config, DualTeacherMode
 from dualteacher.data.transforms import denormalize
 from dualteacher.errors import ConfigError
 from dualteacher.methods.base import Batch, Method, StepInfo, phase
-from dualteacher.methods.ema import EMA, BufferPolicy, ema_momentum
+from dualteacher.methods.ema import EMA, BufferPolicy, ema_momentum, relative_distance
 from dualteacher.methods.losses import masked_ce, pseudo_label
 from dualteacher.methods.mixing import classmix_mask, cutmix_box_mask, mix
 from dualteacher.models import SegModel
@@ -226,3 +226,11 @@ class DualTeacher(Method):
             out_pl.append(pli)
             out_conf.append(ci)
         return torch.stack(out_x), torch.stack(out_pl), torch.stack(out_conf)
+
+    def diagnostics(self) -> dict[str, float]:
+        """``teacher_a_dist`` / ``teacher_b_dist``: each teacher's relative parameter distance
+        from the student (0 = a copy: a collapsed teacher; see README "teacher distance")."""
+        return {
+            f"{name}_dist": relative_distance(t, self.student)
+            for name, t in zip(TEACHER_NAMES, self.teachers)
+        }

@@ -46,8 +46,23 @@ class EMA:
         torch._foreach_lerp_(t_params, [p.detach() for p in s_params], 1.0 - momentum)
         if self.buffers is BufferPolicy.keep:
             return
+        # One fused update per kind of buffer, not one per buffer.
+        averaged, copied = ([], []), ([], [])
         for tb, sb in zip(teacher.buffers(), student.buffers()):
-            if self.buffers is BufferPolicy.ema and tb.is_floating_point():
-                tb.lerp_(sb, 1.0 - momentum)
-            else:
-                tb.copy_(sb)
+            average = self.buffers is BufferPolicy.ema and tb.is_floating_point()
+            for side, t in zip(averaged if average else copied, (tb, sb)):
+                side.append(t)
+        if averaged[0]:
+            torch._foreach_lerp_(*averaged, 1.0 - momentum)
+        if copied[0]:
+            torch._foreach_copy_(*copied)
+
+
+@torch.no_grad()
+def relative_distance(model: nn.Module, reference: nn.Module) -> float:
+    """``||w - w_ref|| / ||w_ref||`` over all parameters: how far a teacher is from the
+    student (0: a copy). One fused pass, one host synchronisation."""
+    a = [p.detach() for p in model.parameters()]
+    b = [p.detach() for p in reference.parameters()]
+    diff = torch.stack(torch._foreach_norm(torch._foreach_sub(a, b))).norm()
+    return float(diff / torch.stack(torch._foreach_norm(b)).norm().clamp(min=1e-12))

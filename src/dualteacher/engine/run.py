@@ -1,0 +1,435 @@
+"""Building runs from a config: the one place where data, models, optimizer, schedule, loaders
+and the step runner are put together.
+
+- ``build_training``: a training run (``train``, ``compare``'s timing probe, ``bench``): this
+  process's device and process group, the resume decision (rank 0 chooses, every rank loads the
+  same file), data, student and teachers, optimizer with the scaled lr, scheduler over the run's
+  length, the saved ``TrainState``, the prepared method (``prepare_method``: channels-last,
+  DDP, compile) and its ``StepRunner``; ``TrainingRun.batches()`` gives the loaders with every
+  stream the method needs.
+- ``build_run``: data and method for evaluation (from a config or a checkpoint).
+- ``build_model_from_checkpoint``: a checkpoint's models without any data (prediction).
+
+A checkpoint holds every weight, so models rebuilt from one (evaluation, prediction, a
+resumed run) never read ``model.pretrained``.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dualteacher.config import Config, EpochUnit, load_config, to_dict
+from dualteacher.data import DataBundle, build_data
+from dualteacher.data.base import EvalSet
+from dualteacher.data.loaders import build_train_loaders
+from dualteacher.engine.checkpoint import (
+    config_changes,
+    find_resume_checkpoint,
+    load_checkpoint,
+    load_method_state,
+)
+from dualteacher.engine.device import check_amp, select_device
+from dualteacher.engine.distributed import (
+    DistInfo,
+    broadcast_object,
+    gather_objects,
+    grad_scaler,
+    init_distributed,
+    prepare_method,
+    reseed_rank,
+)
+from dualteacher.engine.evaluate import check_eval_config
+from dualteacher.engine.optim import build_optimizer, build_scheduler, scaled_optim_config
+from dualteacher.engine.state import TrainState
+from dualteacher.engine.step import StepRunner
+from dualteacher.errors import CheckpointError, ConfigError
+from dualteacher.methods import Method, build_method
+from dualteacher.models import SegModel, build_model
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def steps_per_epoch(
+    cfg: Config, num_labeled: int, world_size: int = 1, num_unlabeled: int | None = None
+) -> int:
+    """What an "epoch" is: ``train.epoch_steps`` if set, else one pass over the labelled set
+    (``num_labeled // global labelled batch``, at least 1), or over the unlabelled set with
+    ``train.epoch_unit=unlabeled``. The global batch counts every process and accumulated
+    micro-batch. Dual Teacher switches teachers by it."""
+    if cfg.train.epoch_steps:
+        return cfg.train.epoch_steps
+    if cfg.train.epoch_unit == EpochUnit.unlabeled:
+        if not num_unlabeled:
+            raise ConfigError(
+                "train.epoch_unit=unlabeled, but the unlabelled set is empty: give unlabelled "
+                "images (data.unlabeled) or set train.epoch_unit=labeled"
+            )
+        batch_u = cfg.data.batch_size_u or cfg.data.batch_size
+        return max(1, num_unlabeled // (batch_u * world_size * cfg.train.accum_steps))
+    return max(1, num_labeled // (cfg.data.batch_size * world_size * cfg.train.accum_steps))
+
+
+def total_steps(cfg: Config, epoch_steps: int) -> int:
+    """Length of the run: ``train.epochs * epoch_steps`` when ``train.epochs`` is set, else
+    ``train.steps``. The learning-rate schedule spans it."""
+    return cfg.train.epochs * epoch_steps if cfg.train.epochs else cfg.train.steps
+
+
+def run_length(cfg: Config, bundle: DataBundle | None, world_size: int = 1) -> tuple[int, int]:
+    """``(steps per epoch, total steps)`` of ``cfg`` on ``bundle``; without data (``bench``'s
+    random batches) an epoch is ``train.epoch_steps`` or 1 step."""
+    if bundle is None:
+        epoch = cfg.train.epoch_steps or 1
+    else:
+        unlabeled = len(bundle.unlabeled) if bundle.unlabeled is not None else 0
+        epoch = steps_per_epoch(cfg, len(bundle.labeled), world_size, unlabeled)
+    return epoch, total_steps(cfg, epoch)
+
+
+def _setup_process(cfg: Config, training: bool) -> tuple[torch.device, DistInfo]:
+    """This process's device (for training, ``train.amp`` checked against it) and process
+    group, before anything else is built."""
+    check_eval_config(cfg.eval)
+    device = select_device(cfg.train.device)
+    if training:  # evaluation runs in float32: a bf16 run evaluates on any GPU
+        check_amp(cfg.train.amp, device)
+    dist = init_distributed(device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    return device, dist
+
+
+def _without_pretrained(cfg: Config) -> Config:
+    """``cfg`` for models whose weights come from a checkpoint: ``model.pretrained`` is never
+    read (the file may have moved; ``hub`` would download)."""
+    return replace(cfg, model=replace(cfg.model, pretrained=None))
+
+
+def _build_method(
+    cfg: Config, num_classes: int, device: torch.device, verbose: bool = True
+) -> Method:
+    # Same seed on every rank: identical initial student and teachers everywhere.
+    seed_all(cfg.train.seed)
+
+    def make_model() -> SegModel:
+        return build_model(cfg.model, num_classes, verbose=verbose)
+
+    return build_method(cfg, make_model(), make_model).to(device)
+
+
+# ------------------------------------------------------------------------------- evaluation
+@dataclass
+class Run:
+    """Data and models built from a config, for evaluation."""
+
+    cfg: Config
+    dist: DistInfo
+    device: torch.device
+    bundle: DataBundle
+    method: Method
+    val_set: EvalSet
+    checkpoint: dict | None = None
+
+
+def build_run(
+    cfg: Config | None = None,
+    *,
+    checkpoint: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    bundle: DataBundle | None = None,
+) -> Run:
+    """Build data, student and method from ``cfg``, or from a checkpoint's stored config (with
+    ``overrides``) and load its weights. ``bundle``: data already built from the same
+    ``cfg.data``."""
+    state = None
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint)
+        cfg = _without_pretrained(load_config(None, overrides, base=state["config"]))
+    assert cfg is not None
+    device, dist = _setup_process(cfg, training=False)
+    if bundle is None:
+        bundle = build_data(cfg.data)
+    if state is not None:
+        check_compatible(state, cfg, bundle, checkpoint)
+    method = _build_method(cfg, bundle.num_classes, device)
+    if state is not None:
+        load_method_state(method, state, checkpoint)
+    return Run(cfg, dist, device, bundle, method, EvalSet(bundle.val, cfg.data), state)
+
+
+@dataclass
+class TrainedModels:
+    """A checkpoint's student and teachers, ready for inference, built without its data."""
+
+    cfg: Config
+    device: torch.device
+    method: Method
+    classes: list[str]
+    palette: list[tuple[int, int, int]]
+    step: int
+
+    def models(self, names: str = "student") -> dict[str, torch.nn.Module]:
+        """``student``, ``all`` or comma-separated names -> models in eval mode, by name."""
+        available = self.method.eval_models()
+        wanted = list(available) if names == "all" else [n for n in names.split(",") if n]
+        unknown = [n for n in wanted if n not in available]
+        if unknown or not wanted:
+            raise ConfigError(
+                f"no model named {', '.join(unknown) or repr(names)} in this checkpoint; "
+                f"it has: {', '.join(available)} (or 'all')"
+            )
+        return {n: available[n].eval() for n in wanted}
+
+
+def build_model_from_checkpoint(
+    path: str | Path,
+    overrides: list[str] | tuple[str, ...] = (),
+    device: str | torch.device | None = None,
+) -> TrainedModels:
+    """Rebuild the model(s) of a checkpoint from its stored config and load the weights.
+
+    Unlike ``build_run`` this does not build the dataset: predicting on new images needs
+    neither the training data nor its root directory. ``overrides`` change the stored config
+    (e.g. ``eval.mode=sliding``); ``device`` defaults to ``train.device`` of that config.
+    """
+    state = load_checkpoint(path)
+    cfg = _without_pretrained(load_config(None, overrides, base=state["config"]))
+    device = torch.device(device) if device is not None else select_device(cfg.train.device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    method = _build_method(cfg, len(state["classes"]), device)
+    load_method_state(method, state, path)
+    method.eval()
+    palette = [tuple(c) for c in state.get("palette") or []]
+    return TrainedModels(cfg, device, method, list(state["classes"]), palette, state["step"])
+
+
+def check_compatible(state: dict, cfg: Config, bundle: DataBundle | None, path) -> None:
+    """Same model, method and (with ``bundle``) number of classes as the checkpoint."""
+    stored = state["config"]
+    problems = []
+    if stored["model"]["name"] != cfg.model.name:
+        problems.append(f"model {stored['model']['name']!r} (config says {cfg.model.name!r})")
+    if stored["method"]["name"] != cfg.method.name:
+        problems.append(f"method {stored['method']['name']!r} (config says {cfg.method.name!r})")
+    if bundle is not None and len(state["classes"]) != bundle.num_classes:
+        problems.append(
+            f"{len(state['classes'])} classes (dataset {cfg.data.name!r} has {bundle.num_classes})"
+        )
+    if problems:
+        raise CheckpointError(
+            f"{path} was trained with {'; '.join(problems)}. Use a run directory (--out) of its "
+            "own for this config, or a checkpoint of the same model, method and classes."
+        )
+
+
+def check_resume_config(state: dict, cfg: Config, path) -> None:
+    """A run resumes only with the config it was started with, up to the keys that do not
+    change the training (``RESUMABLE_CHANGES``), unless ``train.resume_with_changes``."""
+    changes = config_changes(state["config"], to_dict(cfg))
+    if not changes:
+        return
+    listed = "\n  ".join(changes)
+    if cfg.train.resume_with_changes:
+        print(f"warning: resuming {path} with a changed config:\n  {listed}")
+        return
+    raise CheckpointError(
+        f"{path} was written by a run with another config; resuming it with this one would "
+        f"not continue the same training:\n  {listed}\nRun the original config again to "
+        "resume, use a new run directory (--out) for the new config, or pass "
+        "train.resume_with_changes=true to continue this run with the changes."
+    )
+
+
+# ------------------------------------------------------------------------------------ resume
+def agree_on_checkpoint(out_dir: Path, dist: DistInfo) -> tuple[Path, dict] | None:
+    """The checkpoint every rank resumes from: rank 0 picks the newest readable one in its run
+    directory and every rank loads the file of that name (and step) from its own ``out_dir``
+    (the same path on a shared file system). A rank that cannot is a ``CheckpointError`` on
+    every rank, naming the rank, its host and directory: no rank trains alone. ``None``: no
+    checkpoint, a fresh start everywhere."""
+    choice: dict | None = None
+    found = None
+    if dist.is_main:
+        try:
+            found = find_resume_checkpoint(out_dir)
+        except CheckpointError as e:
+            choice = {"error": str(e)}
+        else:
+            if found is not None:
+                choice = {"name": found[0].name, "step": found[1]["step"]}
+    choice = broadcast_object(choice)
+    if choice is None:
+        return None
+    if "error" in choice:
+        raise CheckpointError(choice["error"])
+    problem = None
+    if not dist.is_main:
+        path = out_dir / choice["name"]
+        try:
+            found = (path, load_checkpoint(path))
+        except CheckpointError as e:
+            problem = "no such file" if not path.is_file() else str(e).split(". ")[0]
+        else:
+            if found[1]["step"] != choice["step"]:
+                problem = f"it holds step {found[1]['step']}, another run's checkpoint"
+    where = {"rank": dist.rank, "host": socket.gethostname(), "dir": str(out_dir.resolve())}
+    reports = gather_objects({**where, "problem": problem})
+    bad = [r for r in reports if r["problem"]]
+    if bad:
+        listed = "; ".join(
+            f"rank {r['rank']} on host {r['host']} cannot load {Path(r['dir']) / choice['name']} "
+            f"({r['problem']})"
+            for r in bad
+        )
+        raise CheckpointError(
+            f"rank 0 resumes from {reports[0]['dir']}/{choice['name']} (step {choice['step']}) "
+            f"on host {reports[0]['host']}, but {listed}. Every process must see the same run "
+            "directory: put --out (train.out_dir) on a file system all nodes share (NFS, "
+            "Lustre, ...), with the same path on every node."
+        )
+    assert found is not None
+    return found
+
+
+# ---------------------------------------------------------------------------------- training
+@dataclass
+class TrainingRun:
+    """A training run ready to step: see ``build_training``."""
+
+    cfg: Config
+    dist: DistInfo
+    device: torch.device
+    method: Method
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    step: StepRunner
+    state: TrainState
+    epoch_steps: int
+    total_steps: int
+    lr_line: str  # the effective learning rate and why (optim.scale_lr)
+    bundle: DataBundle | None  # None: no dataset (``bench`` feeds random batches)
+    resumed_from: Path | None = None
+
+    @property
+    def val_set(self) -> EvalSet:
+        assert self.bundle is not None
+        return EvalSet(self.bundle.val, self.cfg.data)
+
+    def batches(self) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader | None]:
+        """The endless labelled and (if the method trains on them) unlabelled loaders,
+        positioned at ``state.step``, each batch with every view the method needs."""
+        assert self.bundle is not None, "a run without a dataset has no loaders"
+        cfg, method = self.cfg, self.method
+        return build_train_loaders(
+            self.bundle,
+            cfg.data,
+            seed=cfg.train.seed,
+            start_step=self.state.step,
+            need_unlabeled=method.uses_unlabeled,
+            need_strong=method.needs_strong_view,
+            num_strong=method.num_strong_views,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            device=self.device,
+            accum_steps=cfg.train.accum_steps,
+        )
+
+
+def build_training(
+    cfg: Config,
+    *,
+    bundle: DataBundle | None = None,
+    num_classes: int | None = None,
+    resume_dir: Path | None = None,
+    verbose: bool = True,
+) -> TrainingRun:
+    """Build a training run of ``cfg``.
+
+    Args:
+        bundle: data already built from ``cfg.data`` (``compare`` builds it once).
+        num_classes: build no dataset at all, for ``num_classes`` classes (``bench``).
+        resume_dir: resume from the checkpoint of this run directory, if there is one (see
+            ``agree_on_checkpoint``); the config must be the one it was written with.
+        verbose: print what ``model.pretrained`` loaded.
+    """
+    device, dist = _setup_process(cfg, training=True)
+    resume = agree_on_checkpoint(resume_dir, dist) if resume_dir is not None else None
+    if resume is not None:  # before building anything: a wrong run directory fails fast
+        check_compatible(resume[1], cfg, None, resume[0])
+        check_resume_config(resume[1], cfg, resume[0])
+    if num_classes is None:
+        bundle = bundle if bundle is not None else build_data(cfg.data)
+        num_classes = bundle.num_classes
+        classes, palette = bundle.classes, bundle.palette
+    else:
+        bundle, classes, palette = None, [f"class_{i}" for i in range(num_classes)], []
+    if resume is not None:
+        check_compatible(resume[1], cfg, bundle, resume[0])
+    method = _build_method(
+        _without_pretrained(cfg) if resume is not None else cfg, num_classes, device, verbose
+    )
+    optim_cfg, lr_line = scaled_optim_config(cfg, dist.world_size)
+    optimizer = build_optimizer(method.student, optim_cfg)
+    epoch_steps, total = run_length(cfg, bundle, dist.world_size)
+    scheduler = build_scheduler(optimizer, total, cfg.optim)
+    scaler = grad_scaler(device, cfg.train.amp)
+    state = TrainState(cfg, classes, palette, method, optimizer, scheduler, scaler, device)
+    if resume is not None:
+        state.load_state_dict(resume[1], resume[0])
+        reseed_rank(cfg.train.seed, dist, state.step)
+    else:
+        # Per-rank randomness (mixing boxes, dropout) from here on; weights are identical.
+        seed_all(cfg.train.seed + 1000 * dist.rank)
+    ddp = prepare_method(method, cfg.train, dist, device)
+    step = StepRunner(
+        method,
+        optimizer,
+        scheduler,
+        cfg.train,
+        device,
+        ddp=ddp,
+        scaler=scaler,
+        dist=dist,
+        skip_nonfinite=True,
+    )
+    return TrainingRun(
+        cfg=cfg,
+        dist=dist,
+        device=device,
+        method=method,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        step=step,
+        state=state,
+        epoch_steps=epoch_steps,
+        total_steps=total,
+        lr_line=lr_line,
+        bundle=bundle,
+        resumed_from=resume[0] if resume is not None else None,
+    )
+
+
+__all__ = [
+    "Run",
+    "TrainedModels",
+    "TrainingRun",
+    "agree_on_checkpoint",
+    "build_model_from_checkpoint",
+    "build_run",
+    "build_training",
+    "run_length",
+    "seed_all",
+    "steps_per_epoch",
+    "total_steps",
+]
