@@ -6,6 +6,7 @@ The Python API mirrors the CLI::
     cfg = load_config("configs/demo.yaml", ["train.steps=100"])
     result = train(cfg)          # dualteacher train configs/demo.yaml train.steps=100
     evaluate_checkpoint(result.out_dir + "/best.pt")   # dualteacher eval RUN/best.pt
+    suggest(result.out_dir + "/latest.pt", "runs/next", top=20)  # dualteacher suggest ...
     export_checkpoint(result.out_dir + "/best.pt", "exported", "safetensors,onnx")
     model = load_exported("exported", runtime="onnx")  # dualteacher predict exported ...
     ids = model.predict(rgb_uint8_array)                # (H, W) class ids
@@ -25,6 +26,9 @@ _API = {
     "load_exported": "dualteacher.inference",
     "run_demo": "dualteacher.demo",
     "write_report": "dualteacher.report",
+    "suggest": "dualteacher.label_next",
+    "pseudolabel": "dualteacher.pseudolabels",
+    "write_demo_folder": "dualteacher.data.demo",
     "build_model": "dualteacher.models",
     "list_models": "dualteacher.models",
     "DualTeacherError": "dualteacher.errors",

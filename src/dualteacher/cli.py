@@ -23,6 +23,8 @@ EPILOG = """examples:
   dualteacher export runs/demo/dual_teacher/best.pt --out exported --format safetensors,onnx
   dualteacher predict exported photos/ --out runs/pred --runtime onnx
   dualteacher compare demo --methods supervised,mean_teacher,dual_teacher --seeds 3
+  dualteacher suggest runs/demo_dual_teacher/best.pt --top 20 --out runs/next
+  dualteacher pseudolabel best.pt --images my_data/unlabeled --out runs/pseudo --conf 0.9
   dualteacher configs                                list the built-in configs
   dualteacher models                                 registered models and their sizes
   dualteacher bench --model segformer-b1 --crop 512 --batch 2 --method dual_teacher
@@ -168,6 +170,96 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         print(format_failures(result), file=sys.stderr)
         return INPUT_EXIT  # some inputs could not be read: the user's input
     return 0
+
+
+def _split_images(args: argparse.Namespace) -> None:
+    """``--images A B key=value``: the option swallows overrides given after it; hand tokens
+    that look like overrides (and are no existing path) back to ``args.overrides``."""
+    images = args.images or []
+    moved = [a for a in images if _OVERRIDE.match(a) and not Path(a).exists()]
+    args.images = [a for a in images if a not in moved] if args.images is not None else None
+    args.overrides = [*moved, *args.overrides]
+
+
+def _weights(text: str) -> list[float]:
+    from dualteacher.errors import ConfigError
+
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError:
+        raise ConfigError(
+            f"--weights {text}: give three numbers w_d,w_u,w_r separated by ',', e.g. 1,1,1"
+        ) from None
+
+
+def _cmd_suggest(args: argparse.Namespace) -> int:
+    from dualteacher.label_next import format_summary, suggest
+    from dualteacher.predict import PredictResult, format_failures
+
+    _split_images(args)
+    result = suggest(
+        args.checkpoint,
+        args.out,
+        top=args.top,
+        images=args.images,
+        overrides=args.overrides,
+        weights=_weights(args.weights),
+        device=args.device,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        progress=sys.stderr.isatty(),
+    )
+    print(format_summary(result))
+    if result.failed:
+        print(format_failures(PredictResult(failed=result.failed)), file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_pseudolabel(args: argparse.Namespace) -> int:
+    from dualteacher.predict import PredictResult, format_failures
+    from dualteacher.pseudolabels import pseudolabel
+
+    _split_images(args)
+    result = pseudolabel(
+        args.checkpoint,
+        args.images,
+        args.out,
+        conf=args.conf,
+        model=args.model,
+        overrides=args.overrides,
+        overwrite=args.overwrite,
+        device=args.device,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        progress=sys.stderr.isatty(),
+    )
+    out = Path(args.out)
+    print(
+        f"wrote {len(result.written)} pseudo-label(s) to {out / 'masks'} "
+        f"({100 * result.kept:.1f} % of the pixels at confidence >= {args.conf}, the rest 255 = "
+        f"ignore); confidence maps in {out / 'confidence'}"
+    )
+    if result.skipped:
+        print(f"skipped {len(result.skipped)} non-image file(s) in folders")
+    if result.failed:
+        print(format_failures(PredictResult(failed=result.failed)), file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_demo_data(args: argparse.Namespace) -> None:
+    from dualteacher.config import load_config
+    from dualteacher.data.demo import write_demo_folder
+
+    cfg = load_config(args.config, args.overrides).data.demo
+    wrote = write_demo_folder(cfg, args.out)
+    n = cfg.num_labeled, cfg.num_unlabeled, cfg.num_val
+    print(
+        f"{'wrote' if wrote else 'already there:'} {args.out}: {n[0]} labelled, {n[1]} unlabelled "
+        f"(their masks in unlabeled_masks/), {n[2]} validation images\n"
+        f"use: data.name=folder data.root={args.out}"
+    )
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
@@ -391,6 +483,89 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=COUNT, help="run seeds 0..K-1 (default: train.seed only)")
     p.add_argument("--out", help="output directory (default runs/compare_<config name>)")
     p.set_defaults(func=_cmd_compare)
+
+    p = add(
+        "suggest",
+        "rank unlabelled images by what labelling them is likely to teach (teacher "
+        "disagreement, student uncertainty, class rarity): ranking.csv, top.txt, "
+        "contact_sheet.png, suggest.json",
+        "dualteacher suggest runs/demo/dual_teacher/best.pt --top 20 --out runs/next"
+        "\n  dualteacher suggest best.pt data.root=my_data --top 50 --out runs/next"
+        "\n  dualteacher suggest best.pt --images new_photos/ --top 10 --out runs/next",
+    )
+    p.epilog = (
+        "scores (means over each image's pixels):\n"
+        "  disagreement  share of pixels where the two models' classes differ\n"
+        "  sym_kl        (KL(p_a||p_b) + KL(p_b||p_a)) / 2 of their softmax\n"
+        "  uncertainty   1 - the student's top softmax probability\n"
+        "  rarity        r(c) of the student's class c, r(c) = log(f_max/f_c) / "
+        "log(f_max/f_min),\n"
+        "                f = class pixel frequencies of the labelled set\n"
+        "  combined = (w_d R(sym_kl) + w_u R(uncertainty) + w_r R(rarity)) / (w_d + w_u + w_r)\n"
+        "  R = percentile rank among the scored images (0 lowest, 1 highest); ties by name.\n"
+        "  The two models: teacher_a and teacher_b (dual_teacher); student and teacher\n"
+        "  (mean_teacher); a single model (supervised, fixmatch, unimatch) leaves sym_kl out.\n\n"
+        + p.epilog
+    )
+    p.add_argument("checkpoint", help="latest.pt / best.pt of a run")
+    p.add_argument(
+        "overrides", nargs="*", help="config overrides key=value (e.g. data.root=my_data)"
+    )
+    p.add_argument(
+        "--images",
+        nargs="+",
+        metavar="INPUT",
+        help="image files, folders or globs to rank (default: the unlabelled set of the "
+        "checkpoint's config)",
+    )
+    p.add_argument("--top", type=int, default=20, help="images to suggest (default 20)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument(
+        "--weights", default="1,1,1", help="w_d,w_u,w_r of the combined score (default 1,1,1)"
+    )
+    p.add_argument("--device", help="cpu, cuda, cuda:N (default: the checkpoint's train.device)")
+    p.add_argument("--batch-size", type=int, help="images per forward (default eval.batch_size)")
+    p.add_argument("--workers", type=int, default=0, help="image-reading worker processes")
+    p.set_defaults(func=_cmd_suggest)
+
+    p = add(
+        "pseudolabel",
+        "write pseudo-labels of images as masks in the folder dataset's format (OUT/masks/), "
+        "255 = ignore below --conf, and confidence maps (OUT/confidence/)",
+        "dualteacher pseudolabel runs/demo/dual_teacher/best.pt --images my_data/unlabeled "
+        "--out runs/pseudo --conf 0.9",
+    )
+    p.add_argument("checkpoint", help="latest.pt / best.pt of a run")
+    p.add_argument("overrides", nargs="*", help="config overrides key=value (e.g. eval.mode=...)")
+    p.add_argument(
+        "--images", nargs="+", required=True, metavar="INPUT", help="image files, folders, globs"
+    )
+    p.add_argument("--out", required=True, help="output directory (masks/, confidence/)")
+    p.add_argument(
+        "--conf",
+        type=float,
+        default=0.95,
+        help="pixels whose top probability is below this are 255 = ignore (default 0.95)",
+    )
+    p.add_argument(
+        "--model", default="student", help="student (default), teacher_a, teacher_b, teacher"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace masks already in OUT/masks")
+    p.add_argument("--device", help="cpu, cuda, cuda:N (default: the checkpoint's train.device)")
+    p.add_argument("--batch-size", type=int, help="images per forward (default eval.batch_size)")
+    p.add_argument("--workers", type=int, default=0, help="image-reading worker processes")
+    p.set_defaults(func=_cmd_pseudolabel)
+
+    p = add(
+        "demo-data",
+        "write the demo dataset to disk in the folder layout, with the true masks of the "
+        "unlabelled images in unlabeled_masks/",
+        "dualteacher demo-data --out data/demo_folder data.demo.seed=1",
+    )
+    p.add_argument("--out", required=True, help="a new or empty directory")
+    p.add_argument("--config", default="demo", help="config whose data.demo is written (demo)")
+    p.add_argument("overrides", nargs="*", help="config overrides key=value (data.demo.*)")
+    p.set_defaults(func=_cmd_demo_data)
 
     p = add("configs", "list the built-in configs", "dualteacher configs")
     p.set_defaults(func=_cmd_configs)
