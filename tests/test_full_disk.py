@@ -145,3 +145,25 @@ def test_splits_on_a_full_disk(tmp_path, capsys, full_disk):
     _one_error_line(code, err, tmp_path / "s" / "labeled.txt")
     _no_partial_files(tmp_path / "s")
     assert np.all([not p.exists() for p in (tmp_path / "s").glob("*.txt")])
+
+
+def test_pseudolabel_on_a_full_disk(checkpoint, tmp_path, capsys, full_disk):
+    (tmp_path / "in").mkdir()
+    Image.fromarray(trees.image(0)).save(tmp_path / "in" / "photo.jpg")
+    full_disk("photo.png")  # the mask and the confidence map
+    code, _, err = cli(
+        capsys, "pseudolabel", checkpoint, "--images", tmp_path / "in", "--out", tmp_path / "pl"
+    )
+    _one_error_line(code, err, tmp_path / "pl" / "masks" / "photo.png")
+    _no_partial_files(tmp_path)
+
+
+def test_suggest_on_a_full_disk(checkpoint, tmp_path, capsys, full_disk):
+    (tmp_path / "in").mkdir()
+    for i in range(3):
+        Image.fromarray(trees.image(i)).save(tmp_path / "in" / f"u{i}.jpg")
+    full_disk("ranking.csv")
+    args = ["--images", tmp_path / "in", "--top", "2", "--out", tmp_path / "s"]
+    code, _, err = cli(capsys, "suggest", checkpoint, *args)
+    _one_error_line(code, err, tmp_path / "s" / "ranking.csv")
+    _no_partial_files(tmp_path)

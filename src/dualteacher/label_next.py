@@ -37,7 +37,7 @@ K, at most ``MAX_SHEET_ROWS``: image and each model's prediction) and ``suggest.
 from __future__ import annotations
 
 import csv
-import json
+import io
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -53,6 +53,7 @@ from tqdm.auto import tqdm
 from dualteacher.data.transforms import normalize
 from dualteacher.engine.evaluate import predict_logits
 from dualteacher.errors import BadSampleError, CheckpointError, ConfigError, DataError
+from dualteacher.outputs import write_json, write_text
 from dualteacher.predict import IMAGE_EXTENSIONS, collect_inputs, read_image
 
 FORMULA = (
@@ -414,7 +415,7 @@ def suggest(
     out.mkdir(parents=True, exist_ok=True)
     result = SuggestResult(rows, pair, reference, out, failed, skipped, top_k=min(top, len(rows)))
     _write_csv(out / "ranking.csv", rows)
-    (out / "top.txt").write_text("".join(f"{r['path'] or r['name']}\n" for r in result.top))
+    write_text(out / "top.txt", "".join(f"{r['path'] or r['name']}\n" for r in result.top))
     _write_sheet(trained, nets, pair, student, image_set, rows, index, order, result, batch_size)
     summary = {
         "checkpoint": str(checkpoint),
@@ -433,24 +434,18 @@ def suggest(
         "rarity_weights": dict(zip(classes, r.tolist())),
         "eval": trained.cfg.eval.mode.value,
     }
-    (out / "suggest.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "suggest.json", summary)
     return result
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(CSV_COLUMNS)
-        for row in rows:
-            writer.writerow(
-                [
-                    row["rank"],
-                    row["name"],
-                    row["path"],
-                    *("" if row[k] is None else f"{row[k]:.6f}" for k in SCORES),
-                    f"{row['combined']:.6f}",
-                ]
-            )
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(CSV_COLUMNS)
+    for row in rows:
+        scores = ("" if row[k] is None else f"{row[k]:.6f}" for k in SCORES)
+        writer.writerow([row["rank"], row["name"], row["path"], *scores, f"{row['combined']:.6f}"])
+    write_text(path, text.getvalue())  # atomic: a full disk names the file, leaves no part
 
 
 def _write_sheet(trained, nets, pair, student, image_set, rows, index, order, result, batch_size):

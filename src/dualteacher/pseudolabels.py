@@ -29,6 +29,7 @@ from PIL import Image
 from dualteacher.config import IGNORE_INDEX
 from dualteacher.errors import ConfigError, DataError
 from dualteacher.label_next import ImageSet, logit_batches
+from dualteacher.outputs import save_image, write_text
 from dualteacher.predict import IMAGE_EXTENSIONS
 
 IGNORE = IGNORE_INDEX  # mask value of pixels below the confidence threshold
@@ -46,8 +47,7 @@ def save_index_png(ids: np.ndarray, palette: np.ndarray, path: Path) -> None:
     """(H, W) uint8 ids -> palette PNG (mode P) with ``palette`` (256, 3) uint8."""
     im = Image.fromarray(ids.astype(np.uint8))  # mode L; the palette makes it P
     im.putpalette(palette[:256].reshape(-1).tolist())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    im.save(path)
+    save_image(im, path)  # atomic: a full disk names the file and leaves no partial PNG
 
 
 def pseudolabel(
@@ -110,10 +110,11 @@ def pseudolabel(
     classes = [
         {"name": c, "color": [int(v) for v in lut[i]]} for i, c in enumerate(trained.classes)
     ]
-    (out / "classes.yaml").write_text(
+    write_text(
+        out / "classes.yaml",
         yaml.safe_dump(
             {"classes": classes, "ignore_index": IGNORE}, sort_keys=False, default_flow_style=None
-        )
+        ),
     )
     kept = total = 0
     for batch in logit_batches(
@@ -128,9 +129,7 @@ def pseudolabel(
         for k, i in enumerate(batch.indices):
             name = image_set.refs[i].name
             save_index_png(ids[k], lut, out / "masks" / f"{name}.png")
-            conf_path = out / "confidence" / f"{name}.png"
-            conf_path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(confidence[k]).save(conf_path)
+            save_image(Image.fromarray(confidence[k]), out / "confidence" / f"{name}.png")
             result.written.append(out / "masks" / f"{name}.png")
     result.kept = kept / total if total else 0.0
     return result
