@@ -282,7 +282,9 @@ def markdown(rows: list[dict]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--sizes", default="10000,100000,1000000", help="pool sizes, comma-separated")
+    ap.add_argument(
+        "--sizes", default="1000,10000,100000,1000000", help="pool sizes, comma-separated"
+    )
     ap.add_argument("--workers", default="0,4", help="data.num_workers values, comma-separated")
     ap.add_argument("--work", default="/tmp/dualteacher_scale", help="where pools and runs go")
     ap.add_argument("--threads", type=int, default=2, help="train.threads (default 2)")

@@ -33,6 +33,9 @@ Image.fromarray(image[22:154]).save(sys.argv[1])
 PY
 $DT predict "$W/cmp/dual_teacher/best.pt" "$W/scene.png" --out "$W/pred"
 
+# Which unlabelled images to label next: the top 4 of the Dual Teacher checkpoint's ranking.
+$DT suggest "$W/cmp/dual_teacher/best.pt" --top 4 --out "$W/suggest"
+
 cp "$W/cmp/miou_vs_time.png" "$IMAGES/compare_miou_vs_time.png"
 cp "$W/cmp/dual_teacher/curves.png" "$IMAGES/curves.png"
 cp "$W/report/confusion.png" "$IMAGES/report_confusion.png"
@@ -40,4 +43,5 @@ cp "$W/report/samples.png" "$IMAGES/report_samples.png"
 cp "$W/scene.png" "$IMAGES/predict_input.png"
 cp "$W/pred/scene.png" "$IMAGES/predict_index.png"
 cp "$W/pred/scene_overlay.png" "$IMAGES/predict_overlay.png"
+cp "$W/suggest/contact_sheet.png" "$IMAGES/suggest_contact_sheet.png"
 ls -l "$IMAGES"

@@ -65,6 +65,24 @@ def test_check_good_benchmark_trees(tmp_path):
     assert pixels[names.index("wall")] == 0
 
 
+@pytest.mark.parametrize("sbd", [True, False])
+def test_check_says_which_voc_unlabelled_pool_it_used(tmp_path, capsys, sbd):
+    trees.make_voc(tmp_path, sbd=sbd)
+    code, out = run_check(capsys, "data.name=voc", f"data.root={tmp_path}")
+    assert code == 0, out
+    cells = row(out, "unlabeled")
+    count = len(trees.VOC_AUG_ONLY) + (0 if sbd else len(trees.VOC_NO_MASK))
+    assert cells[:3] == ["unlabeled", str(count), "0"]
+    origin = " ".join(cells[5:])  # the "from" column
+    if sbd:
+        assert origin == "SBD set (train_aug.txt) minus labelled and val"
+    else:
+        assert origin == (
+            "JPEGImages/ minus labelled and val (no SBD: no train_aug.txt or SegmentationClassAug/)"
+        )
+    assert " ".join(row(out, "labeled")[5:]) == "ImageSets/Segmentation/train.txt"
+
+
 def test_check_names_every_bad_file(tmp_path, capsys):
     root = trees.make_folder(tmp_path, n_train=5)  # img4 stays good
     train, val = root / "train", root / "val"
@@ -79,7 +97,7 @@ def test_check_names_every_bad_file(tmp_path, capsys):
     (root / "unlabeled" / "u1.jpg").write_bytes(b"\xff\xd8garbage")  # corrupt unlabelled image
 
     code, out = run_check(capsys, "data.name=folder", f"data.root={root}")
-    assert code == 1
+    assert code == 2  # bad data files: the user's input, the same status as train
     expect = {
         train / "images" / "img0.jpg": "cannot read the image",
         train / "masks" / "img1.png": "the mask is 20x20 but its image",
@@ -113,7 +131,7 @@ def test_check_reports_missing_files_listed_in_a_split(tmp_path, capsys):
     split.write_text("2007_000032\n2099_000001\n")
     (voc / "SegmentationClass" / "2007_000032.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     code, out = run_check(capsys, "data.name=voc", f"data.root={tmp_path}", f"data.labeled={split}")
-    assert code == 1
+    assert code == 2  # bad data files: the user's input, the same status as train
     assert f"{voc / 'JPEGImages' / '2099_000001.jpg'}: image file is missing" in out
     assert f"{voc / 'SegmentationClass' / '2007_000032.png'}: cannot read the mask" in out
     # no mask of the missing id exists in either folder: reported once, at the preferred path

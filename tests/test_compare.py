@@ -120,6 +120,50 @@ def test_every_command_has_help_with_an_example():
         assert "example" in p.format_help() and "dualteacher " + name in p.format_help(), name
 
 
+def test_compare_checks_every_method_before_training_any(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    args = ["compare", "demo", *TINY, "--methods", "supervised,dual_teacher,mean_teachr"]
+    with pytest.raises(SystemExit) as e:
+        main([*args, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "unknown method(s) mean_teachr" in err
+    assert "nothing was trained" in err and not out.exists()  # before: 2 runs trained first
+
+
+def test_compare_rerun_keeps_the_measured_figures_of_finished_runs(tmp_path, monkeypatch):
+    import dualteacher.engine.trainer as trainer
+
+    out = tmp_path / "cmp"
+    args = ["compare", "demo", *TINY, "--methods", "supervised", "--out", str(out)]
+
+    def row():
+        return json.loads((out / "summary.json").read_text())["results"][0]
+
+    main([*args, "--steps", "2"])
+    first = row()
+    # a re-run only validates the finished run: what it measures now is not the training's
+    monkeypatch.setattr(trainer, "peak_memory_mb", lambda device, kind: 1.0)
+    main([*args, "--steps", "2"])
+    assert row()["peak_memory_mb"] == first["peak_memory_mb"] > 50
+    assert row()["seconds"] == first["seconds"]
+    main([*args, "--steps", "3"])  # a longer budget trains on: measured again
+    assert row()["steps"] == 3 and row()["peak_memory_mb"] == 1.0
+
+
+def test_compare_says_before_training_that_a_method_lacks_unlabelled_images(tmp_path, capsys):
+    from . import trees
+
+    root = trees.make_folder(tmp_path, n_unlabeled=0)
+    (root / "train" / "images" / "nomask.png").unlink()  # no unlabelled image left
+    out = tmp_path / "cmp"
+    args = ["compare", "demo", *TINY, "data.name=folder", f"data.root={root}", "--out", str(out)]
+    with pytest.raises(SystemExit) as e:
+        main([*args, "--methods", "supervised,dual_teacher"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "unlabelled set of data.name=folder is empty" in err
+    assert "dual_teacher train(s) on unlabelled images" in err and not out.exists()
+
+
 # ------------------------------------------------------------ budgets with every kind of config
 # compare's probe and bench build their runs where train does (engine.run.build_training);
 # these failed when each had its own copy of the set-up.

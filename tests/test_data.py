@@ -110,3 +110,33 @@ def test_second_strong_view_is_independent_and_leaves_the_first_unchanged():
         assert b["image_s2"].shape == b["image_s"].shape
         differs.append(not torch.equal(b["image_s"], b["image_s2"]))
     assert sum(differs) >= 4  # independent draws (both may skip every op, rarely)
+
+
+def test_official_padding_is_bottom_right_with_the_mean_colour_and_ignore():
+    """Dual Teacher faithful (mmseg Pad): a crop never larger than the image, padded on the
+    bottom and right after normalisation, image 0 (the mean colour), mask ignore."""
+    image, mask = _block_sample(24, 40, 8)  # crop 32: rows are padded, columns cropped
+    cfg = load_config(None, ["data.crop_size=32", "data.scale_range=[1.0,1.0]"]).data
+    labelled = LabeledTrainSet(ArraySource(image[None], mask[None]), cfg, official_pad=True)
+    unlabelled = UnlabeledTrainSet(ArraySource(image[None], None), cfg, True, official_pad=True)
+    for seed in range(6):
+        out = labelled[(0, seed)]
+        assert out["image"].shape == (3, 32, 32)
+        assert (out["mask"][24:] == 255).all() and (out["mask"][:24] != 255).all()
+        assert (out["image"][:, 24:] == 0).all() and (out["image"][:, :24] != 0).any(0).all()
+        u = unlabelled[(0, seed)]
+        assert torch.equal(u["ignore"], out["mask"] == 255)  # same crop, same padding
+        for key in ("image", "image_s"):
+            assert (u[key][:, 24:] == 0).all() and u[key].shape == (3, 32, 32)
+
+
+def test_default_padding_is_black_at_a_random_offset():
+    image, mask = _block_sample(24, 40, 8)
+    cfg = load_config(None, ["data.crop_size=32", "data.scale_range=[1.0,1.0]"]).data
+    ds = LabeledTrainSet(ArraySource(image[None], mask[None]), cfg)
+    first_rows = set()
+    for seed in range(12):
+        pad = ds[(0, seed)]["mask"] == 255
+        assert pad.sum() == 8 * 32  # 24 image rows in a crop of 32
+        first_rows.add(int((~pad).any(1).nonzero().min()))
+    assert len(first_rows) > 2  # the image lands at random offsets, not always at the top

@@ -82,6 +82,38 @@ def test_voc_split_file_formats(tmp_path):
     }
 
 
+def test_voc_with_sbd_unlabelled_pool_is_the_augmented_set(tmp_path):
+    voc = trees.make_voc(tmp_path)
+    b = data_for("voc", voc)
+    assert names(b.unlabeled) == trees.VOC_AUG_ONLY  # the mask-less JPEGs are not used
+    assert b.unlabeled.origin == "SBD set (train_aug.txt) minus labelled and val"
+    (voc / "ImageSets" / "Segmentation" / "train_aug.txt").unlink()  # SBD masks alone
+    b = data_for("voc", voc)
+    assert names(b.unlabeled) == trees.VOC_AUG_ONLY
+    assert b.unlabeled.origin == "SBD set (SegmentationClassAug/) minus labelled and val"
+
+
+def test_voc_without_sbd_unlabelled_pool_is_the_other_jpegs(tmp_path):
+    voc = trees.make_voc(tmp_path, sbd=False)  # the official VOC2012 archive alone
+    assert not (voc / "SegmentationClassAug").exists()
+    b = data_for("voc", voc)
+    assert names(b.labeled) == trees.VOC_TRAIN and names(b.val) == trees.VOC_VAL
+    # every JPEG that is neither in train.txt nor in val.txt
+    assert names(b.unlabeled) == sorted(trees.VOC_AUG_ONLY + trees.VOC_NO_MASK)
+    assert b.unlabeled.origin.startswith("JPEGImages/ minus labelled and val (no SBD")
+    assert all(e.mask is None for e in b.unlabeled.entries)
+    sample = b.unlabeled.load(len(b.unlabeled) - 1)  # a detection-only image: no mask file
+    assert sample.image.shape == (trees.H, trees.W, 3) and sample.mask is None
+    # a smaller labelled split: the rest of train.txt joins the pool; val.txt stays out even
+    # when data.val names another list, and so does that list
+    lab = write(tmp_path / "lab.txt", trees.VOC_TRAIN[:2])
+    other_val = write(tmp_path / "val.txt", [trees.VOC_TRAIN[3]])
+    b = data_for("voc", voc, f"data.labeled={lab}", f"data.val={other_val}")
+    assert names(b.unlabeled) == sorted(
+        trees.VOC_TRAIN[2:3] + trees.VOC_AUG_ONLY + trees.VOC_NO_MASK
+    )
+
+
 # ----------------------------------------------------------------------------- Cityscapes
 def test_cityscapes_label_id_table_is_the_standard_one():
     ids = [7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33]
@@ -337,6 +369,28 @@ def test_splits_command_writes_files_that_read_back(tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
 
 
+def test_splits_without_sbd(tmp_path, capsys):
+    trees.make_voc(tmp_path, sbd=False)
+    out = tmp_path / "splits"
+    args = ["splits", "--root", str(tmp_path), "--dataset", "voc", "--labeled", "2"]
+    main([*args, "--seed", "0", "--out", str(out)])
+    b = data_for(
+        "voc",
+        tmp_path,
+        f"data.labeled={out / 'labeled.txt'}",
+        f"data.unlabeled={out / 'unlabeled.txt'}",
+    )
+    # classic: labelled from train.txt, every other non-val JPEG unlabelled
+    assert set(names(b.labeled)) <= set(trees.VOC_TRAIN)
+    assert set(names(b.labeled)) | set(names(b.unlabeled)) == set(
+        trees.VOC_TRAIN + trees.VOC_AUG_ONLY + trees.VOC_NO_MASK
+    )
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main([*args[:-2], "--fraction", "0.5", "--blended", "--out", str(tmp_path / "b")])
+    assert "the blended VOC protocol draws from SBD's 10,582 masks" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------- epochs
 def test_epochs_define_the_number_of_steps():
     cfg = load_config("demo", ["data.batch_size=2", "data.batch_size_u=4", "train.epochs=3"])
@@ -384,9 +438,14 @@ def _train(tmp_path, capsys, *overrides: str) -> dict:
     return ckpt
 
 
-def test_train_cli_on_voc(tmp_path, capsys):
-    trees.make_voc(tmp_path)
-    ckpt = _train(tmp_path, capsys, "data.name=voc", f"data.root={tmp_path}")
+@pytest.mark.parametrize("sbd", [True, False])
+def test_train_cli_on_voc(tmp_path, capsys, sbd):
+    # epochs over the unlabelled set, as the VOC paper configs: without SBD this used to stop
+    # with "the unlabelled set is empty"
+    trees.make_voc(tmp_path, sbd=sbd)
+    ckpt = _train(
+        tmp_path, capsys, "data.name=voc", f"data.root={tmp_path}", "train.epoch_unit=unlabeled"
+    )
     assert len(ckpt["classes"]) == 21
 
 

@@ -20,12 +20,13 @@ from dualteacher.data import splits as splits_module
 from dualteacher.data.base import UnlabeledTrainSet
 from dualteacher.data.check import check_data
 from dualteacher.data.files import IMAGE_EXTS, scan_images
+from dualteacher.data.fingerprint import data_fingerprint
 from dualteacher.data.folder import FolderLayout
 from dualteacher.data.index import Entry, EntryTable, ScanIndex, Strings, using_index
 from dualteacher.data.loaders import build_train_loaders
 from dualteacher.data.voc import VocLayout
 from dualteacher.engine.evaluate import evaluate_checkpoint
-from dualteacher.errors import DataError
+from dualteacher.errors import INPUT_EXIT, DataError
 
 from . import trees
 
@@ -259,6 +260,31 @@ def test_missing_unlabelled_file_is_skipped_when_read(tmp_path):
     assert out["image"].shape == (3, 32, 32)
 
 
+def test_fingerprint_of_a_large_set_stats_a_sample_and_digests_every_name(tmp_path, monkeypatch):
+    import hashlib
+
+    import dualteacher.data as data_module
+
+    data = pool(tmp_path, 20, folders=1)
+    monkeypatch.setattr(data_module, "FULL_CHECK_MAX", 10)
+    monkeypatch.setattr(data_module, "SAMPLE_CHECK", 3)
+    monkeypatch.setattr(index_module, "CHUNK", 4)  # names digested over several chunks
+    bundle = build_data(folder_cfg(data).data)
+    entries = bundle.unlabeled.entries
+    fp = data_fingerprint(bundle)
+    digest = hashlib.sha256(b"".join(e.name.encode() + b"\0" for e in entries)).hexdigest()
+    assert fp["unlabeled"]["names"] == digest[:16]  # the one definition, whatever the size
+    assert fp["unlabeled"]["files_sampled"] == 3 and "files_sampled" not in fp["labeled"]
+    picked = sample_indices(len(entries), 3).tolist()
+    other = next(i for i in range(len(entries)) if i not in picked)
+    for i, changes in ((other, False), (picked[0], True)):
+        entries[i].image.unlink()  # a hard link: give it other content, not its source
+        entries[i].image.write_bytes(b"\xff\xd8 another file")
+        assert (
+            data_fingerprint(bundle)["unlabeled"]["files"] != fp["unlabeled"]["files"]
+        ) is changes
+
+
 # --------------------------------------------------------------------------- check --sample
 def test_check_sample_counts_everything_and_reads_a_seeded_sample(tmp_path, capsys):
     data = pool(tmp_path, 30, folders=2)
@@ -279,7 +305,7 @@ def test_check_sample_counts_everything_and_reads_a_seeded_sample(tmp_path, caps
     assert report.sets[0].sampled is None and report.sets[0].count == 4  # small sets: all read
     with pytest.raises(SystemExit) as e:
         main(["check", "demo", "data.name=folder", f"data.root={data}", *SAMPLE])
-    assert e.value.code == 1
+    assert e.value.code == INPUT_EXIT
     out = capsys.readouterr().out
     assert "sampled: unlabeled 5 of 32 samples checked and read, drawn at random" in out
     assert "(--sample 5, seed 3)" in out and str(bad) in out and str(other) not in out

@@ -1,10 +1,14 @@
+import functools
+
 import torch
 
 from dualteacher.methods.mixing import (
     classmix_mask,
+    classmix_partners,
     cutmix_box_mask,
     mix,
     partner_permutation,
+    shuffled_partners,
     unimatch_box_mask,
 )
 
@@ -106,3 +110,65 @@ def test_partner_permutation_never_pairs_an_image_with_itself():
             seen.add(tuple(perm.tolist()))
     assert len(seen) > 10  # random, not one fixed derangement
     assert partner_permutation(1).tolist() == [0]
+
+
+def _rows_cols(b):
+    """``(y0, y1, x0, x1)`` of a box mask's rectangle (end exclusive)."""
+    rows, cols = b.any(1).nonzero().flatten(), b.any(0).nonzero().flatten()
+    return int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
+
+
+@functools.cache
+def _cutmix_draws(batches=300, b=8, size=128):
+    """Per batch: the box side (from the boxes that no border clips) and every box centre that
+    can be read back (a side clipped on at most one end)."""
+    torch.manual_seed(0)
+    sides, centres = [], []
+    for _ in range(batches):
+        box = cutmix_box_mask(b, size, size, beta=4.0)
+        edges = [_rows_cols(m) for m in box]
+        whole = {y1 - y0 for y0, y1, _, _ in edges if y0 > 0 and y1 < size}
+        whole |= {x1 - x0 for _, _, x0, x1 in edges if x0 > 0 and x1 < size}
+        assert len(whole) <= 1, "boxes of one batch differ in size: lam is drawn per image"
+        if not whole:
+            continue
+        side = whole.pop()
+        sides.append(side)
+        for y0, y1, x0, x1 in edges:
+            for lo, hi in ((y0, y1), (x0, x1)):
+                if lo > 0:
+                    centres.append(lo + side // 2)
+                elif hi < size:
+                    centres.append(hi - side // 2)
+    return torch.tensor(sides, dtype=torch.float), torch.tensor(centres, dtype=torch.float)
+
+
+def test_cutmix_box_area_is_one_beta_4_4_draw_per_batch():
+    """Official rand_bbox_1: lam ~ Beta(4, 4) once per batch, side = sqrt(1 - lam) * size."""
+    sides, _ = _cutmix_draws()
+    assert len(sides) > 250
+    one_minus_lam = (sides / 128) ** 2
+    # Beta(4, 4): mean 1/2, sd 1/6 (Beta(2, 2): 0.22, Beta(8, 8): 0.12, U(0, 1): 0.29)
+    assert 0.45 < one_minus_lam.mean() < 0.53
+    assert 0.145 < one_minus_lam.std() < 0.19
+
+
+def test_cutmix_box_centre_is_uniform_from_one_eighth_to_the_border():
+    """Official: centre ~ U[H/8, H) x U[W/8, W), so boxes hang over the bottom/right border
+    more often than the top/left one."""
+    _, centres = _cutmix_draws()
+    assert centres.min() == 128 // 8
+    assert centres.max() == 127
+    assert abs(centres.mean() - (16 + 127) / 2) < 3
+
+
+def test_official_partners():
+    torch.manual_seed(0)
+    cutmix = [tuple(shuffled_partners(4).tolist()) for _ in range(60)]
+    assert all(sorted(p) == [0, 1, 2, 3] for p in cutmix)
+    assert len(set(cutmix)) > 10  # random: randperm(B)
+    assert (0, 1, 2, 3) in cutmix  # an image may be its own partner (official CutMix)
+    # ClassMix: the other image of a pair, else randperm(B)
+    assert all(classmix_partners(2).tolist() == [1, 0] for _ in range(10))
+    classmix = [tuple(classmix_partners(3).tolist()) for _ in range(40)]
+    assert all(sorted(p) == [0, 1, 2] for p in classmix) and len(set(classmix)) > 3

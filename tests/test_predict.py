@@ -42,12 +42,12 @@ def test_predict_folder_with_corrupt_file(checkpoint, image_folder, tmp_path, ca
     argv += ["eval.mode=sliding", "eval.crop_size=32", "eval.stride=16", "--out", str(out)]
     with pytest.raises(SystemExit) as e:
         main(argv)
-    assert e.value.code == 1  # some inputs failed, the good ones are still written
+    assert e.value.code == 2  # some inputs could not be read (the user's input); the rest written
     captured = capsys.readouterr()
     assert "wrote 2 prediction(s)" in captured.out
     assert "skipped 1 non-image file(s)" in captured.out
     assert "2 input(s) failed" in captured.err
-    assert "broken.jpg: not an image file" in captured.err
+    assert "broken.jpg: cannot read the image (cannot identify image file" in captured.err
     assert "missing.png: no such file" in captured.err
 
     for name, src in [("a", image_folder / "a.png"), ("sub/b", image_folder / "sub/b.jpg")]:
@@ -98,6 +98,39 @@ def test_collect_inputs_names_are_unique(tmp_path):
         (tmp_path / d).mkdir()
         Image.new("RGB", (5, 5)).save(tmp_path / d / "img.png")
     files = [str(tmp_path / "x/img.png"), str(tmp_path / "y/img.png"), str(tmp_path / "x/img.png")]
-    items, failed, skipped = collect_inputs(files)
+    items, failed, skipped, previous = collect_inputs(files)
     assert [i.name for i in items] == ["img", "img_2"]  # the repeated file is predicted once
-    assert not failed and not skipped
+    assert not failed and not skipped and not previous
+
+
+def _photos(folder):
+    rng = np.random.default_rng(1)
+    folder.mkdir(parents=True)
+    for name in ("a", "z", "z_overlay"):  # z's overlay would be z_overlay.png
+        Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(
+            folder / f"{name}.jpg"
+        )
+    return folder
+
+
+@pytest.mark.parametrize("where", ["inside", "same"])
+def test_predict_leaves_out_its_outputs_and_never_overwrites_one(checkpoint, tmp_path, where):
+    photos = _photos(tmp_path / "photos")
+    out = photos / "pred" if where == "inside" else photos
+    first = predict(checkpoint, [str(photos)], out, progress=False)
+    assert len(first.written) == 3 and not first.failed and not first.previous_outputs
+    # z_overlay.png would have been both z's overlay and z_overlay's class ids: renamed
+    indexes = {p.relative_to(out).as_posix() for p in first.written}
+    assert indexes == {"a.png", "z.png", "z_overlay_2.png"}
+    assert Image.open(out / "z_overlay.png").mode == "RGB"  # z's overlay
+    assert Image.open(out / "z_overlay_2.png").mode == "P"  # z_overlay's class ids
+    assert len(list(out.glob("*.png"))) == 9  # 3 files for each of the 3 photos
+    if where == "inside":  # the output folder is left out as such (e.g. an older version's)
+        (out / ".dualteacher_predict").unlink()
+    before = sorted(p for p in photos.rglob("*") if p.name != ".dualteacher_predict")
+    # predicting the folder again reads the same three photos, not the outputs
+    second = predict(checkpoint, [str(photos)], out, progress=False)
+    assert {p.relative_to(out).as_posix() for p in second.written} == indexes
+    assert len(second.previous_outputs) == 9 and not second.failed
+    after = sorted(p for p in photos.rglob("*") if p.name != ".dualteacher_predict")
+    assert after == before  # no pred/pred/, no a_2.png

@@ -50,23 +50,31 @@ def _write(path: Path, lines: list[str]) -> None:
 VOC_TRAIN = ["2007_000032", "2007_000039", "2007_000063", "2007_000068"]
 VOC_VAL = ["2007_000033", "2007_000042"]
 VOC_AUG_ONLY = ["2008_000001", "2008_000002", "2008_000003"]  # SBD: only in SegmentationClassAug
+VOC_NO_MASK = ["2008_000004", "2008_000005"]  # detection-only images: a JPEG, no mask anywhere
 
 
-def make_voc(root: Path) -> Path:
-    """VOCdevkit/VOC2012 with palette SegmentationClass, L-mode SegmentationClassAug."""
+def make_voc(root: Path, sbd: bool = True) -> Path:
+    """VOCdevkit/VOC2012 with palette SegmentationClass and, with ``sbd``, L-mode
+    SegmentationClassAug and train_aug.txt. Without ``sbd`` it is the official archive alone:
+    JPEGImages holds every image (SBD's too), but only train/val images have masks."""
     voc = root / "VOCdevkit" / "VOC2012"
     palette = default_palette(256)
-    for i, name in enumerate(VOC_TRAIN + VOC_VAL + VOC_AUG_ONLY):
+    for i, name in enumerate(VOC_TRAIN + VOC_VAL + VOC_AUG_ONLY + VOC_NO_MASK):
         save_rgb(voc / "JPEGImages" / f"{name}.jpg", image(i))
+        if name in VOC_NO_MASK:
+            continue
         mask = halves(0, 1 + i % 20)
         mask[:2] = 255  # VOC's object-boundary ignore band
         if name not in VOC_AUG_ONLY:
             save_mask(voc / "SegmentationClass" / f"{name}.png", mask, palette)
-        save_mask(voc / "SegmentationClassAug" / f"{name}.png", mask)
+        if sbd:
+            save_mask(voc / "SegmentationClassAug" / f"{name}.png", mask)
     sets = voc / "ImageSets" / "Segmentation"
     _write(sets / "train.txt", VOC_TRAIN)
     _write(sets / "val.txt", VOC_VAL)
-    _write(sets / "train_aug.txt", VOC_TRAIN + VOC_AUG_ONLY)
+    _write(sets / "trainval.txt", sorted(VOC_TRAIN + VOC_VAL))  # in the official archive too
+    if sbd:
+        _write(sets / "train_aug.txt", VOC_TRAIN + VOC_AUG_ONLY)
     return voc
 
 

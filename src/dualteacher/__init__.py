@@ -6,6 +6,10 @@ The Python API mirrors the CLI::
     cfg = load_config("configs/demo.yaml", ["train.steps=100"])
     result = train(cfg)          # dualteacher train configs/demo.yaml train.steps=100
     evaluate_checkpoint(result.out_dir + "/best.pt")   # dualteacher eval RUN/best.pt
+    suggest(result.out_dir + "/latest.pt", "runs/next", top=20)  # dualteacher suggest ...
+    export_checkpoint(result.out_dir + "/best.pt", "exported", "safetensors,onnx")
+    model = load_exported("exported", runtime="onnx")  # dualteacher predict exported ...
+    ids = model.predict(rgb_uint8_array)                # (H, W) class ids
 
 Heavy modules (torch, models) are imported lazily so ``import dualteacher`` stays fast.
 """
@@ -18,8 +22,13 @@ _API = {
     "train": "dualteacher.engine.trainer",
     "TrainResult": "dualteacher.engine.trainer",
     "evaluate_checkpoint": "dualteacher.engine.evaluate",
+    "export_checkpoint": "dualteacher.export",
+    "load_exported": "dualteacher.inference",
     "run_demo": "dualteacher.demo",
     "write_report": "dualteacher.report",
+    "suggest": "dualteacher.label_next",
+    "pseudolabel": "dualteacher.pseudolabels",
+    "write_demo_folder": "dualteacher.data.demo",
     "build_model": "dualteacher.models",
     "list_models": "dualteacher.models",
     "DualTeacherError": "dualteacher.errors",

@@ -11,19 +11,57 @@ import traceback
 from pathlib import Path
 
 from dualteacher import __version__
+from dualteacher.errors import INPUT_EXIT
 
 EPILOG = """examples:
   dualteacher demo                                   supervised vs. dual_teacher on demo data
   dualteacher train configs/demo.yaml train.steps=200
-  dualteacher eval runs/demo_dual_teacher/best.pt --models all
+  dualteacher eval runs/demo/dual_teacher/best.pt --models all      (written by demo)
   dualteacher check configs/demo.yaml data.name=folder data.root=my_data
-  dualteacher eval runs/demo_dual_teacher/best.pt --report runs/report
-  dualteacher predict runs/demo_dual_teacher/best.pt photos/ --out runs/pred
+  dualteacher eval runs/demo/dual_teacher/best.pt --report runs/report
+  dualteacher predict runs/demo/dual_teacher/best.pt photos/ --out runs/pred
+  dualteacher export runs/demo/dual_teacher/best.pt --out exported --format safetensors,onnx
+  dualteacher predict exported photos/ --out runs/pred --runtime onnx
   dualteacher compare demo --methods supervised,mean_teacher,dual_teacher --seeds 3
+  dualteacher suggest runs/demo_dual_teacher/best.pt --top 20 --out runs/next
+  dualteacher pseudolabel best.pt --images my_data/unlabeled --out runs/pseudo --conf 0.9
   dualteacher configs                                list the built-in configs
   dualteacher models                                 registered models and their sizes
   dualteacher bench --model segformer-b1 --crop 512 --batch 2 --method dual_teacher
 """
+
+
+def _number(kind: type, rule: str):
+    """An argparse ``type`` for numbers in a range (a bad value is a usage error, status 2):
+    ``count`` >= 1, ``non_negative`` >= 0, ``fraction`` in [0, 1], ``positive`` > 0 finite."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        ok = {
+            "count": lambda v: v >= 1,
+            "non_negative": lambda v: v >= 0,
+            "fraction": lambda v: 0 <= v <= 1,
+            "positive": lambda v: v > 0 and v != float("inf"),
+        }[rule](value)
+        if not ok:
+            must = {
+                "count": "at least 1",
+                "non_negative": "at least 0",
+                "fraction": "between 0 and 1",
+                "positive": "a finite number greater than 0",
+            }[rule]
+            raise argparse.ArgumentTypeError(f"{text} must be {must}")
+        return value
+
+    parse.__name__ = f"{rule} {kind.__name__}"
+    return parse
+
+
+COUNT, NON_NEGATIVE = _number(int, "count"), _number(int, "non_negative")
+FRACTION, POSITIVE = _number(float, "fraction"), _number(float, "positive")
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
@@ -64,11 +102,8 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 def _cmd_check(args: argparse.Namespace) -> None:
     from dualteacher.config import load_config
     from dualteacher.data.check import check_data, format_report
-    from dualteacher.errors import ConfigError
 
     cfg = load_config(args.config, [*args.overrides, *(["data.rescan=true"] * args.rescan)])
-    if args.sample is not None and args.sample < 1:
-        raise ConfigError(f"--sample {args.sample}: give a number of samples >= 1")
     report = check_data(
         cfg,
         workers=args.workers,
@@ -78,7 +113,7 @@ def _cmd_check(args: argparse.Namespace) -> None:
     )
     print(format_report(report))
     if not report.ok:
-        sys.exit(1)
+        sys.exit(INPUT_EXIT)  # bad data files are the user's input, as in every other command
 
 
 def _cmd_splits(args: argparse.Namespace) -> None:
@@ -118,25 +153,129 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     # INPUT... may mix in config overrides (section.key=value) that are not existing paths.
     overrides = [a for a in args.inputs if _OVERRIDE.match(a) and not Path(a).exists()]
     inputs = [a for a in args.inputs if a not in overrides]
-    if args.device:
-        overrides.append(f"train.device={args.device}")
     result = predict(
         args.checkpoint,
         inputs,
         args.out,
         overrides=overrides,
+        device=args.device,
         models=args.models,
         batch_size=args.batch_size,
         alpha=args.alpha,
         workers=args.workers,
+        runtime=args.runtime,
     )
     print(f"wrote {len(result.written)} prediction(s) to {args.out}")
     if result.skipped:
         print(f"skipped {len(result.skipped)} non-image file(s) in folders")
+    if result.previous_outputs:
+        print(
+            f"left out {len(result.previous_outputs)} file(s) written by an earlier predict "
+            f"(e.g. {result.previous_outputs[0]})"
+        )
     if result.failed:
         print(format_failures(result), file=sys.stderr)
+        return INPUT_EXIT  # some inputs could not be read: the user's input
+    return 0
+
+
+def _split_images(args: argparse.Namespace) -> None:
+    """``--images A B key=value``: the option swallows overrides given after it; hand tokens
+    that look like overrides (and are no existing path) back to ``args.overrides``."""
+    images = args.images or []
+    moved = [a for a in images if _OVERRIDE.match(a) and not Path(a).exists()]
+    args.images = [a for a in images if a not in moved] if args.images is not None else None
+    args.overrides = [*moved, *args.overrides]
+
+
+def _weights(text: str) -> list[float]:
+    from dualteacher.errors import ConfigError
+
+    try:
+        return [float(x) for x in text.split(",")]
+    except ValueError:
+        raise ConfigError(
+            f"--weights {text}: give three numbers w_d,w_u,w_r separated by ',', e.g. 1,1,1"
+        ) from None
+
+
+def _cmd_suggest(args: argparse.Namespace) -> int:
+    from dualteacher.label_next import format_summary, suggest
+    from dualteacher.predict import PredictResult, format_failures
+
+    _split_images(args)
+    result = suggest(
+        args.checkpoint,
+        args.out,
+        top=args.top,
+        images=args.images,
+        overrides=args.overrides,
+        weights=_weights(args.weights),
+        device=args.device,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        progress=sys.stderr.isatty(),
+    )
+    print(format_summary(result))
+    if result.failed:
+        print(format_failures(PredictResult(failed=result.failed)), file=sys.stderr)
         return 1
     return 0
+
+
+def _cmd_pseudolabel(args: argparse.Namespace) -> int:
+    from dualteacher.predict import PredictResult, format_failures
+    from dualteacher.pseudolabels import pseudolabel
+
+    _split_images(args)
+    result = pseudolabel(
+        args.checkpoint,
+        args.images,
+        args.out,
+        conf=args.conf,
+        model=args.model,
+        overrides=args.overrides,
+        overwrite=args.overwrite,
+        device=args.device,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        progress=sys.stderr.isatty(),
+    )
+    out = Path(args.out)
+    print(
+        f"wrote {len(result.written)} pseudo-label(s) to {out / 'masks'} "
+        f"({100 * result.kept:.1f} % of the pixels at confidence >= {args.conf}, the rest 255 = "
+        f"ignore); confidence maps in {out / 'confidence'}"
+    )
+    if result.skipped:
+        print(f"skipped {len(result.skipped)} non-image file(s) in folders")
+    if result.failed:
+        print(format_failures(PredictResult(failed=result.failed)), file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_demo_data(args: argparse.Namespace) -> None:
+    from dualteacher.config import load_config
+    from dualteacher.data.demo import write_demo_folder
+
+    cfg = load_config(args.config, args.overrides).data.demo
+    wrote = write_demo_folder(cfg, args.out)
+    n = cfg.num_labeled, cfg.num_unlabeled, cfg.num_val
+    print(
+        f"{'wrote' if wrote else 'already there:'} {args.out}: {n[0]} labelled, {n[1]} unlabelled "
+        f"(their masks in unlabeled_masks/), {n[2]} validation images\n"
+        f"use: data.name=folder data.root={args.out}"
+    )
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    from dualteacher.export import export_checkpoint, format_export
+
+    result = export_checkpoint(
+        args.checkpoint, args.out, args.format, model=args.model, overrides=args.overrides
+    )
+    print(format_export(result))
 
 
 def _cmd_compare(args: argparse.Namespace) -> None:
@@ -153,12 +292,14 @@ def _cmd_compare(args: argparse.Namespace) -> None:
 def _cmd_configs(args: argparse.Namespace) -> None:
     from dualteacher.config import builtin_config_dir
 
-    for path in sorted(builtin_config_dir().glob("*.yaml")):
+    paths = sorted(builtin_config_dir().glob("*.yaml"))
+    width = max((len(p.stem) for p in paths), default=0) + 2  # names never run into the text
+    for path in paths:
         first = next(
             (ln.lstrip("#").strip() for ln in path.read_text().splitlines() if ln.startswith("#")),
             "",
         )
-        print(f"{path.stem:<20}{first}")
+        print(f"{path.stem:<{width}}{first}")
     print(f"\n(in {builtin_config_dir()}; use a name or a path: dualteacher train demo)")
 
 
@@ -236,7 +377,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("config", help="YAML config file, or the name of a built-in config")
     p.add_argument("overrides", nargs="*", help="config overrides key=value")
-    p.add_argument("--out", help="run directory (default: train.out_dir or runs/<data>_<method>)")
+    p.add_argument(
+        "--out",
+        help="run directory (default: train.out_dir, or runs/<data>_<method> where <data> is "
+        "the data.root folder's name or data.name)",
+    )
     p.add_argument("--rescan", action="store_true", help=RESCAN_HELP)
     p.set_defaults(func=_cmd_train)
 
@@ -256,7 +401,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="write a report to DIR: iou.md, iou.json, confusion.png, samples.png",
     )
     p.add_argument(
-        "--samples", type=int, default=8, help="validation images in samples.png (default 8)"
+        "--samples",
+        type=NON_NEGATIVE,
+        default=8,
+        help="validation images in samples.png (default 8)",
     )
     p.set_defaults(func=_cmd_eval)
 
@@ -266,7 +414,9 @@ def build_parser() -> argparse.ArgumentParser:
         "dualteacher predict runs/demo/dual_teacher/best.pt photos/ 'more/*.jpg' --out runs/pred"
         "\n  dualteacher predict best.pt big.jpg eval.mode=sliding eval.crop_size=256 --out pred",
     )
-    p.add_argument("checkpoint", help="latest.pt / best.pt of a run")
+    p.add_argument(
+        "checkpoint", help="latest.pt / best.pt of a run, or a directory of `dualteacher export`"
+    )
     p.add_argument(
         "inputs",
         nargs="+",
@@ -278,11 +428,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--models", default="student", help="student (default), all, or names separated by ','"
     )
-    p.add_argument("--batch-size", type=int, help="images per forward (default eval.batch_size)")
-    p.add_argument("--alpha", type=float, default=0.5, help="colour weight of the overlay")
-    p.add_argument("--device", help="cpu, cuda, cuda:N (default: the checkpoint's train.device)")
-    p.add_argument("--workers", type=int, default=0, help="image-reading worker processes")
+    p.add_argument("--batch-size", type=COUNT, help="images per forward (default eval.batch_size)")
+    p.add_argument("--alpha", type=FRACTION, default=0.5, help="colour weight of the overlay, 0..1")
+    p.add_argument(
+        "--device",
+        help="cpu, cuda, cuda:N (default: a checkpoint's train.device; an export: "
+        "cuda if there is one (torch), cpu (onnx))",
+    )
+    p.add_argument("--workers", type=NON_NEGATIVE, default=0, help="image-reading worker processes")
+    p.add_argument(
+        "--runtime",
+        choices=("torch", "onnx"),
+        default="torch",
+        help="torch (default) or onnx: ONNX Runtime on an exported directory with model.onnx "
+        "(pip install 'dualteacher[onnx]')",
+    )
     p.set_defaults(func=_cmd_predict)
+
+    p = add(
+        "export",
+        "write one model of a checkpoint for deployment: model.safetensors (weights), "
+        "model.json (architecture, classes, normalisation, metrics, config), a README.md model "
+        "card and, with --format onnx, model.onnx (dynamic batch and size)",
+        "dualteacher export runs/demo/dual_teacher/best.pt --out exported/demo "
+        "--format safetensors,onnx\n  dualteacher predict exported/demo photos/ --out pred "
+        "--runtime onnx",
+    )
+    p.add_argument("checkpoint", help="latest.pt / best.pt of a run")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        help="config overrides key=value stored as the inference settings (e.g. eval.mode=sliding)",
+    )
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument(
+        "--format",
+        default="safetensors",
+        help="safetensors (default), onnx, or both: safetensors,onnx",
+    )
+    p.add_argument(
+        "--model", default="student", help="student (default) or a teacher: teacher_a, ..."
+    )
+    p.set_defaults(func=_cmd_export)
 
     p = add(
         "compare",
@@ -295,16 +482,99 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="config overrides key=value, shared by all runs")
     p.add_argument("--methods", required=True, help="method names separated by ','")
     budget = p.add_mutually_exclusive_group()
-    budget.add_argument("--steps", type=int, help="steps per run (default: train.steps)")
+    budget.add_argument("--steps", type=COUNT, help="steps per run (default: train.steps)")
     budget.add_argument(
         "--minutes",
-        type=float,
+        type=POSITIVE,
         help="training wall-clock per run; steps are set from a short timing probe",
     )
-    p.add_argument("--seeds", type=int, help="run seeds 0..K-1 (default: train.seed only)")
+    p.add_argument("--seeds", type=COUNT, help="run seeds 0..K-1 (default: train.seed only)")
     p.add_argument("--out", help="output directory (default runs/compare_<config name>)")
     p.add_argument("--rescan", action="store_true", help=RESCAN_HELP)
     p.set_defaults(func=_cmd_compare)
+
+    p = add(
+        "suggest",
+        "rank unlabelled images by what labelling them is likely to teach (teacher "
+        "disagreement, student uncertainty, class rarity): ranking.csv, top.txt, "
+        "contact_sheet.png, suggest.json",
+        "dualteacher suggest runs/demo/dual_teacher/best.pt --top 20 --out runs/next"
+        "\n  dualteacher suggest best.pt data.root=my_data --top 50 --out runs/next"
+        "\n  dualteacher suggest best.pt --images new_photos/ --top 10 --out runs/next",
+    )
+    p.epilog = (
+        "scores (means over each image's pixels):\n"
+        "  disagreement  share of pixels where the two models' classes differ\n"
+        "  sym_kl        (KL(p_a||p_b) + KL(p_b||p_a)) / 2 of their softmax\n"
+        "  uncertainty   1 - the student's top softmax probability\n"
+        "  rarity        r(c) of the student's class c, r(c) = log(f_max/f_c) / "
+        "log(f_max/f_min),\n"
+        "                f = class pixel frequencies of the labelled set\n"
+        "  combined = (w_d R(sym_kl) + w_u R(uncertainty) + w_r R(rarity)) / (w_d + w_u + w_r)\n"
+        "  R = percentile rank among the scored images (0 lowest, 1 highest); ties by name.\n"
+        "  The two models: teacher_a and teacher_b (dual_teacher); student and teacher\n"
+        "  (mean_teacher); a single model (supervised, fixmatch, unimatch) leaves sym_kl out.\n\n"
+        + p.epilog
+    )
+    p.add_argument("checkpoint", help="latest.pt / best.pt of a run")
+    p.add_argument(
+        "overrides", nargs="*", help="config overrides key=value (e.g. data.root=my_data)"
+    )
+    p.add_argument(
+        "--images",
+        nargs="+",
+        metavar="INPUT",
+        help="image files, folders or globs to rank (default: the unlabelled set of the "
+        "checkpoint's config)",
+    )
+    p.add_argument("--top", type=int, default=20, help="images to suggest (default 20)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument(
+        "--weights", default="1,1,1", help="w_d,w_u,w_r of the combined score (default 1,1,1)"
+    )
+    p.add_argument("--device", help="cpu, cuda, cuda:N (default: the checkpoint's train.device)")
+    p.add_argument("--batch-size", type=int, help="images per forward (default eval.batch_size)")
+    p.add_argument("--workers", type=int, default=0, help="image-reading worker processes")
+    p.set_defaults(func=_cmd_suggest)
+
+    p = add(
+        "pseudolabel",
+        "write pseudo-labels of images as masks in the folder dataset's format (OUT/masks/), "
+        "255 = ignore below --conf, and confidence maps (OUT/confidence/)",
+        "dualteacher pseudolabel runs/demo/dual_teacher/best.pt --images my_data/unlabeled "
+        "--out runs/pseudo --conf 0.9",
+    )
+    p.add_argument("checkpoint", help="latest.pt / best.pt of a run")
+    p.add_argument("overrides", nargs="*", help="config overrides key=value (e.g. eval.mode=...)")
+    p.add_argument(
+        "--images", nargs="+", required=True, metavar="INPUT", help="image files, folders, globs"
+    )
+    p.add_argument("--out", required=True, help="output directory (masks/, confidence/)")
+    p.add_argument(
+        "--conf",
+        type=float,
+        default=0.95,
+        help="pixels whose top probability is below this are 255 = ignore (default 0.95)",
+    )
+    p.add_argument(
+        "--model", default="student", help="student (default), teacher_a, teacher_b, teacher"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace masks already in OUT/masks")
+    p.add_argument("--device", help="cpu, cuda, cuda:N (default: the checkpoint's train.device)")
+    p.add_argument("--batch-size", type=int, help="images per forward (default eval.batch_size)")
+    p.add_argument("--workers", type=int, default=0, help="image-reading worker processes")
+    p.set_defaults(func=_cmd_pseudolabel)
+
+    p = add(
+        "demo-data",
+        "write the demo dataset to disk in the folder layout, with the true masks of the "
+        "unlabelled images in unlabeled_masks/",
+        "dualteacher demo-data --out data/demo_folder data.demo.seed=1",
+    )
+    p.add_argument("--out", required=True, help="a new or empty directory")
+    p.add_argument("--config", default="demo", help="config whose data.demo is written (demo)")
+    p.add_argument("overrides", nargs="*", help="config overrides key=value (data.demo.*)")
+    p.set_defaults(func=_cmd_demo_data)
 
     p = add("configs", "list the built-in configs", "dualteacher configs")
     p.set_defaults(func=_cmd_configs)
@@ -321,20 +591,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         "check",
         "read every image and mask of a dataset config; report counts, class frequencies and "
-        "every bad file (exit status 1 when there is any)",
+        "every bad file (exit status 2 when there is any)",
         "dualteacher check configs/voc_classic_r101_321.yaml data.root=data/VOC2012",
     )
     p.add_argument("config", help="YAML config file, or the name of a built-in config")
     p.add_argument("overrides", nargs="*", help="config overrides key=value (e.g. data.root=...)")
-    p.add_argument("--workers", type=int, default=None, help="reading threads (default: CPUs)")
+    p.add_argument("--workers", type=COUNT, default=None, help="reading threads (default: CPUs)")
     p.add_argument(
         "--sample",
-        type=int,
+        type=COUNT,
         metavar="N",
         help="read only N samples of each larger set, drawn at random (every entry is still "
         "counted); for very large sets",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of --sample's draw (default 0)")
+    p.add_argument(
+        "--seed", type=NON_NEGATIVE, default=0, help="seed of --sample's draw (default 0)"
+    )
     p.add_argument("--rescan", action="store_true", help=RESCAN_HELP)
     p.set_defaults(func=_cmd_check)
 
@@ -347,8 +619,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", required=True, help="dataset root (as data.root)")
     p.add_argument("--dataset", required=True, help="voc | cityscapes | ade20k | folder")
     group = p.add_mutually_exclusive_group(required=True)
-    group.add_argument("--labeled", type=int, help="number of labelled images")
-    group.add_argument("--fraction", type=float, help="fraction of the candidates to label")
+    group.add_argument("--labeled", type=COUNT, help="number of labelled images")
+    group.add_argument("--fraction", type=FRACTION, help="fraction of the candidates to label")
     p.add_argument(
         "--blended",
         action="store_true",
@@ -364,7 +636,7 @@ def build_parser() -> argparse.ArgumentParser:
         "dualteacher models segformer-b1 dpt-dinov2-s --classes 150",
     )
     p.add_argument("names", nargs="*", help="models to list (default: all)")
-    p.add_argument("--classes", type=int, default=21, help="number of classes (default 21)")
+    p.add_argument("--classes", type=COUNT, default=21, help="number of classes (default 21)")
     p.add_argument("--json", action="store_true", help="print a JSON list")
     p.set_defaults(func=_cmd_models)
 
@@ -377,13 +649,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", help="registered model (default: model.name of the config)")
     p.add_argument("--method", help="registered method (default: method.name of the config)")
-    p.add_argument("--crop", type=int, help="square crop size (default: data.crop_size)")
-    p.add_argument("--batch", type=int, help="labelled batch size (default: data.batch_size)")
-    p.add_argument("--steps", type=int, default=3, help="timed steps (default 3)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")
-    p.add_argument("--classes", type=int, default=21, help="number of classes (default 21)")
+    p.add_argument("--crop", type=COUNT, help="square crop size (default: data.crop_size)")
+    p.add_argument("--batch", type=COUNT, help="labelled batch size (default: data.batch_size)")
+    p.add_argument("--steps", type=COUNT, default=3, help="timed steps (default 3)")
+    p.add_argument("--warmup", type=NON_NEGATIVE, default=1, help="untimed steps first (default 1)")
+    p.add_argument("--classes", type=COUNT, default=21, help="number of classes (default 21)")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", type=COUNT, help="torch CPU threads (default: torch's)")
     p.add_argument("--config", help="YAML config to start from (default: built-in defaults)")
     p.add_argument(
         "--data",
@@ -396,6 +668,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_bench)
     return parser
+
+
+def _close_progress_bars() -> None:
+    """End every open tqdm bar, so that an error starts on a line of its own: a bar written to
+    a file (stderr redirected) has no newline after its last update."""
+    if "tqdm" in sys.modules:
+        from tqdm import tqdm
+
+        for bar in list(getattr(tqdm, "_instances", ())):
+            bar.close()
 
 
 # OS errors that are the user's environment, not a bug: reported in one line.
@@ -427,6 +709,7 @@ def main(argv: list[str] | None = None) -> None:
             shutdown()  # torchrun: leave the process group together
         sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
     except DualTeacherError as e:
+        _close_progress_bars()
         if args.debug:
             traceback.print_exc()
         print(f"{e.label}: {e}", file=sys.stderr)
@@ -440,6 +723,7 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as e:
         if e.errno not in USER_OS_ERRORS:
             raise
+        _close_progress_bars()
         if args.debug:
             traceback.print_exc()
         where = f"{e.filename}: " if e.filename else ""
@@ -448,7 +732,7 @@ def main(argv: list[str] | None = None) -> None:
             "the command again (a training run resumes from its last checkpoint).",
             file=sys.stderr,
         )
-        sys.exit(1)
+        sys.exit(INPUT_EXIT)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

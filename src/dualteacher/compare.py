@@ -5,7 +5,9 @@
 ``supervised:3x`` (three times the steps or minutes of the others): how a baseline trained to
 its plateau enters the same table. Every run keeps its own directory
 ``OUT/<method>[_<k>x][_seed<s>]`` (re-running on the same ``OUT`` resumes unfinished runs and
-reuses finished ones). Written to ``OUT``:
+reuses finished ones, with the figures measured while they trained, kept in
+``OUT/<run>/result.json``). Every method name and run config is checked before the first run
+trains. Written to ``OUT``:
 
 - ``summary.json``: ``{"results": [{"method", "miou", "best_miou", "seconds", ...}], ...}``,
   one entry per method, means and standard deviations over seeds (mIoU in percent), per-seed
@@ -34,11 +36,12 @@ import statistics
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from dualteacher.config import Config
+from dualteacher.config import Config, check_values
 from dualteacher.data import build_data, run_index
 from dualteacher.engine.run import run_length
 from dualteacher.engine.trainer import TrainResult, measure_step_seconds, train
-from dualteacher.errors import ConfigError
+from dualteacher.errors import ConfigError, DataError
+from dualteacher.outputs import write_json, write_text
 
 PROBE_WARMUP, PROBE_STEPS = 2, 8
 BASELINE = "supervised"  # the method every other one is paired against
@@ -129,6 +132,7 @@ def compare(
     *,
     steps: int | None = None,
     minutes: float | None = None,
+    runs_dir: str | Path | None = None,
 ) -> dict:
     """Train every method for every seed with ``cfg``; write and return the summary.
 
@@ -140,11 +144,15 @@ def compare(
         seeds: seeds to run each method with (default: ``cfg.train.seed``).
         steps: step budget per run (default: the config's run length).
         minutes: training wall-clock budget per run instead of a step budget.
+        runs_dir: where the run directories go (default ``out_dir``); comparisons that share
+            it reuse each other's finished runs of the same method, seed and budget.
     """
     if steps is not None and minutes is not None:
         raise ConfigError("give a step budget or a time budget (--steps or --minutes), not both")
     if not methods:
         raise ConfigError("no methods to compare: give --methods m1,m2")
+    if minutes is not None and not (math.isfinite(minutes) and minutes > 0):
+        raise ConfigError(f"minutes={minutes}: the time budget must be a positive number")
     if (steps is not None or minutes is not None) and cfg.train.epochs is not None:
         given = f"--steps {steps}" if steps is not None else f"--minutes {minutes:g}"
         print(f"{given} sets the length of every run: train.epochs={cfg.train.epochs} is not used")
@@ -153,9 +161,12 @@ def compare(
     if steps is not None:
         cfg = replace(cfg, train=replace(cfg.train, steps=steps))
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    runs_dir = out_dir if runs_dir is None else Path(runs_dir)
     seeds = list(seeds) if seeds else [cfg.train.seed]
+    _check_runs(cfg, [sp.method for sp in specs], seeds)  # a typo costs no budget
     bundle = build_data(cfg.data, index=run_index(out_dir))  # the same data for every run
+    _check_data(bundle, [sp.method for sp in specs], cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
     length = run_length(cfg, bundle)[1]  # train.steps, or train.epochs x steps per epoch
 
     probed: dict[str, float] = {}  # seconds per step of each method, from its probe
@@ -186,8 +197,8 @@ def compare(
                 kw = {"steps": planned[spec.label]["steps"], "epochs": None}
             if minutes is not None:
                 kw["max_minutes"] = planned[spec.label]["minutes"]
-            run_cfg = _with(cfg, spec.method, seed, out_dir / name, **kw)
-            runs.setdefault(spec.label, []).append(train(run_cfg, bundle=bundle))
+            run_cfg = _with(cfg, spec.method, seed, runs_dir / name, **kw)
+            runs.setdefault(spec.label, []).append(_train_keeping_figures(run_cfg, bundle))
 
     results = [_summarise(s, runs[s.label], seeds, planned[s.label]) for s in specs]
     _add_paired_differences(results, specs)
@@ -204,8 +215,8 @@ def compare(
         "model": cfg.model.name,
         "data": cfg.data.name,
     }
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    (out_dir / "summary.md").write_text(format_markdown(summary))
+    write_json(out_dir / "summary.json", summary)
+    write_text(out_dir / "summary.md", format_markdown(summary))
     _plot(runs, out_dir / "miou_vs_time.png")
     print("\n" + format_summary(results))
     print(
@@ -213,6 +224,71 @@ def compare(
         f"plot: {out_dir / 'miou_vs_time.png'}"
     )
     return summary
+
+
+def _check_runs(cfg: Config, methods: list[str], seeds: list[int]) -> None:
+    """Every method name, and the config of every run, before the first run trains."""
+    from dualteacher.methods import METHODS
+
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ConfigError(
+            f"unknown method(s) {', '.join(unknown)} in --methods. Available: "
+            f"{', '.join(METHODS)}; nothing was trained"
+        )
+    if not seeds:
+        raise ConfigError("seeds: give at least one seed")
+    for method in methods:
+        for seed in seeds:
+            check_values(_with(cfg, method, seed, None))
+
+
+def _check_data(bundle, methods: list[str], cfg: Config) -> None:
+    """Methods that train on unlabelled images need some: said before any run starts."""
+    from dualteacher.methods import METHODS
+
+    if bundle.unlabeled is not None and len(bundle.unlabeled) > 0:
+        return
+    needs = [m for m in methods if METHODS[m].uses_unlabeled]
+    if needs:
+        hint = getattr(bundle.unlabeled, "empty_hint", "") or "give data.unlabeled=SPLIT_FILE"
+        raise DataError(
+            f"the unlabelled set of data.name={cfg.data.name} is empty, but {', '.join(needs)} "
+            f"train(s) on unlabelled images: {hint}; nothing was trained"
+        )
+
+
+RESULT_FILE = "result.json"  # per run directory: the figures measured while it trained
+
+
+def _train_keeping_figures(cfg: Config, bundle) -> TrainResult:
+    """``train``, and the measured figures (peak memory) of a run that was already finished:
+    a re-run only validates it, and what it measures then is not the training's."""
+    path = Path(cfg.train.out_dir) / RESULT_FILE
+    stored = None
+    if path.is_file():
+        try:
+            stored = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            stored = None
+    result = train(cfg, bundle=bundle)
+    trained_now = not (
+        stored is not None
+        and stored.get("steps") == result.steps
+        and stored.get("train_seconds") == result.train_seconds  # no step ran in this process
+    )
+    if not trained_now:
+        result.peak_memory_mb = stored["peak_memory_mb"]
+        result.memory_kind = stored["memory_kind"]
+    else:
+        figures = {
+            "steps": result.steps,
+            "train_seconds": result.train_seconds,
+            "peak_memory_mb": result.peak_memory_mb,
+            "memory_kind": result.memory_kind,
+        }
+        write_json(path, figures)
+    return result
 
 
 def _add_paired_differences(results: list[dict], specs: list[RunSpec]) -> None:

@@ -11,7 +11,10 @@ Sections: ``data``, ``model``, ``method``, ``optim``, ``train``, ``eval``. ``dat
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
+import math
+import os
+import re
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -96,8 +99,11 @@ class ModelConfig:
 
 # ------------------------------------------------------------------------------------- method
 class DualTeacherMode(StrEnum):
-    faithful = "faithful"  # behaviour of the official code (spec section 2), quirks included
-    clean = "clean"  # fixes spec section 7 items 3, 4 and 7
+    """What each mode reproduces and changes: README table "Dual Teacher: faithful and clean"
+    (one row per ``methods.dual_teacher.DualTeacherFlags`` field)."""
+
+    faithful = "faithful"  # the official code's step, its quirks included
+    clean = "clean"  # the same algorithm with the quirks the README table lists fixed
 
 
 @dataclass
@@ -178,6 +184,10 @@ class OptimConfig:
     poly_power: float = 0.9
     warmup_steps: int = 0  # linear warm-up from lr * warmup_ratio
     warmup_ratio: float = 1e-6
+    # Steps the poly schedule spans, whatever the run's length; past them the lr keeps its last
+    # value. The official Dual Teacher code fixes 50000 (its 200 epochs at 1263 labels end near
+    # step 31600, lr at 0.37x). None: the run's length (train.steps or train.epochs).
+    schedule_steps: int | None = None
     # Scale lr with the global labelled batch (data.batch_size x processes x train.accum_steps)
     # relative to the batch the recipe's lr was tuned for; the effective lr is logged at start.
     scale_lr: LrScaling = LrScaling.none
@@ -207,6 +217,9 @@ class TrainConfig:
     threads: int | None = None  # torch CPU threads; None: torch default
     out_dir: str | None = None  # run directory; None: runs/<config name>
     eval_every: int = 200  # steps between validations (the last step is always evaluated)
+    # If set, validate every this many epochs instead (train.eval_every unused); the official
+    # Dual Teacher code validates every epoch.
+    eval_every_epochs: int | None = None
     eval_teachers: bool = True  # also evaluate every teacher
     log_every: int = 10
     ckpt_every: int = 200  # steps between writes of latest.pt
@@ -255,6 +268,147 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# ------------------------------------------------------------------------------ value ranges
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric key may take: ``low`` / ``high`` bounds (``None``: unbounded),
+    each inclusive unless ``*_open``. A tuple value (``data.scale_range``) is checked element
+    by element; ``None`` (an optional key left unset) always passes."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def ok(self, v: float) -> bool:
+        if self.low is not None and (v <= self.low if self.low_open else v < self.low):
+            return False
+        return self.high is None or (v < self.high if self.high_open else v <= self.high)
+
+    def text(self) -> str:
+        if self.low is not None and self.high is not None:
+            a, b = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            return f"in {a}{self.low:g}, {self.high:g}{b}"
+        if self.low is not None:
+            return f"{'greater than' if self.low_open else 'at least'} {self.low:g}"
+        return f"{'less than' if self.high_open else 'at most'} {self.high:g}"
+
+
+COUNT = Range(1)  # a positive whole number (steps, images, pixels)
+NON_NEGATIVE = Range(0)
+POSITIVE = Range(0, low_open=True)
+PROBABILITY = Range(0, 1)
+BELOW_ONE = Range(0, 1, high_open=True)  # momenta, dropout
+
+# Every numeric key with the values it may take, checked once after loading (``check_values``);
+# floats must also be finite everywhere. A numeric key that any value suits is in FREE_VALUES,
+# one with a few allowed values in CHOICES (a test checks that together they cover the schema:
+# a new numeric key needs its entry here).
+VALUE_RANGES: dict[str, Range] = {
+    "data.demo.num_labeled": COUNT,
+    "data.demo.num_unlabeled": NON_NEGATIVE,
+    "data.demo.num_val": COUNT,
+    "data.demo.image_size": Range(8),
+    "data.demo.seed": NON_NEGATIVE,
+    "data.crop_size": COUNT,
+    "data.scale_range": POSITIVE,
+    "data.base_size": COUNT,
+    "data.batch_size": COUNT,
+    "data.batch_size_u": COUNT,
+    "data.num_workers": NON_NEGATIVE,
+    "data.std": POSITIVE,
+    "data.strong.jitter_p": PROBABILITY,
+    "data.strong.brightness": NON_NEGATIVE,
+    "data.strong.contrast": NON_NEGATIVE,
+    "data.strong.saturation": NON_NEGATIVE,
+    "data.strong.hue": Range(0, 0.5),
+    "data.strong.grayscale_p": PROBABILITY,
+    "data.strong.blur_p": PROBABILITY,
+    "data.strong.blur_sigma": POSITIVE,
+    "method.conf_thresh": PROBABILITY,
+    "method.ema_momentum": PROBABILITY,
+    "method.dual_teacher.ic_weight": NON_NEGATIVE,
+    "method.dual_teacher.switch_every": COUNT,
+    "method.dual_teacher.cutmix_beta": POSITIVE,
+    "method.mean_teacher.unsup_weight": NON_NEGATIVE,
+    "method.fixmatch.cutmix_p": PROBABILITY,
+    "method.unimatch.strong_weight": NON_NEGATIVE,
+    "method.unimatch.fp_weight": NON_NEGATIVE,
+    "method.unimatch.fp_dropout": BELOW_ONE,
+    "method.unimatch.cutmix_p": PROBABILITY,
+    "optim.lr": POSITIVE,
+    "optim.head_lr_mult": NON_NEGATIVE,
+    "optim.momentum": BELOW_ONE,
+    "optim.betas": BELOW_ONE,
+    "optim.weight_decay": NON_NEGATIVE,
+    "optim.poly_power": NON_NEGATIVE,
+    "optim.warmup_steps": NON_NEGATIVE,
+    "optim.warmup_ratio": PROBABILITY,
+    "optim.ref_batch_size": COUNT,
+    "optim.schedule_steps": COUNT,
+    "train.steps": COUNT,
+    "train.epochs": COUNT,
+    "train.epoch_steps": COUNT,
+    "train.threads": COUNT,
+    "train.eval_every": COUNT,
+    "train.eval_every_epochs": COUNT,
+    "train.log_every": COUNT,
+    "train.ckpt_every": COUNT,
+    "train.keep_last": NON_NEGATIVE,
+    "train.max_bad_steps": COUNT,
+    "train.max_minutes": POSITIVE,
+    "train.accum_steps": COUNT,
+    "eval.crop_size": COUNT,
+    "eval.stride": COUNT,
+    "eval.short_side": COUNT,
+    "eval.batch_size": COUNT,
+}
+FREE_VALUES = ("train.seed", "data.mean")  # any finite number
+ORDERED_PAIRS = ("data.scale_range", "data.strong.blur_sigma")  # (low, high): low <= high
+CHOICES = {"model.output_stride": (8, 16)}
+DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def value_problem(key: str, value: Any) -> str | None:
+    """Why ``value`` is not allowed for ``key`` (None when it is), per ``VALUE_RANGES``."""
+    if value is None or isinstance(value, bool | str):
+        if key == "train.device" and not DEVICE.match(str(value)):
+            return "must be auto, cpu, cuda, cuda:N or mps"
+        return None
+    values = list(value) if isinstance(value, list | tuple) else [value]
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+        return None
+    if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+        return "must be a finite number"
+    rule = VALUE_RANGES.get(key)
+    if rule is not None and not all(rule.ok(v) for v in values):
+        return f"must be {'each ' if len(values) > 1 else ''}{rule.text()}"
+    if key in CHOICES and value not in CHOICES[key]:
+        return f"must be one of {', '.join(map(str, CHOICES[key]))} (or null)"
+    if key in ORDERED_PAIRS and values[0] > values[1]:
+        return "must be (low, high) with low <= high"
+    return None
+
+
+def check_values(cfg: Config, where=None) -> None:
+    """Raise ``ConfigError`` for the first value outside its range (``VALUE_RANGES``), a
+    non-finite float or an unknown device. ``where(key)`` says where a key was set."""
+    for key, value in flatten(to_dict(cfg)).items():
+        problem = value_problem(key, value)
+        if problem is not None:
+            source = where(key) if where else ""
+            raise ConfigError(
+                f"bad value for config key '{key}'{f' in {source}' if source else ''}: "
+                f"{key}={_show(value)} {problem}"
+            )
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(_show(v) for v in value) + "]"
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 # ------------------------------------------------------------------------------------ loading
@@ -314,7 +468,8 @@ def load_config(
     at ``path``, then ``key=value`` overrides.
 
     Raises:
-        ConfigError: unknown key (the message lists the valid keys) or a wrong type.
+        ConfigError: unknown key (the message lists the valid keys), a wrong type, or a value
+            out of its range (``VALUE_RANGES``: e.g. ``train.steps=-5``, ``optim.lr=nan``).
     """
     schema = OmegaConf.structured(Config)
     merged = schema
@@ -349,7 +504,40 @@ def load_config(
     except (ValidationError, OmegaConfBaseException) as e:
         raise _explain(e, schema, str(path)) from None
     assert isinstance(cfg, Config)
+
+    def where(key: str) -> str:
+        given = [o for o in overrides if o.split("=", 1)[0].strip() == key]
+        if given:
+            return f"override '{given[-1]}'"
+        return str(path) if path is not None else "the stored config" if base else ""
+
+    check_values(cfg, where)
     return cfg
+
+
+def with_absolute_paths(cfg: Config) -> Config:
+    """``cfg`` with a relative ``data.root``, and relative split files and ``model.pretrained``
+    files that exist from the working folder, made absolute: a run stores them so, and its
+    checkpoints evaluate and resume from any folder. (Moving the data later is fine: give the
+    new ``data.root``; see ``data.fingerprint``.)"""
+
+    def absolute(value: str | None, must_exist: bool) -> str | None:
+        if not value or value in ("hub", "bundled"):
+            return value
+        p = Path(value).expanduser()
+        if p.is_absolute() or (must_exist and not p.exists()):
+            return value
+        return os.path.abspath(p)
+
+    data = replace(
+        cfg.data,
+        root=absolute(cfg.data.root, must_exist=False),
+        labeled=absolute(cfg.data.labeled, must_exist=True),
+        unlabeled=absolute(cfg.data.unlabeled, must_exist=True),
+        val=absolute(cfg.data.val, must_exist=True),
+    )
+    model = replace(cfg.model, pretrained=absolute(cfg.model.pretrained, must_exist=True))
+    return replace(cfg, data=data, model=model)
 
 
 def to_dict(cfg: Config) -> dict:

@@ -1,15 +1,22 @@
 """User-facing errors: each says what is wrong, which file or key, and how to fix it.
 
 The CLI prints the message of a ``DualTeacherError`` without a traceback (unless ``--debug``)
-and exits with its ``exit_code`` (2 unless said otherwise). Anything else is a bug and keeps
-its traceback.
+and exits with its ``exit_code``. Anything else is a bug and keeps its traceback.
+
+Exit status, the same for every command: 0 done; 2 the user's input or environment is at
+fault (arguments, config, data files, checkpoint, device, a full disk, permissions); 1 a run
+failed (training diverged, or an unexpected error with its traceback); 130 / 143 stopped by
+SIGINT / SIGTERM after writing a checkpoint; 141 the output pipe was closed.
 """
+
+INPUT_EXIT = 2  # the user's input or environment
+RUN_EXIT = 1  # a failure in a run
 
 
 class DualTeacherError(Exception):
     """Base class of errors caused by the user's input, not by a bug."""
 
-    exit_code = 2
+    exit_code = INPUT_EXIT
     label = "error"  # how the CLI introduces the message
 
 
@@ -43,11 +50,21 @@ class BadSampleError(DataError):
         self.path, self.reason, self.fix = path, reason, fix
 
 
+class BadValidationFile(BadSampleError):
+    """A bad validation file met while validating. Validation files are never skipped
+    (``data.skip_bad`` applies to training files), so the hint differs."""
+
+
+class WriteError(DualTeacherError):
+    """An output file could not be written (full disk, quota, permissions): the message names
+    the file; no partial file was left (``dualteacher.outputs``)."""
+
+
 class TrainingStopped(DualTeacherError):
     """A run ended before its last step: a signal (``exit_code`` 130 / 143, a checkpoint was
-    written) or a numerical fault (the last good checkpoint is kept). The message says how to
-    resume."""
+    written) or a numerical fault (``exit_code`` 1, the last good checkpoint is kept). The
+    message says how to resume."""
 
-    def __init__(self, message: str, exit_code: int = 2, label: str = "error"):
+    def __init__(self, message: str, exit_code: int = RUN_EXIT, label: str = "error"):
         super().__init__(message)
         self.exit_code, self.label = exit_code, label

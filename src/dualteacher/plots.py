@@ -19,6 +19,7 @@ from dualteacher.config import IGNORE_INDEX
 IGNORE_COLOR = (255, 255, 255)  # how ignored pixels (255) are drawn in masks
 _SHIFT_COLORS = ("#cfe2f3", "#fce5cd", "#d9ead3", "#ead1dc")  # shading per active teacher
 _MAX_SHADED_SHIFTS = 80  # more shifts than this are stripes, not information
+SAMPLE_CELL = 2.1  # inches per image in ``plot_samples`` grids, drawn at 100 dpi (210 px)
 
 
 def _pyplot():
@@ -209,12 +210,14 @@ def plot_training_curves(
 
 
 def _save(fig, path: str | Path) -> None:
-    """Write to a temporary name and rename, so a reader never sees a half-written PNG."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    _pyplot().close(fig)
-    tmp.replace(path)
+    """Write atomically (``outputs.save_figure``): a reader never sees a half-written PNG, a
+    full disk leaves none behind."""
+    from dualteacher.outputs import save_figure
+
+    try:
+        save_figure(fig, path)
+    finally:
+        _pyplot().close(fig)
 
 
 # -------------------------------------------------------------------------------- evaluation
@@ -268,21 +271,25 @@ def plot_samples(
     path: str | Path,
     ignore_index: int = IGNORE_INDEX,
 ) -> None:
-    """Grid of validation images: image | ground truth | prediction of each model, one row per
-    sample, with a legend of the classes that appear in it.
+    """Grid of images: image | ground truth | prediction of each model, one row per sample,
+    with a legend of the classes that appear in it.
 
     ``samples``: dicts with ``name``, ``image`` (H, W, 3) uint8, ``mask`` (H, W) ground truth
-    and ``preds`` {model name: (H, W) class ids}.
+    (``None`` for every sample: no ground-truth column, e.g. unlabelled images), ``preds``
+    {model name: (H, W) class ids} and optionally ``label``, the row's caption (default
+    ``name``).
     """
     plt = _pyplot()
     from matplotlib.patches import Patch
 
     models = list(samples[0]["preds"]) if samples else []
-    ncols, nrows = 2 + len(models), max(1, len(samples))
+    truth = bool(samples) and all(s.get("mask") is not None for s in samples)
+    ncols, nrows = 1 + truth + len(models), max(1, len(samples))
     legend_rows = 1
     present: set[int] = set()
     for s in samples:
-        present |= set(np.unique(s["mask"]).tolist())
+        if truth:
+            present |= set(np.unique(s["mask"]).tolist())
         for p in s["preds"].values():
             present |= set(np.unique(p).tolist())
     ids = sorted(i for i in present if i < len(classes))
@@ -291,7 +298,7 @@ def plot_samples(
         entries.append(("ignore", lut[ignore_index]))
     legend_cols = min(6, max(1, len(entries)))
     legend_rows = math.ceil(len(entries) / legend_cols)
-    cell = 2.1
+    cell = SAMPLE_CELL
     fig, axes = plt.subplots(
         nrows,
         ncols,
@@ -299,9 +306,9 @@ def plot_samples(
         dpi=100,
         squeeze=False,
     )
-    titles = ["image", "ground truth", *(f"prediction: {m}" for m in models)]
+    titles = ["image", *(["ground truth"] * truth), *(f"prediction: {m}" for m in models)]
     for r, s in enumerate(samples):
-        panels = [s["image"], colorize(s["mask"], lut)]
+        panels = [s["image"], *([colorize(s["mask"], lut)] if truth else [])]
         panels += [colorize(s["preds"][m], lut) for m in models]
         for c, img in enumerate(panels):
             ax = axes[r, c]
@@ -310,7 +317,7 @@ def plot_samples(
             ax.set_yticks([])
             if r == 0:
                 ax.set_title(titles[c], fontsize=9)
-        axes[r, 0].set_ylabel(s["name"], fontsize=7)
+        axes[r, 0].set_ylabel(s.get("label", s["name"]), fontsize=7)
     handles = [Patch(facecolor=np.asarray(c) / 255, edgecolor="0.4", lw=0.5) for _, c in entries]
     labels = [n for n, _ in entries]
     if len(ids) > 40:

@@ -12,29 +12,45 @@ files there are skipped and counted) and glob patterns (``"photos/**/*.jpg"``). 
 With several ``--models`` each gets a sub-folder ``DIR/<model>/``. ``DIR/classes.json`` lists
 the class ids, names and colours. Inference follows the checkpoint's ``eval`` settings (whole
 image, sliding window or resize; override e.g. ``eval.mode=sliding``), images are normalised as
-in training. Images are read with EXIF orientation applied (as viewers show them) and converted
-to RGB. An input that cannot be read is reported and skipped; the rest are still written.
+in training. Images are read as training reads them (EXIF orientation applied, as viewers show
+them; 16-bit and float images scaled to 8 bits by their value range; see
+``data.files.decode_image``). An input that cannot be read is reported and skipped; the rest
+are still written.
+
+Outputs never overwrite one another: names whose files would collide (``z`` and ``z_overlay``:
+both would write ``z_overlay.png``; ``a.jpg`` and ``a.png``) get ``_2``, ``_3``, ... Every
+output is written atomically and listed in ``DIR/.dualteacher_predict``; folder inputs leave
+out ``DIR`` when it lies inside them and every file such a list names, so predicting a folder
+again does not predict on its own earlier outputs.
+
+The model comes from a checkpoint or from a directory written by ``dualteacher export``, run
+by PyTorch or (``runtime="onnx"``, an export with ``model.onnx``) ONNX Runtime: see
+``dualteacher.inference``.
 """
 
 from __future__ import annotations
 
 import glob
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from torchvision import tv_tensors
 from tqdm.auto import tqdm
 
-from dualteacher.data.transforms import normalize
-from dualteacher.engine.evaluate import predict_logits
+from dualteacher.data.files import decode_image
+from dualteacher.errors import BadSampleError, ConfigError, WriteError
+from dualteacher.outputs import default_fix, describe_os_error, save_image, write_text
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".gif"}
 _GLOB_CHARS = set("*?[")
+
+
+OUTPUT_SUFFIXES = (".png", "_color.png", "_overlay.png")  # the files of one input
+MANIFEST = ".dualteacher_predict"  # in DIR: the outputs written there, one relative path a line
 
 
 @dataclass
@@ -42,6 +58,8 @@ class PredictResult:
     written: list[Path] = field(default_factory=list)  # index PNGs written
     failed: list[tuple[str, str]] = field(default_factory=list)  # (input, reason)
     skipped: list[Path] = field(default_factory=list)  # non-image files found in folders
+    # image files in the input folders that an earlier predict wrote (left out)
+    previous_outputs: list[Path] = field(default_factory=list)
 
 
 @dataclass
@@ -50,25 +68,70 @@ class _Input:
     name: str  # output name without extension, may contain sub-folders ("sub/img")
 
 
-def collect_inputs(inputs: list[str]) -> tuple[list[_Input], list[tuple[str, str]], list[Path]]:
-    """Expand files, folders and globs into a list of images with unique output names.
+def _previous_outputs(folder: Path) -> set[Path]:
+    """Files a predict run listed in ``folder``'s manifest (resolved paths)."""
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
+        return set()
+    lines = manifest.read_text(errors="replace").splitlines()
+    return {(folder / ln).resolve() for ln in lines if ln.strip()}
 
-    Returns ``(images, failed, skipped)``: ``failed`` holds inputs that match nothing,
-    ``skipped`` the non-image files found inside folders.
+
+def _walk(folder: Path, out_dir: Path | None) -> tuple[list[Path], list[Path]]:
+    """(files, earlier predict outputs) under ``folder``: the output folder ``out_dir``, when
+    it lies inside, is left out whole, and so is every file an earlier predict listed in a
+    manifest of a folder on the way."""
+    out_real = out_dir.resolve() if out_dir is not None else None
+    files, previous = [], []
+    known: set[Path] = set()
+    for dirpath, dirnames, filenames in os.walk(folder):
+        here = Path(dirpath)
+        dirnames.sort()
+        real = here.resolve()
+        if out_real is not None and real == out_real and real != folder.resolve():
+            previous += sorted(here.rglob("*.png"))
+            dirnames[:] = []
+            continue
+        known |= _previous_outputs(here)
+        for name in sorted(filenames):
+            f = here / name
+            if name == MANIFEST:
+                continue
+            (previous if f.resolve() in known else files).append(f)
+    return files, previous
+
+
+def _output_keys(name: str) -> set[str]:
+    """The files input ``name`` writes, in a form that also matches on case-insensitive disks."""
+    return {(name + sfx).casefold() for sfx in OUTPUT_SUFFIXES}
+
+
+def collect_inputs(
+    inputs: list[str], out_dir: str | Path | None = None
+) -> tuple[list[_Input], list[tuple[str, str]], list[Path], list[Path]]:
+    """Expand files, folders and globs into a list of images whose outputs do not collide.
+
+    Returns ``(images, failed, skipped, previous)``: ``failed`` holds inputs that match
+    nothing, ``skipped`` the non-image files found inside folders, ``previous`` the outputs of
+    earlier predict runs found there (``out_dir`` itself when inside an input folder, and files
+    listed in a predict manifest), which are left out.
     """
+    out = Path(out_dir) if out_dir is not None else None
     found: list[_Input] = []
     failed: list[tuple[str, str]] = []
     skipped: list[Path] = []
+    previous: list[Path] = []
     for arg in inputs:
         p = Path(arg)
         if p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.is_file())
+            files, old = _walk(p, out)
+            previous += old
             for f in files:
                 if f.suffix.lower() in IMAGE_EXTENSIONS:
                     found.append(_Input(f, f.relative_to(p).with_suffix("").as_posix()))
                 else:
                     skipped.append(f)
-            if not files:
+            if not files and not old:
                 failed.append((arg, "folder holds no files"))
         elif p.is_file():
             found.append(_Input(p, p.stem))  # given by name: read whatever its extension
@@ -77,39 +140,45 @@ def collect_inputs(inputs: list[str]) -> tuple[list[_Input], list[tuple[str, str
             matches = [m for m in matches if m.is_file()]
             if not matches:
                 failed.append((arg, "no file matches this pattern"))
-            found += [_Input(m, m.stem) for m in matches]
+            known = set().union(*(_previous_outputs(d) for d in {m.parent for m in matches}))
+            out_real = out.resolve() if out is not None else None
+            for m in matches:
+                real = m.resolve()
+                if real in known or (out_real is not None and real.is_relative_to(out_real)):
+                    previous.append(m)
+                else:
+                    found.append(_Input(m, m.stem))
         else:
             failed.append((arg, "no such file or folder"))
-    # The same file twice is predicted once; two files with one name get _2, _3, ...
+    # The same file twice is predicted once. Names whose outputs would collide (two files
+    # called "img", or "z" and "z_overlay": z_overlay.png) get _2, _3, ...
     unique: list[_Input] = []
     seen_paths: set[Path] = set()
-    used: set[str] = set()
+    taken: set[str] = set()
     for item in found:
         real = item.path.resolve()
         if real in seen_paths:
             continue
         seen_paths.add(real)
         name, k = item.name, 1
-        while name in used:
+        while _output_keys(name) & taken:
             k += 1
             name = f"{item.name}_{k}"
-        used.add(name)
+        taken |= _output_keys(name)
         unique.append(_Input(item.path, name))
-    return unique, failed, skipped
+    return unique, failed, skipped, previous
 
 
 def read_image(path: Path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB, EXIF orientation applied. Raises ``ValueError`` with the reason."""
+    """(H, W, 3) uint8 RGB, read as training reads images (``data.files.decode_image``: EXIF
+    orientation applied, deep images scaled to 8 bits). Raises ``ValueError`` with the reason."""
     try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            return np.array(im.convert("RGB"))  # a writable copy
-    except UnidentifiedImageError:
-        raise ValueError("not an image file PIL can read (corrupt or unsupported)") from None
-    except Image.DecompressionBombError as e:
-        raise ValueError(f"too large: {e}") from None
-    except (OSError, SyntaxError, ValueError) as e:  # truncated or damaged image data
-        raise ValueError(f"cannot decode: {e}") from None
+        return decode_image(path).array
+    except BadSampleError as e:  # the fix of a damaged file speaks of datasets: left out
+        unreadable = e.reason.startswith("cannot read")
+        raise ValueError(
+            e.reason + (f". Fix: {e.fix}" if e.fix and not unreadable else "")
+        ) from None
 
 
 class _ImageFiles(Dataset):
@@ -129,22 +198,36 @@ class _ImageFiles(Dataset):
 
 def _save_outputs(
     out: Path, name: str, image: np.ndarray, pred: np.ndarray, lut: np.ndarray, alpha: float
-) -> Path:
+) -> list[Path]:
+    """Write the index, colour and overlay PNGs of one input (each atomically: a full disk
+    leaves no partial file, see ``dualteacher.outputs``); returns their paths."""
     from dualteacher.plots import colorize, overlay
 
     base = out / name
-    base.parent.mkdir(parents=True, exist_ok=True)
     if lut.shape[0] <= 256 and pred.max(initial=0) < 256:
         index = Image.fromarray(pred.astype(np.uint8))  # mode L; the palette makes it P
         index.putpalette(lut[:256].reshape(-1).tolist())
     else:  # more than 256 classes: 16-bit grey ids, no palette
         index = Image.fromarray(pred.astype(np.uint16))
-    index_path = base.with_name(base.name + ".png")
-    index.save(index_path)
     color = colorize(pred, lut)
-    Image.fromarray(color).save(base.with_name(base.name + "_color.png"))
-    Image.fromarray(overlay(image, color, alpha)).save(base.with_name(base.name + "_overlay.png"))
-    return index_path
+    images = (index, Image.fromarray(color), Image.fromarray(overlay(image, color, alpha)))
+    paths = [base.with_name(base.name + sfx) for sfx in OUTPUT_SUFFIXES]
+    for im, path in zip(images, paths):
+        save_image(im, path)
+    return paths
+
+
+def _record(manifest: Path, paths: list[Path]) -> None:
+    """List ``paths`` in the output folder's manifest, so that a later predict whose input
+    folder holds this one leaves them out."""
+    lines = "".join(p.relative_to(manifest.parent).as_posix() + "\n" for p in paths)
+    try:
+        with open(manifest, "a") as f:
+            f.write(lines)
+    except OSError as e:
+        raise WriteError(
+            f"could not write {manifest}: {describe_os_error(e)}. {default_fix(manifest)}."
+        ) from None
 
 
 def predict(
@@ -159,8 +242,10 @@ def predict(
     device: str | None = None,
     workers: int = 0,
     progress: bool = True,
+    runtime: str = "torch",
 ) -> PredictResult:
-    """Predict every image of ``inputs`` with ``checkpoint``; see the module docstring.
+    """Predict every image of ``inputs`` with ``checkpoint`` (a checkpoint file or a directory
+    written by ``dualteacher export``); see the module docstring.
 
     Args:
         overrides: ``key=value`` changes of the stored config, e.g. ``eval.mode=sliding``.
@@ -168,30 +253,33 @@ def predict(
         batch_size: images per forward pass (equal sizes only); default ``eval.batch_size``.
         alpha: weight of the colours in the overlay.
         workers: DataLoader workers that read images.
+        runtime: ``torch``, or ``onnx`` (ONNX Runtime; an exported directory with model.onnx).
     """
-    from dualteacher.engine.trainer import build_model_from_checkpoint
+    from dualteacher.inference import load_segmenter
     from dualteacher.plots import label_colors
 
-    items, failed, skipped = collect_inputs(list(inputs))
-    result = PredictResult(failed=failed, skipped=skipped)
+    if not 0 <= alpha <= 1:
+        raise ConfigError(f"alpha={alpha}: the overlay's colour weight must be in [0, 1]")
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size}: must be at least 1 image per forward")
+    items, failed, skipped, previous = collect_inputs(list(inputs), out_dir)
+    result = PredictResult(failed=failed, skipped=skipped, previous_outputs=previous)
     if not items:
         return result
-    trained = build_model_from_checkpoint(checkpoint, overrides, device)
-    nets = trained.models(models)
-    cfg, dev = trained.cfg, trained.device
-    num_classes = len(trained.classes)
-    lut = label_colors(trained.palette, num_classes)
+    trained = load_segmenter(checkpoint, overrides, models, device, runtime)
+    nets = trained.models
+    cfg = trained.cfg
+    lut = label_colors(trained.palette, trained.num_classes)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "classes.json").write_text(
+    write_text(
+        out_dir / "classes.json",
         json.dumps(
             [{"id": i, "name": c, "color": lut[i].tolist()} for i, c in enumerate(trained.classes)],
             indent=1,
-        )
+        ),
     )
     outs = {n: out_dir / n if len(nets) > 1 else out_dir for n in nets}
     inputs_resolved = {it.path.resolve() for it in items}
-    norm = normalize(cfg.data)
     loader = DataLoader(
         _ImageFiles(items),
         batch_size=batch_size or cfg.eval.batch_size,
@@ -216,19 +304,14 @@ def predict(
             groups.setdefault(s["image"].shape[:2], []).append(s)
         for group in groups.values():
             # (B, 3, H, W) normalised like the training images
-            x = torch.stack(
-                [
-                    norm(tv_tensors.Image(torch.from_numpy(s["image"]).permute(2, 0, 1)))
-                    for s in group
-                ]
-            ).as_subclass(torch.Tensor)
-            x = x.to(dev)
-            for name, net in nets.items():
-                pred = predict_logits(net, x, cfg.eval, num_classes).argmax(1).cpu().numpy()
+            x = trained.to_input([s["image"] for s in group])
+            for name in nets:
+                pred = trained.logits(x, name).argmax(1).cpu().numpy()
                 for s, p in zip(group, pred):
-                    path = _save_outputs(outs[name], s["item"].name, s["image"], p, lut, alpha)
+                    paths = _save_outputs(outs[name], s["item"].name, s["image"], p, lut, alpha)
+                    _record(out_dir / MANIFEST, paths)
                     if name == next(iter(nets)):
-                        result.written.append(path)
+                        result.written.append(paths[0])
             bar.update(len(group))
     bar.close()
     return result
@@ -236,9 +319,7 @@ def predict(
 
 def _targets(out: Path, name: str) -> set[Path]:
     base = out / name
-    return {
-        base.with_name(base.name + sfx).resolve() for sfx in (".png", "_color.png", "_overlay.png")
-    }
+    return {base.with_name(base.name + sfx).resolve() for sfx in OUTPUT_SUFFIXES}
 
 
 def format_failures(result: PredictResult) -> str:

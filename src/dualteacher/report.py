@@ -14,7 +14,6 @@ same confusion matrix.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import torch
 
 from dualteacher.engine.evaluate import evaluate_run, format_table, predict_logits
 from dualteacher.metrics import SegMetrics
+from dualteacher.outputs import write_json, write_text
 
 
 def _cell(v: float) -> str:
@@ -88,7 +88,6 @@ def write_report(
     if not is_main_process():  # under torchrun every rank scored its share; rank 0 writes
         return metrics
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     classes = run.bundle.classes
     step = run.checkpoint["step"] if run.checkpoint else None
     cfg_eval = to_dict(run.cfg)["eval"]
@@ -98,7 +97,7 @@ def write_report(
         f"evaluation mode `{cfg_eval['mode']}`. IoU in %, `-`: class neither in the ground "
         "truth nor predicted (left out of the mean)."
     )
-    (out_dir / "iou.md").write_text(format_markdown(metrics, classes, header))
+    write_text(out_dir / "iou.md", format_markdown(metrics, classes, header))
     report = {
         "checkpoint": str(checkpoint),
         "step": step,
@@ -110,7 +109,7 @@ def write_report(
             name: {**m.as_dict(classes), "confusion": m.confusion} for name, m in metrics.items()
         },
     }
-    (out_dir / "iou.json").write_text(json.dumps(report, indent=2))
+    write_json(out_dir / "iou.json", report)
 
     for i, (name, m) in enumerate(metrics.items()):
         path = out_dir / ("confusion.png" if i == 0 else f"confusion_{name}.png")

@@ -4,8 +4,9 @@
 - ``voc``, ``cityscapes``, ``ade20k``: the benchmarks as distributed, at ``data.root``;
 - ``folder``: the user's own images and masks at ``data.root`` (``data/folder.py``).
 
-``build_data`` also checks that the labelled and validation sets are not empty and that their
-files exist (one ``stat`` each), and that the unlabelled files exist: every one of a set of up
+``build_data`` also checks that the labelled and validation sets are not empty, that their
+files exist (one ``stat`` each) and the headers of the validation files (images that are no
+images, masks of another size), and that the unlabelled files exist: every one of a set of up
 to ``FULL_CHECK_MAX``, else a seeded sample of ``SAMPLE_CHECK``, so a pool of millions starts
 at once; ``dualteacher check`` reads every file (or ``--sample N``). Folder scans go through a
 ``ScanIndex`` (``data.index``, or the file the caller names: a run directory's).
@@ -138,6 +139,9 @@ def verify_bundle(bundle: DataBundle, cfg: DataConfig) -> None:
             )
         else:
             problems += missing
+    if not problems and hasattr(bundle.val, "header_problems"):
+        # validation files are never skipped: find what their headers tell before training
+        problems = bundle.val.header_problems()
     if problems:
         shown = "\n  ".join(str(p) for p in problems[:MAX_LISTED])
         more = (

@@ -24,8 +24,13 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from dualteacher.config import IGNORE_INDEX, DataConfig
-from dualteacher.data.transforms import normalize, strong_transform, weak_transform
-from dualteacher.errors import BadSampleError, DataError
+from dualteacher.data.transforms import (
+    normalize,
+    pad_bottom_right,
+    strong_transform,
+    weak_transform,
+)
+from dualteacher.errors import BadSampleError, BadValidationFile, DataError
 
 SKIPPED_KEY = "_skipped"  # (path, reason) of the bad files a training sample replaced
 MAX_REPLACEMENTS = 16  # bad samples in a row before ``data.skip_bad`` gives up
@@ -36,6 +41,10 @@ class Sample:
     image: np.ndarray  # (H, W, 3) uint8 RGB
     mask: np.ndarray | None  # (H, W) integer class ids, IGNORE_INDEX = ignore; None: unlabelled
     name: str  # stable id, e.g. the file stem
+    # (kind, text) of what reading did beyond plain 8-bit RGB: ("depth", "16-bit grey PNG,
+    # values 0..4095: stretched to 0..255"), ("orientation", "EXIF orientation 6: ..."); see
+    # ``data.files.image_notes``. `dualteacher check` reports them.
+    notes: tuple[tuple[str, str], ...] = ()
 
 
 class SegSource:
@@ -133,12 +142,16 @@ def _to_tv(sample: Sample) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
 
 
 class LabeledTrainSet(Dataset):
-    """Weak view of labelled samples. Indexed by ``(index, seed)`` pairs from the sampler."""
+    """Weak view of labelled samples. Indexed by ``(index, seed)`` pairs from the sampler.
 
-    def __init__(self, source: SegSource, cfg: DataConfig):
+    ``official_pad``: mmseg's padding (``data.transforms``), bottom/right after normalisation.
+    """
+
+    def __init__(self, source: SegSource, cfg: DataConfig, official_pad: bool = False):
         self.source = source
-        self.weak = weak_transform(cfg)
+        self.weak = weak_transform(cfg, official_pad)
         self.norm = normalize(cfg)
+        self.crop_size = cfg.crop_size
         self.skip_bad = cfg.skip_bad
 
     def __len__(self) -> int:
@@ -153,8 +166,12 @@ class LabeledTrainSet(Dataset):
         with seeded(seed):
             image, mask = self.weak(image, mask)
         out = {
-            "image": self.norm(image).as_subclass(torch.Tensor),
-            "mask": mask.as_subclass(torch.Tensor).long(),
+            "image": pad_bottom_right(
+                self.norm(image).as_subclass(torch.Tensor), self.crop_size, 0
+            ),
+            "mask": pad_bottom_right(
+                mask.as_subclass(torch.Tensor).long(), self.crop_size, IGNORE_INDEX
+            ),
         }
         return _with_skipped(out, skipped)
 
@@ -179,9 +196,17 @@ class UnlabeledTrainSet(Dataset):
     are asked for.
     """
 
-    def __init__(self, source: SegSource, cfg: DataConfig, with_strong: bool, num_strong: int = 1):
+    def __init__(
+        self,
+        source: SegSource,
+        cfg: DataConfig,
+        with_strong: bool,
+        num_strong: int = 1,
+        official_pad: bool = False,
+    ):
         self.source = source
-        self.weak = weak_transform(cfg)
+        self.weak = weak_transform(cfg, official_pad)
+        self.crop_size = cfg.crop_size
         self.strong = strong_transform(cfg.strong) if with_strong else None
         self.num_strong = num_strong if with_strong else 0
         self.norm = normalize(cfg)
@@ -197,10 +222,16 @@ class UnlabeledTrainSet(Dataset):
         image, pad = _to_tv(sample)
         with seeded(seed):
             image, pad = self.weak(image, pad)
-            out = {"image": self.norm(image).as_subclass(torch.Tensor)}
+            views = {"image": self.norm(image)}
             for i in range(self.num_strong):
-                out[strong_key(i)] = self.norm(self.strong(image)).as_subclass(torch.Tensor)
-        out["ignore"] = pad.as_subclass(torch.Tensor) == IGNORE_INDEX
+                views[strong_key(i)] = self.norm(self.strong(image))
+        # with official_pad the crop may be smaller than crop_size: pad it (a no-op otherwise)
+        out = {
+            k: pad_bottom_right(v.as_subclass(torch.Tensor), self.crop_size, 0)
+            for k, v in views.items()
+        }
+        pad = pad_bottom_right(pad.as_subclass(torch.Tensor), self.crop_size, IGNORE_INDEX)
+        out["ignore"] = pad == IGNORE_INDEX
         return _with_skipped(out, skipped)
 
 
@@ -215,7 +246,10 @@ class EvalSet(Dataset):
         return len(self.source)
 
     def __getitem__(self, index: int) -> dict:
-        sample = self.source.load(index)
+        try:
+            sample = self.source.load(index)
+        except BadSampleError as e:  # never skipped: the message must not offer skip_bad
+            raise BadValidationFile(e.path, e.reason or str(e), e.fix) from None
         image, mask = _to_tv(sample)
         out = {"image": self.norm(image).as_subclass(torch.Tensor), "name": sample.name}
         if sample.mask is not None:

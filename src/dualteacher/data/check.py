@@ -3,6 +3,8 @@
 For the labelled, unlabelled and validation sets: the number of images, image sizes, every
 file that is missing, unreadable or corrupt, every mask of the wrong size or with label values
 that are not classes, and the class pixel frequencies of the labelled and validation masks.
+Images of more than 8 bits per channel and images with an EXIF orientation are counted in a
+warning (they are read scaled / turned, see ``data.files.decode_image``).
 Reading uses the same ``load`` as training, so a config that checks clean trains without data
 errors. With ``sample=N`` (``--sample N``), a set of more than N entries is counted in full but
 only N of its samples, drawn at random from ``seed``, are checked and read.
@@ -38,6 +40,8 @@ class SetReport:
     min_size: tuple[int, int] | None = None  # (H, W) of the smallest image (by area)
     max_size: tuple[int, int] | None = None
     sampled: int | None = None  # samples read when only a random sample was (--sample)
+    # what reading did beyond plain 8-bit RGB, by kind ("depth", "orientation"): (file, text)
+    notes: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
 
     @property
     def bad_files(self) -> int:
@@ -61,16 +65,18 @@ class CheckReport:
 
 
 def _scan_one(source: SegSource, index: int, num_classes: int):
-    """(image size, per-class pixel counts or None, problem or None) of one sample."""
+    """(image size, per-class pixel counts or None, problem or None, notes) of one sample."""
     try:
         sample = source.load(index)
     except BadSampleError as e:
-        return None, None, e
+        return None, None, e, ()
     counts = None
     if sample.mask is not None:
         hist = np.bincount(np.asarray(sample.mask, np.int64).ravel(), minlength=256)
         counts = np.append(hist[:num_classes], hist[IGNORE_INDEX])
-    return sample.image.shape[:2], counts, None
+    entries = getattr(source, "entries", None)
+    where = str(entries[index].image) if entries is not None else sample.name
+    return sample.image.shape[:2], counts, None, [(k, where, text) for k, text in sample.notes]
 
 
 def _map_in_chunks(pool: ThreadPoolExecutor, fn, items: Sequence[int], chunk: int = 1024):
@@ -109,9 +115,11 @@ def check_set(
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         results = _map_in_chunks(pool, lambda i: _scan_one(source, i, num_classes), indices)
-        for size, counts, problem in tqdm(
+        for size, counts, problem, notes in tqdm(
             results, total=len(indices), desc=name, disable=not progress, leave=False
         ):
+            for kind, where, text in notes:
+                report.notes.setdefault(kind, []).append((where, text))
             if problem is not None:
                 if str(problem.path) not in seen:
                     seen.add(str(problem.path))
@@ -165,6 +173,8 @@ def check_data(
                 " validation scores will be optimistic"
             )
     for s in sets:
+        warnings += _note_warnings(s)
+    for s in sets:
         if s.pixels is not None and s.name == "labeled":
             absent = [c for c, n in zip(bundle.classes, s.pixels[:k]) if n == 0]
             if absent:
@@ -172,6 +182,29 @@ def check_data(
     return CheckReport(
         cfg.data.name, cfg.data.root, bundle.classes, sets, errors, warnings, sample, seed
     )
+
+
+# What a note means for the user, by kind (see ``data.files.image_notes``).
+NOTE_ADVICE = {
+    "depth": (
+        "have more than 8 bits per channel or are float; each is scaled to 8 bits by its own "
+        "value range (values already in 0..255, or 0..1 for floats, keep their scale), the "
+        "same way in training, eval and predict"
+    ),
+    "orientation": (
+        "carry an EXIF orientation (e.g. phone photos); they are read turned as viewers show "
+        "them, in training, eval and predict alike, so their masks must match the turned image"
+    ),
+}
+
+
+def _note_warnings(s: SetReport) -> list[str]:
+    out = []
+    for kind, found in s.notes.items():
+        where, text = found[0]
+        advice = NOTE_ADVICE.get(kind, kind)
+        out.append(f"{len(found)} {s.name} image(s) {advice} (e.g. {where}: {text})")
+    return out
 
 
 def _size(s: tuple[int, int] | None) -> str:

@@ -154,3 +154,58 @@ def generate(cfg: DemoDataConfig, split: str) -> tuple[np.ndarray, np.ndarray]:
     for i in range(n):
         images[i], masks[i] = render_image(rng, cfg.image_size)
     return images, masks
+
+
+FOLDER_MARKER = "demo_data.json"  # written last: the folder is complete, made from this config
+
+
+def write_demo_folder(cfg: DemoDataConfig, out) -> bool:
+    """Write the demo dataset to ``out`` in the ``folder`` layout (``data/folder.py``):
+    ``classes.yaml``, ``train/images`` + ``train/masks`` (the labelled set), ``unlabeled/``,
+    ``val/images`` + ``val/masks``, all PNG, named as in memory (``labeled_00000``, ...).
+
+    The masks of the unlabelled images, which training never sees, go to
+    ``unlabeled_masks/`` (not read by the folder dataset): experiments that label more images
+    (``benchmarks/label_next.sh``) take them from there. Returns False when ``out`` already
+    holds this very dataset (nothing written); a folder holding anything else is refused.
+    """
+    import dataclasses
+    import json
+    from pathlib import Path
+
+    import yaml
+    from PIL import Image
+
+    from dualteacher.errors import DataError
+
+    out = Path(out)
+    wanted = dataclasses.asdict(cfg)
+    marker = out / FOLDER_MARKER
+    if marker.is_file():
+        found = json.loads(marker.read_text())
+        if found == wanted:
+            return False
+        raise DataError(
+            f"{out} holds demo data of another config ({found}, asked for {wanted}): "
+            "choose another --out, or delete that folder"
+        )
+    if out.exists() and any(out.iterdir()):
+        raise DataError(f"{out} is not empty: demo-data writes into a new or empty folder")
+    folders = {
+        "labeled": ("train/images", "train/masks"),
+        "unlabeled": ("unlabeled", "unlabeled_masks"),
+        "val": ("val/images", "val/masks"),
+    }
+    for split, (image_dir, mask_dir) in folders.items():
+        images, masks = generate(cfg, split)
+        for sub in (image_dir, mask_dir):
+            (out / sub).mkdir(parents=True, exist_ok=True)
+        for i, (image, mask) in enumerate(zip(images, masks)):
+            Image.fromarray(image).save(out / image_dir / f"{split}_{i:05d}.png")
+            Image.fromarray(mask).save(out / mask_dir / f"{split}_{i:05d}.png")
+    classes = [{"name": n, "color": list(c)} for n, c in zip(CLASSES, PALETTE)]
+    (out / "classes.yaml").write_text(
+        yaml.safe_dump({"classes": classes}, sort_keys=False, default_flow_style=None)
+    )
+    marker.write_text(json.dumps(wanted))
+    return True

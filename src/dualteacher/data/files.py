@@ -5,6 +5,9 @@ Every on-disk dataset (VOC, Cityscapes, ADE20K, the user's folders) is a sequenc
 ``FileSource``. A dataset only says where its files are and how raw mask values map to train
 ids (a look-up table); reading, checking and error messages live here, once.
 
+``decode_image`` is the one image reader of training, evaluation, ``check`` and ``predict``:
+EXIF orientation applied, deep (16-bit, float) images scaled to 8 bits by their value range.
+
 ``FileSource.load`` checks what is cheap to check while reading (corrupt or missing files, a
 mask of another size than its image, label values that are not classes) and raises
 ``BadSampleError`` naming the file and the fix. ``dualteacher check`` runs the same ``load``
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -51,11 +55,70 @@ def identity_lut(num_classes: int, ignore_value: int = IGNORE_INDEX) -> np.ndarr
     return lut
 
 
+# EXIF orientation -> the transpose that shows the image as viewers do (ImageOps.exif_transpose)
+ORIENTATION = {
+    2: (Image.Transpose.FLIP_LEFT_RIGHT, "mirrored"),
+    3: (Image.Transpose.ROTATE_180, "rotated 180 degrees"),
+    4: (Image.Transpose.FLIP_TOP_BOTTOM, "flipped upside down"),
+    5: (Image.Transpose.TRANSPOSE, "mirrored and rotated 90 degrees"),
+    6: (Image.Transpose.ROTATE_270, "rotated 90 degrees clockwise"),
+    7: (Image.Transpose.TRANSVERSE, "mirrored and rotated 90 degrees"),
+    8: (Image.Transpose.ROTATE_90, "rotated 90 degrees counter-clockwise"),
+}
+EXIF_ORIENTATION = 0x0112
+MIN_LEVELS = 128  # 8-bit levels a 16-bit colour PNG must span to be read (see _colour16_png)
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """An image file as training, evaluation and ``predict`` see it.
+
+    ``array`` (H, W, 3) uint8 RGB, EXIF orientation applied. ``orientation`` is the EXIF
+    orientation that was applied (1: none) and ``stored_size`` the (H, W) in the file before
+    it; ``depth`` says how a file of more than 8 bits per channel was scaled ("" for 8 bits).
+    """
+
+    array: np.ndarray
+    orientation: int = 1
+    stored_size: tuple[int, int] = (0, 0)
+    depth: str = ""
+
+    @property
+    def turned(self) -> str:
+        """What the orientation did, for messages ("" when nothing)."""
+        return ORIENTATION[self.orientation][1] if self.orientation in ORIENTATION else ""
+
+
 def read_image(path: Path) -> np.ndarray:
-    """(H, W, 3) uint8 RGB. Raises ``BadSampleError`` for a missing or unreadable file."""
+    """(H, W, 3) uint8 RGB, EXIF orientation applied; see ``decode_image``."""
+    return decode_image(path).array
+
+
+def decode_image(path: Path) -> DecodedImage:
+    """Read an image file the one way every command does.
+
+    - EXIF orientation is applied, so the image is the one viewers (and labelling tools) show;
+    - 8-bit files are converted to RGB (grey, palette, CMYK, alpha dropped);
+    - integer files of more than 8 bits (16-bit PNG / TIFF, grey or colour) and float TIFFs
+      are scaled linearly to 0..255: values that already lie in 0..255 (integers) or 0..1
+      (floats) keep that scale, other images are stretched from their own minimum to their
+      maximum. A float image with NaN or infinite values, or a 16-bit colour PNG that uses too
+      little of its range (Pillow reads only its high byte), is refused.
+
+    Raises ``BadSampleError`` naming the file for a missing, unreadable or refused file.
+    """
     try:
-        with Image.open(path) as im:
-            return np.array(im.convert("RGB"))  # writable (torch.from_numpy warns otherwise)
+        try:
+            with Image.open(path) as im:
+                bits = _bits_per_sample(im)  # before anything loads the pixels (PNG getexif)
+                orientation = im.getexif().get(EXIF_ORIENTATION, 1)
+                stored = (im.height, im.width)
+                array, depth = _pixels(im, path, bits)
+        except UnidentifiedImageError:
+            if Path(path).suffix.lower() not in (".tif", ".tiff"):
+                raise
+            array, orientation, depth = _tiff_fallback(path)  # e.g. float RGB: not for Pillow
+            stored = array.shape[:2]
     except FileNotFoundError:
         raise BadSampleError(
             path, "image file is missing", "restore it, or remove it from the split file"
@@ -66,6 +129,112 @@ def read_image(path: Path) -> np.ndarray:
             f"cannot read the image ({e})",
             "re-download or re-export it, or remove it (and its mask) from the dataset",
         ) from None
+    if orientation in ORIENTATION:
+        array = np.array(Image.fromarray(array).transpose(ORIENTATION[orientation][0]))
+    else:
+        orientation = 1
+    return DecodedImage(array, orientation, stored, depth)
+
+
+def _pixels(im: Image.Image, path: Path, bits: int) -> tuple[np.ndarray, str]:
+    """(H, W, 3) uint8 pixels of an open image with ``bits`` per channel in its file, and how
+    they were scaled ("" for 8 bits)."""
+    if im.mode in ("I", "F") or im.mode.startswith("I;16"):
+        kind = "float" if im.mode == "F" else ("16" if im.mode.startswith("I;16") else "32")
+        kind = f"{kind}{'' if im.mode == 'F' else '-bit'} grey {im.format or 'image'}"
+        return _scaled(np.asarray(im), path, kind)
+    if bits > 8 and im.format == "TIFF":
+        return _scaled(_tiff_pixels(path), path, f"{bits}-bit TIFF")
+    if bits > 8:
+        return _high_bytes(im, path)
+    return np.array(im.convert("RGB")), ""  # a writable copy (torch.from_numpy warns otherwise)
+
+
+def _bits_per_sample(im: Image.Image) -> int:
+    """Bits per channel stored in the file (Pillow reduces 16-bit colour to 8 bits)."""
+    if im.format == "TIFF":
+        bits = im.tag_v2.get(258, (8,))
+        return int(max(bits) if isinstance(bits, tuple) else bits)
+    if im.format == "PNG" and im.tile and ";16" in str(im.tile[0][3]):
+        return 16
+    return 8
+
+
+def _tiff_fallback(path: Path) -> tuple[np.ndarray, int, str]:
+    """(pixels, EXIF orientation, depth note) of a TIFF Pillow cannot decode."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            tag = page.tags.get(EXIF_ORIENTATION)
+            values = _planar_last(page.asarray())
+    except Exception as e:  # tifffile raises its own errors for damaged files
+        raise UnidentifiedImageError(f"cannot identify image file {str(path)!r} ({e})") from None
+    kind = f"{'float' if values.dtype.kind == 'f' else f'{values.dtype.itemsize * 8}-bit'} TIFF"
+    array, depth = _scaled(values, path, kind)
+    return array, int(tag.value) if tag is not None else 1, depth
+
+
+def _planar_last(values: np.ndarray) -> np.ndarray:
+    if values.ndim == 3 and values.shape[0] in (3, 4) and values.shape[-1] not in (3, 4):
+        return np.moveaxis(values, 0, -1)  # planar (C, H, W) storage
+    return values
+
+
+def _tiff_pixels(path: Path) -> np.ndarray:
+    """Every bit of a TIFF Pillow would reduce to 8 bits: (H, W) or (H, W, C)."""
+    import tifffile
+
+    return _planar_last(tifffile.imread(path))
+
+
+def _scaled(values: np.ndarray, path: Path, kind: str) -> tuple[np.ndarray, str]:
+    """Integer or float pixels (H, W) or (H, W, C) -> (H, W, 3) uint8, see ``decode_image``."""
+    if values.ndim not in (2, 3) or (values.ndim == 3 and values.shape[-1] not in (1, 3, 4)):
+        raise BadSampleError(
+            path,
+            f"a {kind} of shape {values.shape} is not a grey or RGB image",
+            "export it as an 8-bit RGB PNG or JPEG",
+        )
+    if values.ndim == 3:
+        values = values[..., :3] if values.shape[-1] >= 3 else values[..., 0]
+    x = values.astype(np.float64)
+    if not np.isfinite(x).all():
+        raise BadSampleError(
+            path,
+            f"a {kind} with NaN or infinite values",
+            "replace them (e.g. by 0) and save it again, or export an 8-bit PNG",
+        )
+    lo, hi = float(x.min()), float(x.max())
+    top = 1.0 if values.dtype.kind == "f" else 255.0
+    if lo >= 0 and hi <= top:  # already in the usual range of its type: keep the scale
+        return _stretch(x, 0.0, top), f"{kind}, values {lo:g}..{hi:g}: read as 0..{top:g}"
+    return _stretch(x, lo, hi), f"{kind}, values {lo:g}..{hi:g}: stretched to 0..255"
+
+
+def _high_bytes(im: Image.Image, path: Path) -> tuple[np.ndarray, str]:
+    """A 16-bit colour PNG: Pillow decodes only the high byte of each value. Stretched like
+    other deep images when those bytes span at least ``MIN_LEVELS`` levels, else refused (it
+    would come out nearly black, or banded)."""
+    high = np.asarray(im.convert("RGB"))
+    lo, hi = int(high.min()), int(high.max())
+    if hi - lo < MIN_LEVELS:
+        raise BadSampleError(
+            path,
+            f"a 16-bit colour PNG that uses only part of its range (high bytes {lo}..{hi}): "
+            "it cannot be read without losing most of its levels",
+            "convert it to 8 bits, or save it as a 16-bit TIFF (read at full depth)",
+        )
+    how = f"16-bit colour PNG, high bytes {lo}..{hi}: stretched to 0..255"
+    return _stretch(high.astype(np.float64), lo, hi), how
+
+
+def _stretch(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Values ``lo..hi`` of (H, W) or (H, W, 3) ``x`` -> (H, W, 3) uint8 ``0..255``."""
+    out = np.zeros_like(x) if hi <= lo else (x - lo) * (255.0 / (hi - lo))
+    out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(np.repeat(out[..., None], 3, axis=2) if out.ndim == 2 else out)
 
 
 def read_mask(path: Path) -> np.ndarray:
@@ -91,6 +260,58 @@ def read_mask(path: Path) -> np.ndarray:
             "index of each pixel, not its colour",
         )
     return mask.astype(np.uint8) if mask.dtype == bool else mask
+
+
+def _header(path: Path, orientation: bool = False) -> tuple[tuple[int, int], int]:
+    """((H, W) as stored, EXIF orientation or 1) of an image file, from its header only (a
+    PNG's orientation only when its EXIF comes before the pixels: Pillow would decode them)."""
+    try:
+        with Image.open(path) as im:
+            found = 1
+            if orientation and (im.format != "PNG" or "exif" in im.info):
+                found = int(im.getexif().get(EXIF_ORIENTATION, 1))
+            return (im.height, im.width), found
+    except FileNotFoundError:
+        raise BadSampleError(path, "file is missing") from None
+    except _READ_ERRORS as e:
+        raise BadSampleError(
+            path, f"cannot read the file ({e})", "re-export it, or remove it from the set"
+        ) from None
+
+
+def image_notes(decoded: DecodedImage) -> tuple[tuple[str, str], ...]:
+    """``(kind, text)`` of what reading did to an image beyond decoding 8-bit RGB:
+    ``("depth", ...)`` for deep images, ``("orientation", ...)`` for an EXIF orientation;
+    ``dualteacher check`` reports them."""
+    notes = []
+    if decoded.depth:
+        notes.append(("depth", decoded.depth))
+    if decoded.orientation != 1:
+        notes.append(("orientation", f"EXIF orientation {decoded.orientation}: {decoded.turned}"))
+    return tuple(notes)
+
+
+def mask_size_error(
+    mask: Path, mask_size: tuple[int, int], image: Path, decoded: DecodedImage
+) -> BadSampleError:
+    """The error for a mask whose size is not its image's, with the fix that applies."""
+    (h, w), (mh, mw) = decoded.array.shape[:2], mask_size
+    if decoded.orientation != 1 and tuple(mask_size) == tuple(decoded.stored_size):
+        return BadSampleError(
+            mask,
+            f"the mask is {mw}x{mh}, the size of its image {image} as stored, but that image "
+            f"has EXIF orientation {decoded.orientation} ({decoded.turned}) and is read as "
+            f"viewers show it, {w}x{h}",
+            "turn the mask the same way (PIL.ImageOps.exif_transpose on the image shows how), "
+            "or remove the orientation tag from the image; do not resize the mask",
+        )
+    return BadSampleError(
+        mask,
+        f"the mask is {mw}x{mh} but its image {image} is {w}x{h}"
+        + (f" (as viewers show it: EXIF orientation {decoded.turned})" if decoded.turned else ""),
+        "a mask must have its image's size: re-export it, or resize it with "
+        "nearest-neighbour interpolation",
+    )
 
 
 def map_labels(raw: np.ndarray, lut: np.ndarray, path: Path, classes_hint: str) -> np.ndarray:
@@ -150,21 +371,15 @@ class FileSource(SegSource):
 
     def load(self, index: int) -> Sample:
         e = self.entries[index]
-        image = read_image(e.image)
+        decoded = decode_image(e.image)
+        image, notes = decoded.array, image_notes(decoded)
         if e.mask is None:
-            return Sample(image, None, e.name)
+            return Sample(image, None, e.name, notes)
         raw = read_mask(e.mask)
         if raw.shape != image.shape[:2]:
-            (h, w), (mh, mw) = image.shape[:2], raw.shape[:2]
-            raise BadSampleError(
-                e.mask,
-                f"the mask is {mw}x{mh} but its image {e.image} is {w}x{h}",
-                "a mask must have its image's size: re-export it, or resize it with "
-                "nearest-neighbour interpolation",
-            )
-        return Sample(
-            image, map_labels(raw, self.lut_for(e.mask), e.mask, self.classes_hint), e.name
-        )
+            raise mask_size_error(e.mask, raw.shape[:2], e.image, decoded)
+        labels = map_labels(raw, self.lut_for(e.mask), e.mask, self.classes_hint)
+        return Sample(image, labels, e.name, notes)
 
     def file_problems(self, indices: Iterable[int] | None = None) -> list[BadSampleError]:
         """Files of this set (of the samples ``indices``; None: all) that do not exist (one
@@ -176,6 +391,23 @@ class FileSource(SegSource):
                 out.append(BadSampleError(e.image, "image file is missing"))
             if e.mask is not None and not e.mask.is_file():
                 out.append(BadSampleError(e.mask, f"mask of {e.image.name} is missing"))
+        return out
+
+    def header_problems(self) -> list[BadSampleError]:
+        """What reading only the files' headers finds (no pixel is decoded: about a
+        millisecond a sample): files that are not images, and masks whose size is not their
+        image's as viewers show it. Training checks the validation set so before its first
+        step, instead of failing at the first validation."""
+        out = []
+        for i, e in enumerate(self.entries):
+            try:
+                size, orientation = _header(e.image, orientation=True)
+                if e.mask is not None:
+                    shown = size[::-1] if orientation in (5, 6, 7, 8) else size
+                    if _header(e.mask)[0] != shown:
+                        self.load(i)  # confirm by reading it (a PNG's EXIF may follow its pixels)
+            except BadSampleError as err:
+                out.append(err)
         return out
 
     def describe(self, index: int) -> str:

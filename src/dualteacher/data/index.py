@@ -387,18 +387,24 @@ class EntryTable(Sequence):
         mask = self.mask(i)
         return Entry(Path(self.image(i)), Path(mask) if mask is not None else None, self.name(i))
 
-    def iter_names(self) -> Iterator[str]:
-        """Every name, in order (decoded a chunk at a time)."""
+    def name_chunks(self) -> Iterator[list[str]]:
+        """Every name, in order, as lists of at most ``CHUNK`` (decoded a chunk at a time)."""
         start = 0
         for chunk in self.files.chunks():
             rules = [self.groups[g] for g in self.group[start : start + len(chunk)].tolist()]
+            names = []
             for k, (file, (_, prefix, cut)) in enumerate(zip(chunk, rules)):
                 if self.names and start + k in self.names:
-                    yield self.names[start + k]
+                    names.append(self.names[start + k])
                     continue
                 stem = file_stem(file)
-                yield prefix + (stem[: len(stem) - cut] if cut else stem)
+                names.append(prefix + (stem[: len(stem) - cut] if cut else stem))
+            yield names
             start += len(chunk)
+
+    def iter_names(self) -> Iterator[str]:
+        for chunk in self.name_chunks():
+            yield from chunk
 
     def iter_images(self) -> Iterator[str]:
         start = 0

@@ -121,12 +121,14 @@ def build_train_loaders(
     world_size: int = 1,
     device: torch.device | str = "cpu",
     accum_steps: int = 1,
+    official_pad: bool = False,
 ) -> tuple[DataLoader, DataLoader | None]:
     """Endless labelled and unlabelled loaders positioned at optimizer step ``start_step``
     (``accum_steps`` batches per optimizer step).
 
     With ``need_strong``, unlabelled batches carry ``num_strong`` strong views (``image_s``,
-    ``image_s2``, ...)."""
+    ``image_s2``, ...). ``official_pad``: weak views padded as mmseg does (``Method.official_pad``,
+    see ``data.transforms``)."""
     device = torch.device(device)
     if len(bundle.labeled) == 0:
         hint = getattr(bundle.labeled, "empty_hint", "") or "give images with masks (data.labeled)"
@@ -137,7 +139,7 @@ def build_train_loaders(
     sx = StreamSampler(
         len(bundle.labeled), seed, STREAM_LABELED, rank, world_size, start_batch * bx
     )
-    loader_x = _loader(LabeledTrainSet(bundle.labeled, cfg), sx, bx, cfg, device)
+    loader_x = _loader(LabeledTrainSet(bundle.labeled, cfg, official_pad), sx, bx, cfg, device)
     loader_u = None
     if need_unlabeled:
         if bundle.unlabeled is None or len(bundle.unlabeled) == 0:
@@ -149,7 +151,6 @@ def build_train_loaders(
         su = StreamSampler(
             len(bundle.unlabeled), seed, STREAM_UNLABELED, rank, world_size, start_batch * bu
         )
-        loader_u = _loader(
-            UnlabeledTrainSet(bundle.unlabeled, cfg, need_strong, num_strong), su, bu, cfg, device
-        )
+        unlabeled = UnlabeledTrainSet(bundle.unlabeled, cfg, need_strong, num_strong, official_pad)
+        loader_u = _loader(unlabeled, su, bu, cfg, device)
     return loader_x, loader_u

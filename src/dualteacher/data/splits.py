@@ -36,6 +36,7 @@ from dualteacher.config import DataConfig
 from dualteacher.data.files import IMAGE_EXTS, Entry, exclude, without_masks
 from dualteacher.data.index import EntryTable, TableBuilder, file_stem
 from dualteacher.errors import DataError
+from dualteacher.outputs import write_text
 
 PROBE_LINES = 16  # image paths of an unlabelled split file looked up on disk (see read_split)
 FORMATS = (
@@ -242,5 +243,4 @@ def write_split(path: Path, entries: Iterable[Entry], root: Path, with_masks: bo
             lines.append(f"{_rel(e.image, root)} {_rel(e.mask, root)}")
         else:
             lines.append(_rel(e.image, root))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
+    write_text(path, "\n".join(lines) + "\n")

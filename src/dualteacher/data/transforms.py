@@ -4,7 +4,10 @@ v2 dispatches on tv_tensors: an ``Image`` is resized bilinearly and padded with 
 with nearest neighbour and padded with ``IGNORE_INDEX``, so image and mask stay aligned and
 label values are never interpolated.
 
-- weak view: random rescale, crop (padded where the image is smaller), horizontal flip;
+- weak view: random rescale, crop (padded where the image is smaller), horizontal flip. Two
+  paddings: at a random offset, image 0 (black) before normalisation (``v2.RandomCrop``), or
+  ``official_pad``: mmseg's (Dual Teacher ``faithful``), the crop never larger than the image
+  and, after normalisation, ``pad_bottom_right`` with image 0 (the mean colour);
 - strong view: per-image colour jitter, greyscale and blur on the weak view, before
   normalisation (spec section 7 item 4 "clean");
 - ``normalize``: uint8 -> float and (x - mean) / std.
@@ -46,21 +49,52 @@ class RandomScale(v2.Transform):
         return self._call_kernel(F.resize, inpt, params["size"], antialias=True)
 
 
-def weak_transform(cfg: DataConfig) -> v2.Compose:
-    """Random rescale, crop to ``cfg.crop_size`` (padding: image 0, mask ignore), flip."""
+class RandomCropWithin(v2.Transform):
+    """Random crop of ``min(size, side)`` along each side: never pads (mmseg's ``RandomCrop``
+    without ``cat_max_ratio``); ``pad_bottom_right`` then brings the crop to ``size``."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        h, w = v2.query_size(flat_inputs)
+        ch, cw = min(self.size, h), min(self.size, w)
+        top = int(torch.randint(h - ch + 1, ()))
+        left = int(torch.randint(w - cw + 1, ()))
+        return {"top": top, "left": left, "height": ch, "width": cw}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return self._call_kernel(F.crop, inpt, **params)
+
+
+def weak_transform(cfg: DataConfig, official_pad: bool = False) -> v2.Compose:
+    """Random rescale, crop to ``cfg.crop_size``, flip. Where the image is smaller than the
+    crop: padding at a random offset (image 0, mask ignore), or with ``official_pad`` no
+    padding here (``pad_bottom_right`` after normalisation)."""
     ops: list[v2.Transform] = []
     if cfg.scale_range != (1.0, 1.0) or cfg.base_size is not None:
         ops.append(RandomScale(tuple(cfg.scale_range), cfg.base_size))
-    ops.append(
-        v2.RandomCrop(
-            cfg.crop_size,
-            pad_if_needed=True,
-            fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX},
+    if official_pad:
+        ops.append(RandomCropWithin(cfg.crop_size))
+    else:
+        ops.append(
+            v2.RandomCrop(
+                cfg.crop_size,
+                pad_if_needed=True,
+                fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX},
+            )
         )
-    )
     if cfg.hflip:
         ops.append(v2.RandomHorizontalFlip(0.5))
     return v2.Compose(ops)
+
+
+def pad_bottom_right(x: torch.Tensor, size: int, fill: float) -> torch.Tensor:
+    """Pad ``(..., h, w)`` to ``(..., max(h, size), max(w, size))`` on the bottom and right with
+    ``fill`` (mmseg's ``Pad``: 0 for a normalised image, ``IGNORE_INDEX`` for a mask)."""
+    ph, pw = max(0, size - x.shape[-2]), max(0, size - x.shape[-1])
+    return torch.nn.functional.pad(x, (0, pw, 0, ph), value=fill) if ph or pw else x
 
 
 def strong_transform(cfg: StrongAugConfig) -> v2.Compose:

@@ -14,7 +14,9 @@ annotation), else from ``SegmentationClassAug/``. Defaults without split files:
 
 - labelled: ``train.txt`` (the classic 1,464);
 - unlabelled: every other image of the augmented set (``train_aug.txt`` if present, else the
-  images with a ``SegmentationClassAug/`` mask), never a val image;
+  images with a ``SegmentationClassAug/`` mask), never a val image. Without SBD (only the
+  official VOC2012 archive: neither of the two), every other image of ``JPEGImages/`` (about
+  14k of its 17,125 have no mask), never a val image;
 - val: ``val.txt``.
 
 The classic protocol (92 ... 1464 labels) and the blended one (1/16 ... 1/2 of 10,582) are
@@ -40,6 +42,7 @@ from dualteacher.data.files import (
     without_masks,
 )
 from dualteacher.data.splits import read_split
+from dualteacher.errors import DataError
 
 CLASSES = [
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
@@ -76,13 +79,18 @@ class VocLayout:
             mask = first_existing(*([mask] if mask else []), self.mask_of(name))
         return Entry(image, mask, name)
 
-    def aug_ids(self) -> list[str]:
-        """Ids of the augmented training set (10,582 in the standard set-up)."""
+    def aug_set(self) -> tuple[list[str], str]:
+        """Ids of the augmented training set (10,582 in the standard set-up) and what lists
+        them; no ids when SBD is not there."""
         for name in AUG_LISTS:
             if (self.sets / name).is_file():
-                return read_id_list(self.sets / name)
+                return read_id_list(self.sets / name), name
         aug = self.root / "SegmentationClassAug"
-        return sorted(p.stem for p in aug.glob("*.png")) if aug.is_dir() else []
+        ids = sorted(p.stem for p in aug.glob("*.png")) if aug.is_dir() else []
+        return ids, "SegmentationClassAug/"
+
+    def jpeg_ids(self) -> list[str]:
+        return sorted(p.stem for p in (self.root / "JPEGImages").glob("*.jpg"))
 
     def train_ids(self) -> list[str]:
         return read_id_list(
@@ -100,11 +108,28 @@ class VocLayout:
             )
         )
 
-    def pool(self) -> list[Entry]:
-        """Every training image (classic train.txt and the augmented set), val excluded."""
-        ids = dict.fromkeys(self.train_ids() + self.aug_ids())
+    def _no_val(self, ids: list[str]) -> list[Entry]:
         val = set(self.val_ids()) if (self.sets / "val.txt").is_file() else set()
-        return [self.from_id(i, labeled=False) for i in ids if i not in val]
+        return [self.from_id(i, labeled=False) for i in dict.fromkeys(ids) if i not in val]
+
+    def pool(self) -> list[Entry]:
+        """Every training image with a mask (classic train.txt and the augmented set), val
+        excluded."""
+        return self._no_val(self.train_ids() + self.aug_set()[0])
+
+    def unlabeled_pool(self) -> tuple[list[Entry], str]:
+        """Training images that may be unlabelled (val excluded) and where they come from: the
+        augmented set, or without SBD every image of JPEGImages/ (the official archive's
+        17,125 hold ~14k detection / classification images that have no mask)."""
+        aug, listed_in = self.aug_set()
+        if aug:
+            return self._no_val(
+                self.train_ids() + aug
+            ), f"SBD set ({listed_in}) minus labelled and val"
+        origin = (
+            "JPEGImages/ minus labelled and val (no SBD: no train_aug.txt or SegmentationClassAug/)"
+        )
+        return self._no_val(self.jpeg_ids()), origin
 
 
 def layout(cfg: DataConfig) -> VocLayout:
@@ -135,11 +160,16 @@ def build(cfg: DataConfig) -> DataBundle:
         unlabeled = read_split(cfg.unlabeled, cfg, lay, False, "data.unlabeled")
         unl_origin = cfg.unlabeled
     else:
-        unlabeled = without_masks(exclude(lay.pool(), labeled + val))
-        unl_origin = "augmented set (train_aug.txt / SegmentationClassAug) minus labelled"
+        pool, unl_origin = lay.unlabeled_pool()
+        unlabeled = without_masks(exclude(pool, labeled + val))
+    unl = source(unlabeled, unl_origin)
+    unl.empty_hint = (
+        "give data.unlabeled=SPLIT_FILE, or add SBD's SegmentationClassAug/ (or train_aug.txt) "
+        "or images to JPEGImages/ that are neither labelled nor validation"
+    )
     return DataBundle(
         labeled=source(labeled, lab_origin),
-        unlabeled=source(unlabeled, unl_origin),
+        unlabeled=unl,
         val=source(val, val_origin),
         classes=list(CLASSES),
         palette=default_palette(len(CLASSES)),
@@ -149,13 +179,19 @@ def build(cfg: DataConfig) -> DataBundle:
 def split_pool(cfg: DataConfig, blended: bool) -> tuple[list[Entry], list[Entry]]:
     """(labelled candidates, other unlabelled images) for ``dualteacher splits``.
 
-    Classic: candidates are ``train.txt``'s 1,464; the rest of the augmented set stays
-    unlabelled. Blended: candidates are the whole augmented set.
+    Classic: candidates are ``train.txt``'s 1,464; the rest of the unlabelled pool (the
+    augmented set, or without SBD JPEGImages/) stays unlabelled. Blended: candidates are the
+    whole augmented set, which needs SBD's masks.
     """
     lay = layout(cfg)
-    pool = lay.pool()
-    with_masks = [lay.from_id(e.name, labeled=True) for e in pool]
     if blended:
-        return with_masks, []
+        if not lay.aug_set()[0]:
+            raise DataError(
+                f"the blended VOC protocol draws from SBD's 10,582 masks, but {lay.root} has no "
+                "SegmentationClassAug/ (or ImageSets/Segmentation/train_aug.txt): add them, or "
+                "drop --blended to draw from train.txt"
+            )
+        return [lay.from_id(e.name, labeled=True) for e in lay.pool()], []
     train = set(lay.train_ids())
-    return [e for e in with_masks if e.name in train], [e for e in pool if e.name not in train]
+    candidates = [lay.from_id(e.name, labeled=True) for e in lay.pool() if e.name in train]
+    return candidates, [e for e in lay.unlabeled_pool()[0] if e.name not in train]

@@ -16,7 +16,6 @@ import random
 import re
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ import torch
 
 from dualteacher.config import flatten
 from dualteacher.errors import CheckpointError
+from dualteacher.outputs import TMP_SUFFIX, atomic_write, fsync_dir
 
 FORMAT = "dualteacher-checkpoint"
 VERSION = 1
@@ -74,39 +74,22 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
 
 def _atomic_write(path: Path, write) -> None:
     """Call ``write(file)`` on a temporary file next to ``path``, fsync it, rename it over
-    ``path`` and fsync the directory. A disk or permission problem is a ``CheckpointError``
-    that says the previous file is untouched."""
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        tmp = None
-        _fsync_dir(path.parent)  # so that the rename itself survives a power loss
-    except OSError as e:
-        raise CheckpointError(
-            f"could not write checkpoint {path}: {e.strerror or e}. The previous {path.name} "
-            "(if any) is untouched; free disk space or fix the permissions of "
-            f"{path.parent}, then run the same command again to resume."
-        ) from e
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
+    ``path`` and fsync the directory (``outputs.atomic_write``). A disk or permission problem,
+    also one ``torch.save`` reports as a ``RuntimeError``, is a ``CheckpointError`` that names
+    the file and says the previous one is untouched."""
+    atomic_write(
+        path,
+        write,
+        durable=True,
+        error=CheckpointError,
+        fix=f"The previous {path.name} (if any) is untouched; free disk space or fix the "
+        f"permissions of {path.parent}, then run the same command again to resume",
+    )
 
 
-def _fsync_dir(folder: Path) -> None:
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+_fsync_dir = fsync_dir
 
 
-TMP_SUFFIX = ".tmp"
 STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
 
 
@@ -163,10 +146,14 @@ def remove_stale_temp_files(out_dir: Path) -> None:
             p.unlink(missing_ok=True)
 
 
-def find_resume_checkpoint(out_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+def find_resume_checkpoint(
+    out_dir: Path, repair: bool = False
+) -> tuple[Path, dict[str, Any]] | None:
     """The newest readable checkpoint of a run directory: ``latest.pt``, or a newer or intact
     ``step_*.pt`` when ``latest.pt`` is behind (killed between the two writes), missing or
-    unreadable. ``None`` when there is no checkpoint at all."""
+    unreadable. ``None`` when there is no checkpoint at all. ``repair`` (the process that
+    writes the run's files): ``latest.pt`` is then made a link to the step file found, so that
+    it is no longer damaged or behind, whatever happens to this run."""
     latest = out_dir / "latest.pt"
     candidates = [p for _, p in reversed(step_checkpoints(out_dir))]
     best: tuple[Path, dict] | None = None
@@ -189,6 +176,10 @@ def find_resume_checkpoint(out_dir: Path) -> tuple[Path, dict[str, Any]] | None:
         )
     if best is not None and errors:
         print(f"warning: skipped unreadable checkpoint(s): {'; '.join(errors)}", file=sys.stderr)
+    if repair and best is not None and best[0] != latest:
+        _link_or_copy(best[0], latest)
+        print(f"note: {latest} replaced by a link to {best[0].name}", file=sys.stderr)
+        best = (latest, best[1])
     return best
 
 

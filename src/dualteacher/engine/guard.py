@@ -7,7 +7,12 @@ One class per job, used by the training loop (``engine.trainer``):
   SIGINT stops at once, without a checkpoint. Under DDP the ranks agree on the flag in the
   step's one all-reduce (``engine.step``), so they all stop after the same step.
 - ``Checkpointer``: writes the checkpoints of a run (rank 0) with their retention, refuses
-  non-finite weights, and knows on every rank which step was saved last.
+  non-finite weights and blown-up states (``GoodStates``), and knows on every rank which step
+  was saved last.
+- ``GoodStates``: a checkpoint is written only from a good state: neither the last loss nor
+  the largest |weight| more than ``EXPLODED`` times (and above a floor) their level at the last
+  good checkpoint (or at the start). Otherwise the run stops (exit status 1) naming the last
+  good checkpoint, which resuming then really starts from.
 - ``BadSampleLog``: counts and logs the samples ``data.skip_bad`` replaced; notes a failed read.
 - ``NonFiniteSteps``: counts the steps skipped for a non-finite loss (the skip itself is the step
   runner's) and stops the run after ``train.max_bad_steps`` of them in a row; no periodic
@@ -25,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import statistics
 import sys
 import threading
 from collections.abc import Iterator
@@ -38,6 +44,7 @@ from dualteacher.engine.distributed import any_rank
 from dualteacher.engine.state import TrainState
 from dualteacher.errors import (
     BadSampleError,
+    BadValidationFile,
     CheckpointError,
     ConfigError,
     DataError,
@@ -45,6 +52,10 @@ from dualteacher.errors import (
 )
 
 SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + signal number, as shells do
+# A state has blown up when its loss or its largest |weight| is this many times their level at
+# the last good checkpoint (or the run's start) and above the floor (cross-entropy losses of a
+# working model stay far below 100; weights of a normalised network far below 1000).
+EXPLODED, LOSS_FLOOR, WEIGHT_FLOOR = 1e3, 100.0, 1e3
 
 
 def _say(msg: str) -> None:
@@ -121,6 +132,59 @@ class StopSignals:
         )
 
 
+def blown_up(value: float, reference: float | None, floor: float) -> bool:
+    """``value`` is more than ``EXPLODED`` times ``reference`` and above ``floor``."""
+    return reference is not None and value > max(EXPLODED * reference, floor)
+
+
+class GoodStates:
+    """Whether the current state is good enough to checkpoint: its last finite loss and its
+    largest |weight| against their levels at the last good checkpoint (or at the start).
+
+    Losses are kept as 0-d tensors (``record``: no host synchronisation per step); they are
+    read when a checkpoint is due. ``state.loss_ref`` travels in the checkpoints."""
+
+    def __init__(self, state: TrainState):
+        self.state = state
+        self._losses: list[torch.Tensor] = []  # finite step losses since the last good save
+        self._weight_ref: float | None = largest_weight(state.method)  # the starting weights
+
+    def record(self, loss: torch.Tensor, skipped: bool) -> None:
+        if not skipped:
+            self._losses = [*self._losses[-19:], loss.detach().float().sum()]
+
+    def problem(self, step: int) -> str | None:
+        """What blew up by ``step`` (None: the state is good)."""
+        losses = [float(v) for v in torch.stack(self._losses).tolist()] if self._losses else []
+        if self.state.loss_ref is None and losses:
+            self.state.loss_ref = losses[0]  # the loss of the weights the run started from
+        ref = self.state.loss_ref
+        if losses and blown_up(losses[-1], ref, LOSS_FLOOR):
+            return f"the loss exploded to {losses[-1]:.3g} (it was {ref:.3g}) by step {step}"
+        peak = largest_weight(self.state.method)
+        if peak is not None and blown_up(peak, self._weight_ref, WEIGHT_FLOOR):
+            return (
+                f"the largest weight exploded to {peak:.3g} (it was {self._weight_ref:.3g}) by "
+                f"step {step}"
+            )
+        return None
+
+    def saved(self) -> None:
+        """A good checkpoint was written: its levels are the reference from now on."""
+        if self._losses:
+            values = torch.stack(self._losses).tolist()
+            self.state.loss_ref = float(statistics.median(values))
+            self._losses = self._losses[-1:]
+        self._weight_ref = largest_weight(self.state.method)
+
+
+def largest_weight(method: torch.nn.Module) -> float | None:
+    """max |parameter| of ``method`` (student and teachers), one host synchronisation."""
+    with torch.no_grad():
+        peaks = [p.detach().abs().max() for p in method.parameters() if p.numel()]
+        return float(torch.stack(peaks).max().float()) if peaks else None
+
+
 class Checkpointer:
     """The checkpoints of one run directory: rank 0 writes them, every rank knows the last."""
 
@@ -131,12 +195,25 @@ class Checkpointer:
         is_main: bool,
         device: torch.device,
         saved_step: int | None = None,
+        good: GoodStates | None = None,
     ):
         self.out_dir, self.keep_last, self.is_main = Path(out_dir), keep_last, is_main
         self.device = device
         self.saved_step = saved_step  # step of the last checkpoint written or resumed from
+        self.good = good
         if is_main:
             remove_stale_temp_files(self.out_dir)
+
+    def check_good(self, state: TrainState) -> None:
+        """``TrainingStopped`` when the state of ``state.step`` has blown up on any rank
+        (``GoodStates``), so that no checkpoint (``best.pt`` neither) is written from it."""
+        problem = self.good.problem(state.step) if self.good is not None else None
+        (blown,) = any_rank(self.device, problem is not None)
+        if blown:
+            raise TrainingStopped(
+                f"{problem or 'the state blew up on another rank'}: the run is stopped and no "
+                f"checkpoint is written from this state. {self.last_good()} {nan_fix()}"
+            )
 
     def save(self, state: TrainState, agree: bool = True) -> None:
         """Write the checkpoint of ``state.step`` (rank 0) and prune old ones. Non-finite
@@ -152,6 +229,8 @@ class Checkpointer:
                 f"the run is stopped and no checkpoint is written. {self.last_good()} "
                 f"{nan_fix()}"
             )
+        if agree:  # a rank stopping on its own (a data fault) does not wait for the others
+            self.check_good(state)
         error = None
         if self.is_main:
             try:
@@ -167,6 +246,8 @@ class Checkpointer:
                 "(its error says why); every rank stops"
             )
         self.saved_step = step
+        if self.good is not None:
+            self.good.saved()
 
     def last_good(self) -> str:
         if self.saved_step is None:
@@ -278,6 +359,20 @@ def save_after_fault(
         with contextlib.suppress(TrainingStopped, CheckpointError):
             checkpoints.save(state, agree=False)
             saved = True
+    if isinstance(error, BadValidationFile):
+        kept = (
+            f"Checkpoint {checkpoints.out_dir / 'latest.pt'} (step {checkpoints.saved_step}) "
+            "is kept."
+            if checkpoints.saved_step is not None
+            else "No training step was done yet."
+        )
+        return DataError(
+            f"bad validation file, the run is stopped at its validation: {error}\n{kept} "
+            "Validation files are never skipped (data.skip_bad applies to training files "
+            "only): fix or replace the file, or leave it out of the validation set (a split "
+            "file data.val=...), then run the same command to resume. `dualteacher check "
+            "CONFIG` lists every bad file."
+        )
     if isinstance(error, BadSampleError):
         kept = (
             f"Checkpoint {checkpoints.out_dir / 'latest.pt'} (step {checkpoints.saved_step}) "

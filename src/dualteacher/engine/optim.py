@@ -61,19 +61,46 @@ def lr_factor(step: int, total_steps: int, cfg: OptimConfig) -> float:
     """Multiplier of every group's base lr at ``step``.
 
     Linear warm-up from ``warmup_ratio`` over ``warmup_steps``, then ``poly``:
-    ``(1 - step / total_steps) ** poly_power`` (or ``constant``: 1).
+    ``(1 - step / horizon) ** poly_power`` (or ``constant``: 1). The horizon is the run's
+    ``total_steps``, or ``optim.schedule_steps`` when set; past that horizon the factor keeps
+    its value at the last step before it (the official ``PolyWarmupAdamW`` stops updating).
     """
     if step < cfg.warmup_steps:
         return cfg.warmup_ratio + (1 - cfg.warmup_ratio) * step / cfg.warmup_steps
     if cfg.schedule == Schedule.constant:
         return 1.0
+    if cfg.schedule_steps is not None:
+        total_steps = cfg.schedule_steps
+        step = min(step, total_steps - 1)
     return max(0.0, 1.0 - step / max(1, total_steps)) ** cfg.poly_power
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, cfg: OptimConfig):
+    if cfg.schedule_steps is not None and cfg.schedule_steps < 1:
+        raise ConfigError(
+            f"optim.schedule_steps={cfg.schedule_steps} must be a positive number of steps "
+            "(or null: the schedule spans the run)"
+        )
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, total_steps, cfg)
     )
+
+
+def load_keeping_config(optimizer: torch.optim.Optimizer, scheduler, state: dict) -> None:
+    """Load a checkpoint's optimizer and scheduler states (momenta, step count) but keep the
+    hyper-parameters of the current config (learning rates, weight decay, momentum, betas):
+    ``load_state_dict`` alone would bring back the checkpoint's, so that resuming with
+    ``train.resume_with_changes=true optim.lr=...`` (the advice after a blow-up) would train
+    on with the old learning rate. With an unchanged config this changes nothing."""
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    base = list(scheduler.base_lrs)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    scheduler.base_lrs = base
+    for g, saved, b in zip(optimizer.param_groups, groups, base):
+        g.update(saved)
+        g["initial_lr"] = b
+        g["lr"] = b * scheduler.lr_lambdas[0](scheduler.last_epoch)  # as LambdaLR computes it
 
 
 def scaled_optim_config(cfg: Config, world_size: int = 1) -> tuple[OptimConfig, str]:

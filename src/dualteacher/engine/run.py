@@ -27,6 +27,7 @@ import torch
 from dualteacher.config import Config, EpochUnit, load_config, to_dict
 from dualteacher.data import DataBundle, build_data, run_index
 from dualteacher.data.base import EvalSet
+from dualteacher.data.fingerprint import data_changes, data_fingerprint
 from dualteacher.data.loaders import build_train_loaders
 from dualteacher.engine.checkpoint import (
     config_changes,
@@ -48,7 +49,7 @@ from dualteacher.engine.evaluate import check_eval_config
 from dualteacher.engine.optim import build_optimizer, build_scheduler, scaled_optim_config
 from dualteacher.engine.state import TrainState
 from dualteacher.engine.step import StepRunner
-from dualteacher.errors import CheckpointError, ConfigError
+from dualteacher.errors import CheckpointError, ConfigError, DataError
 from dualteacher.methods import Method, build_method
 from dualteacher.models import SegModel, build_model
 
@@ -83,6 +84,20 @@ def total_steps(cfg: Config, epoch_steps: int) -> int:
     """Length of the run: ``train.epochs * epoch_steps`` when ``train.epochs`` is set, else
     ``train.steps``. The learning-rate schedule spans it."""
     return cfg.train.epochs * epoch_steps if cfg.train.epochs else cfg.train.steps
+
+
+def eval_interval(cfg: Config, epoch_steps: int) -> int:
+    """Steps between validations: ``train.eval_every_epochs * epoch_steps`` when that is set,
+    else ``train.eval_every``."""
+    every = cfg.train.eval_every_epochs
+    if every is None:
+        return cfg.train.eval_every
+    if every < 1:
+        raise ConfigError(
+            f"train.eval_every_epochs={every} must be a positive number of epochs "
+            "(or null: validate every train.eval_every steps)"
+        )
+    return every * epoch_steps
 
 
 def run_length(cfg: Config, bundle: DataBundle | None, world_size: int = 1) -> tuple[int, int]:
@@ -161,13 +176,31 @@ def build_run(
     device, dist = _setup_process(cfg, training=False)
     if bundle is None:  # a checkpoint's run directory may hold its scan index: read it
         index = run_index(Path(checkpoint).parent) if checkpoint is not None else None
-        bundle = build_data(cfg.data, index=index, update_index=False)
+        try:
+            bundle = build_data(cfg.data, index=index, update_index=False)
+        except DataError as e:
+            if checkpoint is None:
+                raise
+            raise DataError(f"{e}\n{_stored_data_hint(cfg, checkpoint)}") from None
     if state is not None:
         check_compatible(state, cfg, bundle, checkpoint)
     method = _build_method(cfg, bundle.num_classes, device)
     if state is not None:
         load_method_state(method, state, checkpoint)
     return Run(cfg, dist, device, bundle, method, EvalSet(bundle.val, cfg.data), state)
+
+
+def _stored_data_hint(cfg: Config, checkpoint) -> str:
+    """Where the data settings of a checkpoint's run come from, and how to point elsewhere."""
+    root = cfg.data.root
+    relative = root is not None and not Path(root).expanduser().is_absolute()
+    where = f" (data.root={root} is relative: resolved from this folder, {Path.cwd()})"
+    return (
+        f"The data settings come from the config stored in {checkpoint}"
+        + (where if relative else "")
+        + "; if the dataset is elsewhere, give its place after the checkpoint: dualteacher "
+        f"eval {checkpoint} data.root=PATH"
+    )
 
 
 @dataclass
@@ -207,7 +240,7 @@ def build_model_from_checkpoint(
     """
     state = load_checkpoint(path)
     cfg = _without_pretrained(load_config(None, overrides, base=state["config"]))
-    device = torch.device(device) if device is not None else select_device(cfg.train.device)
+    device = select_device(str(device) if device is not None else cfg.train.device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     method = _build_method(cfg, len(state["classes"]), device)
@@ -236,21 +269,23 @@ def check_compatible(state: dict, cfg: Config, bundle: DataBundle | None, path) 
         )
 
 
-def check_resume_config(state: dict, cfg: Config, path) -> None:
+def check_resume_config(state: dict, cfg: Config, path, changes: list[str] | None = None) -> None:
     """A run resumes only with the config it was started with, up to the keys that do not
-    change the training (``RESUMABLE_CHANGES``), unless ``train.resume_with_changes``."""
-    changes = config_changes(state["config"], to_dict(cfg))
+    change the training (``RESUMABLE_CHANGES``), and on the same data (``changes``: the
+    ``data_changes`` of its fingerprint), unless ``train.resume_with_changes``."""
+    if changes is None:
+        changes = config_changes(state["config"], to_dict(cfg))
     if not changes:
         return
     listed = "\n  ".join(changes)
     if cfg.train.resume_with_changes:
-        print(f"warning: resuming {path} with a changed config:\n  {listed}")
+        print(f"warning: resuming {path} with a changed config or data:\n  {listed}")
         return
     raise CheckpointError(
-        f"{path} was written by a run with another config; resuming it with this one would "
-        f"not continue the same training:\n  {listed}\nRun the original config again to "
-        "resume, use a new run directory (--out) for the new config, or pass "
-        "train.resume_with_changes=true to continue this run with the changes."
+        f"{path} was written by a run with another config or other data; resuming it with "
+        f"this one would not continue the same training:\n  {listed}\nRun the original "
+        "config (and data) again to resume, use a new run directory (--out) for the new "
+        "config, or pass train.resume_with_changes=true to continue this run with the changes."
     )
 
 
@@ -265,7 +300,7 @@ def agree_on_checkpoint(out_dir: Path, dist: DistInfo) -> tuple[Path, dict] | No
     found = None
     if dist.is_main:
         try:
-            found = find_resume_checkpoint(out_dir)
+            found = find_resume_checkpoint(out_dir, repair=True)  # latest.pt mended
         except CheckpointError as e:
             choice = {"error": str(e)}
         else:
@@ -342,6 +377,7 @@ class TrainingRun:
             need_unlabeled=method.uses_unlabeled,
             need_strong=method.needs_strong_view,
             num_strong=method.num_strong_views,
+            official_pad=method.official_pad,
             rank=self.dist.rank,
             world_size=self.dist.world_size,
             device=self.device,
@@ -380,8 +416,12 @@ def build_training(
         classes, palette = bundle.classes, bundle.palette
     else:
         bundle, classes, palette = None, [f"class_{i}" for i in range(num_classes)], []
+    fingerprint = data_fingerprint(bundle) if bundle is not None else None
     if resume is not None:
         check_compatible(resume[1], cfg, bundle, resume[0])
+        if fingerprint is not None:  # the same data, wherever it lies now (not data.root)
+            changes = data_changes(resume[1].get("data"), fingerprint)
+            check_resume_config(resume[1], cfg, resume[0], changes)
     method = _build_method(
         _without_pretrained(cfg) if resume is not None else cfg, num_classes, device, verbose
     )
@@ -391,6 +431,7 @@ def build_training(
     scheduler = build_scheduler(optimizer, total, cfg.optim)
     scaler = grad_scaler(device, cfg.train.amp)
     state = TrainState(cfg, classes, palette, method, optimizer, scheduler, scaler, device)
+    state.data = fingerprint
     if resume is not None:
         state.load_state_dict(resume[1], resume[0])
         reseed_rank(cfg.train.seed, dist, state.step)
@@ -434,6 +475,7 @@ __all__ = [
     "build_model_from_checkpoint",
     "build_run",
     "build_training",
+    "eval_interval",
     "run_length",
     "seed_all",
     "steps_per_epoch",

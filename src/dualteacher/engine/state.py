@@ -9,6 +9,7 @@ import torch
 
 from dualteacher.config import Config, to_dict
 from dualteacher.engine.checkpoint import load_method_state, rng_state, set_rng_state
+from dualteacher.engine.optim import load_keeping_config
 
 
 class TrainState:
@@ -48,6 +49,8 @@ class TrainState:
         self.bad_steps = 0
         self.bad_samples = 0
         self.bad_files: list[str] = []
+        self.loss_ref: float | None = None  # the loss level of the last good checkpoint
+        self.data: dict | None = None  # data.fingerprint of the run's data
 
     def counters(self) -> dict[str, int]:
         """For the metrics rows."""
@@ -70,15 +73,16 @@ class TrainState:
                 "bad_steps": self.bad_steps,
                 "bad_samples": self.bad_samples,
                 "bad_files": list(self.bad_files),
+                "loss_ref": self.loss_ref,
             },
+            "data": self.data,
             "grad_scaler": self.scaler.state_dict() if self.scaler else None,
         }
 
     def load_state_dict(self, ckpt: dict[str, Any], path: str | Path = "checkpoint") -> None:
         """Restore a checkpoint written by ``state_dict`` (``path`` names it in errors)."""
         load_method_state(self.method, ckpt, path)
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
+        load_keeping_config(self.optimizer, self.scheduler, ckpt)  # a changed optim.* applies
         if self.scaler is not None and ckpt.get("grad_scaler"):
             self.scaler.load_state_dict(ckpt["grad_scaler"])  # the fp16 loss scale continues
         self.step, self.best = ckpt["step"], ckpt["best"]
@@ -87,4 +91,5 @@ class TrainState:
         self.bad_steps = guard.get("bad_steps", 0)
         self.bad_samples = guard.get("bad_samples", 0)
         self.bad_files = list(guard.get("bad_files", []))
+        self.loss_ref = guard.get("loss_ref")
         set_rng_state(ckpt["rng"], self.device)

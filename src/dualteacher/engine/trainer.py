@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from dualteacher.config import Config, to_yaml
+from dualteacher.config import Config, check_values, to_yaml, with_absolute_paths
 from dualteacher.data import DataBundle
 from dualteacher.engine.checkpoint import save_checkpoint
 from dualteacher.engine.device import backend_settings
@@ -34,6 +35,7 @@ from dualteacher.engine.evaluate import evaluate
 from dualteacher.engine.guard import (
     BadSampleLog,
     Checkpointer,
+    GoodStates,
     NonFiniteSteps,
     StopSignals,
     check_writable,
@@ -46,12 +48,15 @@ from dualteacher.engine.run import (
     build_model_from_checkpoint,
     build_run,
     build_training,
+    eval_interval,
     seed_all,
     steps_per_epoch,
     total_steps,
 )
+from dualteacher.errors import WriteError
 from dualteacher.methods import StepInfo
 from dualteacher.metrics import SegMetrics
+from dualteacher.outputs import default_fix, describe_os_error, write_text
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +68,7 @@ __all__ = [
     "build_model_from_checkpoint",
     "build_run",
     "default_out_dir",
+    "eval_interval",
     "measure_step_seconds",
     "seed_all",
     "steps_per_epoch",
@@ -107,13 +113,21 @@ class MetricWriter:
         if enabled and tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(str(out_dir / "tb"))
+            # a resumed run drops the events of steps it trains again, as metrics.jsonl does
+            purge = keep_until + 1 if keep_until else None
+            self.tb = SummaryWriter(str(out_dir / "tb"), purge_step=purge)
 
     def write(self, row: dict[str, Any], prefix: str = "train") -> None:
         if not self.enabled:
             return
-        self.file.write(json.dumps(row) + "\n")
-        self.file.flush()
+        try:
+            self.file.write(json.dumps(row) + "\n")
+            self.file.flush()
+        except OSError as e:  # a torn last line is dropped on resume (drop_rows_after)
+            raise WriteError(
+                f"could not write {self.file.name}: {describe_os_error(e)}. "
+                f"{default_fix(Path(self.file.name))}."
+            ) from e
         if self.tb is not None:
             for k, v in row.items():
                 if isinstance(v, int | float) and k not in ("step", "time"):
@@ -147,7 +161,16 @@ def drop_rows_after(path: Path, step: int) -> None:
 
 
 def default_out_dir(cfg: Config) -> str:
-    return f"runs/{cfg.data.name}_{cfg.method.name}"
+    """``runs/<data>_<method>``: <data> is the name of the ``data.root`` folder (prefixed with
+    ``data.name`` when it does not contain it, e.g. ``voc_data``), or ``data.name``."""
+    data = cfg.data.name
+    if cfg.data.root:
+        folder = Path(os.path.abspath(Path(cfg.data.root).expanduser())).name
+        folder = re.sub(r"[^\w.-]+", "_", folder).strip("._")
+        if folder:
+            keep = cfg.data.name == "folder" or cfg.data.name.lower() in folder.lower()
+            data = folder if keep else f"{cfg.data.name}_{folder}"
+    return f"runs/{data}_{cfg.method.name}"
 
 
 def measure_step_seconds(
@@ -192,6 +215,8 @@ def train(
     ``bundle``: data already built from ``cfg.data``. A signal stops the run with
     ``TrainingStopped``, a bad file with ``DataError`` (both after a checkpoint).
     """
+    check_values(cfg)  # a Config built in Python (compare, tests) is checked as a loaded one
+    cfg = with_absolute_paths(cfg)  # stored so: eval / resume work from any folder
     out_dir = Path(cfg.train.out_dir or default_out_dir(cfg))
     if int(os.environ.get("RANK", "0")) == 0:  # torchrun's rank; the group joins later
         check_writable(out_dir)
@@ -203,6 +228,7 @@ def train(
             run.dist.is_main,
             run.device,
             saved_step=run.state.step if run.resumed_from else None,
+            good=GoodStates(run.state),
         )
         samples = BadSampleLog(run.state, run.dist.is_main)
         try:
@@ -226,7 +252,7 @@ def _loop(
     start = state.step
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.yaml").write_text(to_yaml(cfg))
+        write_text(out_dir / "config.yaml", to_yaml(cfg))
         print(run.lr_line)
         if run.resumed_from is not None:
             ranks = f"; every one of the {dist.world_size} ranks loaded it" if dist.enabled else ""
@@ -248,6 +274,7 @@ def _loop(
     budget = cfg.train.max_minutes * 60 if cfg.train.max_minutes is not None else None
     # A resumed run whose budget is already spent only validates.
     end = start if budget is not None and state.train_seconds >= budget else total
+    eval_every = eval_interval(cfg, run.epoch_steps)
     memory_kind = reset_peak_memory(device)
     final: dict[str, SegMetrics] = {}
     out_of_time = False
@@ -260,19 +287,21 @@ def _loop(
         state.train_seconds += time.perf_counter() - t0
         state.step = done = info.step + 1
         nonfinite.record(run.step.skipped, out["loss"], info.step, checkpoints)
+        checkpoints.good.record(out["loss"], run.step.skipped)
         bar.update(1)
         out_of_time = budget is not None and state.train_seconds >= budget and done < total
         last = done == total or out_of_time
 
         if done % cfg.train.log_every == 0 or last:
             row = {"step": done, "epoch": info.epoch, "lr": run.optimizer.param_groups[0]["lr"]}
-            row.update(_scalars(out), **state.counters(), time=state.train_seconds)
+            row.update(_scalars(out), **method.diagnostics())
+            row.update(state.counters(), time=state.train_seconds)
             writer.write(row)
             bar.set_postfix(loss=f"{row['loss']:.3f}")
 
-        if done % cfg.train.eval_every == 0 or last:
+        if done % eval_every == 0 or last:
             final = _validate(run, models, val_set)
-            _record_validation(run, final, writer, bar, out_dir)
+            _record_validation(run, final, writer, bar, out_dir, checkpoints)
 
         stopping = stop_after is not None and done >= stop_after
         signalled = run.step.stop_requested and not last
@@ -342,8 +371,11 @@ def _validate(run: TrainingRun, models: dict, val_set) -> dict[str, SegMetrics]:
     }
 
 
-def _record_validation(run: TrainingRun, final: dict, writer, bar, out_dir: Path) -> None:
-    """Log a validation, keep the best student (``best.pt``) and redraw the curves."""
+def _record_validation(
+    run: TrainingRun, final: dict, writer, bar, out_dir: Path, checkpoints: Checkpointer
+) -> None:
+    """Log a validation, keep the best student (``best.pt``, from a good state only) and
+    redraw the curves."""
     state, done = run.state, run.state.step
     row = {"step": done, "time": state.train_seconds}
     row.update({f"miou_{n}": r.miou for n, r in final.items()})
@@ -352,6 +384,7 @@ def _record_validation(run: TrainingRun, final: dict, writer, bar, out_dir: Path
     improved = final["student"].miou > state.best["miou"]
     if improved:
         state.best = {"miou": final["student"].miou, "step": done}
+        checkpoints.check_good(state)  # on every rank: they all stop together
     if run.dist.is_main:
         parts = "  ".join(f"{n} {r.miou:5.2f}" for n, r in final.items())
         bar.write(f"step {done:>6}  val mIoU  {parts}  (best {state.best['miou']:.2f})")

@@ -103,6 +103,9 @@ class Method(nn.Module):
     uses_unlabeled: bool = True  # needs the unlabelled loader
     needs_strong_view: bool = False  # needs ``batch_u["image_s"]`` from the data pipeline
     num_strong_views: int = 1  # with needs_strong_view: image_s, image_s2, ... (UniMatch: 2)
+    # Weak views padded bottom/right with the normalised mean colour (mmseg, the official Dual
+    # Teacher code) instead of black at a random offset (``data.transforms``).
+    official_pad: bool = False
 
     def __init__(self, student: SegModel, cfg: Config, make_model: Callable[[], SegModel]):
         super().__init__()
@@ -139,6 +142,12 @@ class Method(nn.Module):
     def eval_models(self) -> dict[str, nn.Module]:
         """Models to validate, by name; the first is the one whose mIoU picks ``best.pt``."""
         return {"student": self.student}
+
+    def diagnostics(self) -> dict[str, float]:
+        """Extra scalars for the log rows (``metrics.jsonl``, TensorBoard), computed only on
+        logged steps: things that cost more than a loss term, e.g. teacher-student distances.
+        """
+        return {}
 
     # --- helpers ---------------------------------------------------------------------------
     def supervised_loss(self, logits_x: torch.Tensor, mask_x: torch.Tensor) -> torch.Tensor:

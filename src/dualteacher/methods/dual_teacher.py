@@ -1,27 +1,29 @@
 """Dual Teacher: one student and two temporary teachers that take turns by epoch.
 
 Na et al., "Switching Temporary Teachers for Semi-Supervised Semantic Segmentation", NeurIPS
-2023; behaviour as in the official code (``shared/method/dual_teacher_spec.md`` section 2):
+2023, as the official code runs it (``shared/method/dual_teacher_spec.md`` section 2). One step:
 
-- ``active_teacher``: on even shifts teacher A predicts and the student learns from a CutMix of
-  unlabelled images (plus ReCo-style jitter/blur/flip); on odd shifts teacher B predicts and the
-  student learns from a ClassMix of strong views. A shift is ``switch_every`` epochs.
-- Only the active teacher is updated, after each optimizer step, by EMA of the student with
-  momentum ``min(1 - 1/(i+1), 0.99)``. In the official code ``i`` restarts at every shift, so the
-  teacher is re-copied from the student when its shift begins (``ema_restart``).
-- An extra "IC" term (weight 0.2) trains the student on a strong view against the teacher's
-  confident (>= ``conf_thresh``) pseudo-labels of the weak view.
+1. the teacher on duty (``active_teacher``: A on even shifts, B on odd ones; a shift is
+   ``switch_every`` epochs) labels the weak view ``x_u``: ``conf, pl = max(softmax)``;
+2. teacher A's shift: the student learns from a CutMix of weak views plus ReCo-style jitter,
+   blur and flip, each image's loss weighted by its share of confident pixels; teacher B's
+   shift: from a ClassMix of strong views, weighted by the batch's share of confident pixels.
+   One student forward on ``[labelled, mixed]`` also gives the supervised loss;
+3. "IC": the student on the strong view against the teacher's confident (>= ``conf_thresh``)
+   pseudo-labels of the weak view; ``loss = loss_x + loss_mix + ic_weight * loss_ic``;
+4. after the optimizer step only the teacher on duty moves, by EMA of the student with momentum
+   ``min(1 - 1/(i+1), cap)`` (``ema_index``: ``i`` restarts with every shift, officially).
 
-``mode: faithful`` keeps the official code's quirks (spec section 7): the IC mask comes from the
-*labelled* batch's ignore pattern (item 3), the strong view is one colour jitter of the whole
-normalised batch (item 4), teachers predict in train mode (item 7), the CutMix weight uses the
-un-mixed, 8-bit quantised confidence (item 8). ``mode: clean`` fixes items 3, 4, 7 and 8 and
-keeps padding out of every unsupervised term.
+The step reads as ``mode: clean``. Where ``mode: faithful`` keeps an official behaviour that
+``clean`` changes, it is one field of ``DualTeacherFlags``, commented with its spec item and
+tested in ``tests/test_dual_teacher.py``; the README table "Dual Teacher: faithful and clean"
+lists every field, and the official behaviours neither mode reproduces.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -29,13 +31,19 @@ import torch.nn.functional as F
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from dualteacher.config import Config, DualTeacherMode
+from dualteacher.config import Config, DualTeacherConfig, DualTeacherMode
 from dualteacher.data.transforms import denormalize
 from dualteacher.errors import ConfigError
 from dualteacher.methods.base import Batch, Method, StepInfo, phase
-from dualteacher.methods.ema import EMA, BufferPolicy, ema_momentum
+from dualteacher.methods.ema import EMA, BufferPolicy, ema_momentum, relative_distance
 from dualteacher.methods.losses import masked_ce, pseudo_label
-from dualteacher.methods.mixing import classmix_mask, cutmix_box_mask, mix
+from dualteacher.methods.mixing import (
+    classmix_mask,
+    classmix_partners,
+    cutmix_box_mask,
+    mix,
+    shuffled_partners,
+)
 from dualteacher.models import SegModel
 
 TEACHER_NAMES = ("teacher_a", "teacher_b")
@@ -60,31 +68,116 @@ def ema_index(step: int, epoch_steps: int, switch_every: int, restart: bool) -> 
     return step % (epoch_steps * switch_every) if restart else step
 
 
+@dataclass(frozen=True)
+class DualTeacherFlags:
+    """Where the two modes differ: each field True is the official code's behaviour (spec
+    section 7 item or section 2 step in the comment), False what ``clean`` does instead.
+
+    Built once per run by ``resolve_flags``; the README table "Dual Teacher: faithful and
+    clean" has one row per field.
+    """
+
+    # 7.1: the EMA index restarts with every shift (method.dual_teacher.ema_restart, both modes).
+    ema_restart: bool
+    # 7.3: the IC loss's valid pixels and normaliser come from the *labelled* batch's ground
+    # truth (its ignore pattern), not from the unlabelled crop's padding.
+    ic_mask_from_labeled: bool
+    # 7.4: the strong view is one ColorJitter + RandomGrayscale of the whole normalised batch,
+    # made here (clamps to [0, 1]); clean: per-image, before normalisation, by the data
+    # pipeline (``data.strong``).
+    batch_jitter_strong_view: bool
+    # 7.7: teachers predict in train mode (dropout on, BatchNorm on the batch's statistics).
+    teachers_train_mode: bool
+    # 2.3 (update_ema): the EMA averages parameters only; clean also averages BN buffers, which
+    # eval-mode teachers use.
+    ema_params_only: bool
+    # 7.8: the CutMix weight uses the confidence of the un-mixed image.
+    cutmix_unmixed_conf: bool
+    # 7.8 / 2.2: ReCo's PIL round trip quantises the CutMix images and confidence to 8 bits.
+    pil_8bit: bool
+    # 2.6: the IC term takes its pseudo-labels from a second teacher forward.
+    ic_second_teacher_forward: bool
+    # 2.4-2.6: the unlabelled crop's padding counts as image in the unsupervised terms; clean:
+    # pseudo-labels there are ignored and every normaliser counts valid pixels only.
+    padding_in_unsup: bool
+    # 2.2 step 7 (mmseg Pad): weak views padded bottom/right, image with 0 after normalisation
+    # (the mean colour), mask with ignore; clean: at a random offset, image black.
+    official_pad: bool
+
+
+def resolve_flags(dt: DualTeacherConfig) -> DualTeacherFlags:
+    """The flags of ``method.dual_teacher.mode`` (and the config keys that choose one)."""
+    official = dt.mode == DualTeacherMode.faithful
+    return DualTeacherFlags(
+        ema_restart=dt.ema_restart,
+        ic_mask_from_labeled=official,
+        batch_jitter_strong_view=official,
+        teachers_train_mode=official,
+        ema_params_only=official,
+        cutmix_unmixed_conf=official,
+        pil_8bit=official,
+        ic_second_teacher_forward=official,
+        padding_in_unsup=official,
+        official_pad=official,
+    )
+
+
+# Official CutMix-branch augmentation (ReCo's ``batch_transform``) and faithful strong view.
+RECO_JITTER = v2.ColorJitter((0.75, 1.25), (0.75, 1.25), (0.75, 1.25), (-0.25, 0.25))
+BATCH_JITTER = v2.Compose([v2.ColorJitter(0.5, 0.5, 0.5, 0.25), v2.RandomGrayscale(p=0.2)])
+
+
+def reco_augment(x, pl, conf, mean, std, pil_8bit: bool):
+    """ReCo-style augmentation of the CutMix batch, per image, on de-normalised pixels: colour
+    jitter (p = 0.8), Gaussian blur with sigma ~ U(0.15, 1.15) (p = 0.5), and a horizontal
+    flip (p = 0.5) of image, pseudo-label and confidence together.
+
+    ``x`` (B, 3, H, W) normalised, ``pl`` / ``conf`` (B, H, W). ``pil_8bit``: as the official
+    PIL round trip, the image is 8-bit before and after, the confidence floored to 1/255.
+    """
+    out_x, out_pl, out_conf = [], [], []
+    for xi, pli, ci in zip(x, pl, conf):
+        img = denormalize(xi, mean, std).clamp(0, 1)
+        if pil_8bit:
+            img, ci = torch.floor(img * 255) / 255, torch.floor(ci * 255) / 255
+        if torch.rand(1) > 0.2:
+            img = RECO_JITTER(img)
+        if torch.rand(1) > 0.5:
+            sigma = float(torch.empty(1).uniform_(0.15, 1.15))
+            img = TF.gaussian_blur(img, kernel_size=9, sigma=sigma)
+        if torch.rand(1) > 0.5:
+            img, pli, ci = img.flip(-1), pli.flip(-1), ci.flip(-1)
+        if pil_8bit:
+            img = torch.round(img * 255) / 255
+        out_x.append(TF.normalize(img, list(mean), list(std)))
+        out_pl.append(pli)
+        out_conf.append(ci)
+    return torch.stack(out_x), torch.stack(out_pl), torch.stack(out_conf)
+
+
 class DualTeacher(Method):
     name = "dual_teacher"
 
     def __init__(self, student: SegModel, cfg: Config, make_model: Callable[[], SegModel]):
         super().__init__(student, cfg, make_model)
         self.dt = cfg.method.dual_teacher
+        self.flags = resolve_flags(self.dt)
         self.conf_thresh = cfg.method.conf_thresh
-        self.faithful = self.dt.mode == DualTeacherMode.faithful
-        self.needs_strong_view = not self.faithful  # clean: per-image strong view from the data
-        if self.faithful and (cfg.data.batch_size_u or cfg.data.batch_size) != cfg.data.batch_size:
+        self.needs_strong_view = not self.flags.batch_jitter_strong_view
+        self.official_pad = self.flags.official_pad
+        if self.flags.ic_mask_from_labeled and (
+            (cfg.data.batch_size_u or cfg.data.batch_size) != cfg.data.batch_size
+        ):
             raise ConfigError(
                 "method.dual_teacher.mode=faithful reuses the labelled batch's ignore mask for "
                 "the unlabelled IC loss (as the official code does), so data.batch_size_u must "
                 "equal data.batch_size; set data.batch_size_u=null or use mode=clean"
             )
-        # Official init: same architecture and pretrained encoder, own random decoder init.
+        # Both modes (spec 7.10): each teacher is a fresh model of the student's architecture,
+        # with the pretrained encoder and its own random decoder init, not a copy of the student.
         self.teachers = nn.ModuleList([self.make_teacher(make_model) for _ in TEACHER_NAMES])
-        self.ema = EMA(BufferPolicy.keep if self.faithful else BufferPolicy.ema)
+        self.ema = EMA(BufferPolicy.keep if self.flags.ema_params_only else BufferPolicy.ema)
         self.mean, self.std = cfg.data.mean, cfg.data.std
-        # Faithful strong view: one ColorJitter + RandomGrayscale of the normalised batch.
-        self.batch_jitter = v2.Compose(
-            [v2.ColorJitter(0.5, 0.5, 0.5, 0.25), v2.RandomGrayscale(p=0.2)]
-        )
-        # ReCo-style augmentation of the CutMix branch (official `batch_transform`).
-        self.reco_jitter = v2.ColorJitter((0.75, 1.25), (0.75, 1.25), (0.75, 1.25), (-0.25, 0.25))
 
     def active(self, info: StepInfo) -> int:
         return active_teacher(info.epoch, self.dt.switch_every)
@@ -93,34 +186,42 @@ class DualTeacher(Method):
         return {"student": self.student, **dict(zip(TEACHER_NAMES, self.teachers))}
 
     @torch.no_grad()
-    def _predict(self, teacher: nn.Module, x: torch.Tensor):
-        # Official: teachers predict in train mode (dropout on, BN on batch statistics).
-        teacher.train(self.faithful)
+    def _predict(self, teacher: nn.Module, x: torch.Tensor, valid: torch.Tensor):
+        """``conf, pl`` (B, H, W) of ``teacher`` on ``x``; ``pl`` is ignore where not ``valid``."""
+        teacher.train(self.flags.teachers_train_mode)
         with phase("teacher_fwd"):
-            return pseudo_label(teacher(x))
+            _, conf, pl = pseudo_label(teacher(x))
+        return conf, pl.masked_fill(~valid, self.ignore_index)
 
     # ----------------------------------------------------------------------------------------
     def training_step(self, batch_x: Batch, batch_u: Batch | None, info: StepInfo) -> dict:
         assert batch_u is not None
+        f = self.flags
         k = self.active(info)
         teacher = self.teachers[k]
         x, y = batch_x["image"], batch_x["mask"]  # (B, 3, H, W), (B, H, W)
         x_u = batch_u["image"]  # (B_u, 3, H, W) weak view
-        if self.faithful:
-            valid_u = torch.ones_like(batch_u["ignore"])  # official: padding is not excluded
+        valid_u = ~batch_u["ignore"]  # (B_u, H, W) image content, not padding
+        if f.padding_in_unsup:
+            valid_u = torch.ones_like(valid_u)
+        if f.batch_jitter_strong_view:
             with phase("mixing"):
-                x_s = self.batch_jitter(x_u.clone())
+                x_s = BATCH_JITTER(x_u.clone())
         else:
-            valid_u = ~batch_u["ignore"]
             x_s = batch_u["image_s"]
 
-        _, conf, pl = self._predict(teacher, x_u)  # (B_u, H, W) each
-        pl = pl.masked_fill(~valid_u, self.ignore_index)
+        conf, pl = self._predict(teacher, x_u, valid_u)
         if k == 0:
             loss_x, loss_mix, mask_ratio = self._cutmix_branch(x, y, x_u, conf, pl)
         else:
             loss_x, loss_mix, mask_ratio = self._classmix_branch(x, y, x_s, conf, pl)
-        loss_ic = self._ic_loss(teacher, x_u, x_s, conf, pl, y, valid_u)
+
+        if f.ic_second_teacher_forward:  # differs from the first in train mode (dropout, BN)
+            conf, pl = self._predict(teacher, x_u, valid_u)
+        valid_ic = y != self.ignore_index if f.ic_mask_from_labeled else valid_u
+        logits_s = self.student_forward(x_s)
+        loss_ic = masked_ce(logits_s, pl, conf >= self.conf_thresh, valid_ic, self.ignore_index)
+
         loss = loss_x + loss_mix + self.dt.ic_weight * loss_ic
         return {
             "loss": loss,
@@ -132,7 +233,7 @@ class DualTeacher(Method):
         }
 
     def after_step(self, info: StepInfo) -> None:
-        i = ema_index(info.step, info.epoch_steps, self.dt.switch_every, self.dt.ema_restart)
+        i = ema_index(info.step, info.epoch_steps, self.dt.switch_every, self.flags.ema_restart)
         momentum = ema_momentum(i, self.cfg.method.ema_momentum)
         self.ema.update(self.teachers[self.active(info)], self.student, momentum)
 
@@ -146,22 +247,20 @@ class DualTeacher(Method):
         with phase("mixing"):
             b, _, h, w = x_u.shape
             box = cutmix_box_mask(b, h, w, self.dt.cutmix_beta, device=x_u.device)  # (B, H, W)
-            perm = torch.randperm(b, device=x_u.device)
+            perm = shuffled_partners(b, device=x_u.device)
             x_mix = mix(box, x_u[perm], x_u)
             pl_mix = mix(box, pl[perm], pl)
-            if self.faithful:
-                # Official: the weight uses the un-mixed confidence after an 8-bit PIL round trip.
-                conf_w = torch.floor(conf * 255) / 255
-            else:
-                conf_w = mix(box, conf[perm], conf)
-            x_mix, pl_mix, conf_w = self._reco_augment(x_mix, pl_mix, conf_w)
+            conf_w = conf if self.flags.cutmix_unmixed_conf else mix(box, conf[perm], conf)
+            x_mix, pl_mix, conf_w = reco_augment(
+                x_mix, pl_mix, conf_w, self.mean, self.std, self.flags.pil_8bit
+            )
 
         logits_x, logits_u = self._forward_pair(x, x_mix)
         loss_x = self.supervised_loss(logits_x, y)
         valid = pl_mix != self.ignore_index
         confident = (conf_w >= self.conf_thresh) & valid
-        # Per image: weight = fraction of confident pixels; loss = mean of weighted CE over
-        # pixels with CE > 0 (ReCo's `compute_unsupervised_loss`).
+        # Per image: weight = its share of confident pixels; loss = mean of the weighted CE
+        # over the pixels with CE > 0 (ReCo's `compute_unsupervised_loss`).
         weight = confident.flatten(1).sum(1) / valid.flatten(1).sum(1).clamp(min=1)  # (B,)
         ce = F.cross_entropy(logits_u, pl_mix, reduction="none", ignore_index=self.ignore_index)
         weighted = (weight.view(-1, 1, 1) * ce)[ce > 0]
@@ -171,58 +270,27 @@ class DualTeacher(Method):
 
     def _classmix_branch(self, x, y, x_s, conf, pl):
         with phase("mixing"):
-            b = x_s.shape[0]
             keep = classmix_mask(pl, self.ignore_index)  # (B, H, W) True: own pixel
-            if b == 2:
-                perm = torch.tensor([1, 0], device=x_s.device)
-            else:
-                perm = torch.randperm(b, device=x_s.device)
+            perm = classmix_partners(x_s.shape[0], device=x_s.device)
             x_cm = mix(keep, x_s, x_s[perm])
-            # Mixing the softmax and taking its max = mixing confidence and label (official
-            # mixes the softmax).
+            # Mixing the softmax and taking its max = mixing confidence and label (the
+            # official code mixes the softmax).
             conf_cm = mix(keep, conf, conf[perm])
             pl_cm = mix(keep, pl, pl[perm])
 
         logits_x, logits_u = self._forward_pair(x, x_cm)
         loss_x = self.supervised_loss(logits_x, y)
-        valid = pl_cm != self.ignore_index
+        valid = pl_cm != self.ignore_index  # all pixels in faithful (padding_in_unsup)
         confident = (conf_cm >= self.conf_thresh) & valid
         weight = confident.sum() / valid.sum().clamp(min=1)  # one scalar for the batch
         ce = F.cross_entropy(logits_u, pl_cm, reduction="none", ignore_index=self.ignore_index)
-        if self.faithful:
-            loss_mix = (weight * ce).mean()  # official: mean over all pixels
-        else:
-            loss_mix = (weight * ce).sum() / valid.sum().clamp(min=1)
+        loss_mix = (weight * ce).sum() / valid.sum().clamp(min=1)  # official: mean over pixels
         return loss_x, loss_mix, weight
 
-    def _ic_loss(self, teacher, x_u, x_s, conf, pl, y, valid_u):
-        if self.faithful:
-            # Official: a second teacher forward (train mode, so dropout/BN make it differ) and
-            # the mask's valid pixels taken from the labelled batch's ground truth.
-            _, conf, pl = self._predict(teacher, x_u)
-            valid = y != self.ignore_index
-        else:
-            valid = valid_u
-        logits_s = self.student_forward(x_s)
-        return masked_ce(logits_s, pl, conf >= self.conf_thresh, valid, self.ignore_index)
-
-    def _reco_augment(self, x, pl, conf):
-        """Per image: colour jitter (p=0.8), Gaussian blur sigma ~ U(0.15, 1.15) (p=0.5), joint
-        horizontal flip of image, pseudo-label and confidence (p=0.5); on de-normalised pixels.
-        """
-        out_x, out_pl, out_conf = [], [], []
-        for xi, pli, ci in zip(x, pl, conf):
-            img = denormalize(xi, self.mean, self.std).clamp(0, 1)
-            if self.faithful:
-                img = torch.floor(img * 255) / 255  # official 8-bit PIL round trip
-            if torch.rand(1) > 0.2:
-                img = self.reco_jitter(img)
-            if torch.rand(1) > 0.5:
-                sigma = float(torch.empty(1).uniform_(0.15, 1.15))
-                img = TF.gaussian_blur(img, kernel_size=9, sigma=sigma)
-            if torch.rand(1) > 0.5:
-                img, pli, ci = img.flip(-1), pli.flip(-1), ci.flip(-1)
-            out_x.append(TF.normalize(img, list(self.mean), list(self.std)))
-            out_pl.append(pli)
-            out_conf.append(ci)
-        return torch.stack(out_x), torch.stack(out_pl), torch.stack(out_conf)
+    def diagnostics(self) -> dict[str, float]:
+        """``teacher_a_dist`` / ``teacher_b_dist``: each teacher's relative parameter distance
+        from the student (0 = a copy: a collapsed teacher; see README "teacher distance")."""
+        return {
+            f"{name}_dist": relative_distance(t, self.student)
+            for name, t in zip(TEACHER_NAMES, self.teachers)
+        }

@@ -56,3 +56,13 @@ class EMA:
             torch._foreach_lerp_(*averaged, 1.0 - momentum)
         if copied[0]:
             torch._foreach_copy_(*copied)
+
+
+@torch.no_grad()
+def relative_distance(model: nn.Module, reference: nn.Module) -> float:
+    """``||w - w_ref|| / ||w_ref||`` over all parameters: how far a teacher is from the
+    student (0: a copy). One fused pass, one host synchronisation."""
+    a = [p.detach() for p in model.parameters()]
+    b = [p.detach() for p in reference.parameters()]
+    diff = torch.stack(torch._foreach_norm(torch._foreach_sub(a, b))).norm()
+    return float(diff / torch.stack(torch._foreach_norm(b)).norm().clamp(min=1e-12))

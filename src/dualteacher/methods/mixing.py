@@ -89,6 +89,21 @@ def partner_permutation(batch: int, device: torch.device | str = "cpu") -> torch
     return perm.to(device)
 
 
+def shuffled_partners(batch: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Mixing partners as the official Dual Teacher CutMix draws them: ``perm = randperm(B)``,
+    so an image may be its own partner (then its CutMix box pastes nothing new).
+    Returns ``(B,)`` long."""
+    return torch.randperm(batch).to(device)
+
+
+def classmix_partners(batch: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """ClassMix partners of the official Dual Teacher code: the other image for a batch of two
+    (``[1, 0]``), else ``randperm(B)``. Returns ``(B,)`` long."""
+    if batch == 2:
+        return torch.tensor([1, 0], device=device)
+    return torch.randperm(batch).to(device)
+
+
 def classmix_mask(pseudo_label: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
     """ClassMix: per image, half (rounded down) of the classes it shows, chosen at random.
 

@@ -42,7 +42,10 @@ class SegModel(nn.Module):
         h, w = x.shape[-2:]
         d = self.size_divisor
         ph, pw = (-h) % d, (-w) % d
-        return F.pad(x, (0, pw, 0, ph)) if ph or pw else x
+        # An ONNX export records the padding as arithmetic on the input's shape (always
+        # applied, a no-op at multiples of d), so the exported graph takes any size.
+        exporting = torch.onnx.is_in_onnx_export()
+        return F.pad(x, (0, pw, 0, ph)) if exporting or ph or pw else x
 
     def forward(self, x: torch.Tensor, feature_noise: nn.Module | None = None):
         """Logits for ``x``.
