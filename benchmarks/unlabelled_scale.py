@@ -213,7 +213,7 @@ def child(args: argparse.Namespace) -> None:
     ]
     trainer.train(load_config("demo", overrides), stop_after=1)
     me = os.getpid()
-    workers = sorted(kb for pid, kb in sampler.peak.items() if pid != me)
+    workers = sorted(kb for pid, kb in sampler.peak.items() if pid != me and kb > 0)
     result = {
         "size": args.size,
         "workers": args.workers,
