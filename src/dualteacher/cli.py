@@ -68,7 +68,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
     from dualteacher.config import load_config
     from dualteacher.engine.trainer import default_out_dir, train
 
-    overrides = list(args.overrides)
+    overrides = [*args.overrides, *(["data.rescan=true"] * args.rescan)]
     if args.out:
         overrides.append(f"train.out_dir={args.out}")
     cfg = load_config(args.config, overrides)
@@ -103,8 +103,14 @@ def _cmd_check(args: argparse.Namespace) -> None:
     from dualteacher.config import load_config
     from dualteacher.data.check import check_data, format_report
 
-    cfg = load_config(args.config, args.overrides)
-    report = check_data(cfg, workers=args.workers, progress=sys.stderr.isatty())
+    cfg = load_config(args.config, [*args.overrides, *(["data.rescan=true"] * args.rescan)])
+    report = check_data(
+        cfg,
+        workers=args.workers,
+        progress=sys.stderr.isatty(),
+        sample=args.sample,
+        seed=args.seed,
+    )
     print(format_report(report))
     if not report.ok:
         sys.exit(INPUT_EXIT)  # bad data files are the user's input, as in every other command
@@ -137,6 +143,7 @@ def _cmd_splits(args: argparse.Namespace) -> None:
     )
 
 
+RESCAN_HELP = "scan the data folders again, ignoring a cached scan (data.rescan=true)"
 _OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.\w+)+=")
 
 
@@ -275,7 +282,7 @@ def _cmd_compare(args: argparse.Namespace) -> None:
     from dualteacher.compare import compare
     from dualteacher.config import load_config
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, [*args.overrides, *(["data.rescan=true"] * args.rescan)])
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     seeds = list(range(args.seeds)) if args.seeds else None
     out = args.out or f"runs/compare_{Path(args.config).stem}"
@@ -375,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run directory (default: train.out_dir, or runs/<data>_<method> where <data> is "
         "the data.root folder's name or data.name)",
     )
+    p.add_argument("--rescan", action="store_true", help=RESCAN_HELP)
     p.set_defaults(func=_cmd_train)
 
     p = add(
@@ -482,6 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seeds", type=COUNT, help="run seeds 0..K-1 (default: train.seed only)")
     p.add_argument("--out", help="output directory (default runs/compare_<config name>)")
+    p.add_argument("--rescan", action="store_true", help=RESCAN_HELP)
     p.set_defaults(func=_cmd_compare)
 
     p = add(
@@ -588,6 +597,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="YAML config file, or the name of a built-in config")
     p.add_argument("overrides", nargs="*", help="config overrides key=value (e.g. data.root=...)")
     p.add_argument("--workers", type=COUNT, default=None, help="reading threads (default: CPUs)")
+    p.add_argument(
+        "--sample",
+        type=COUNT,
+        metavar="N",
+        help="read only N samples of each larger set, drawn at random (every entry is still "
+        "counted); for very large sets",
+    )
+    p.add_argument(
+        "--seed", type=NON_NEGATIVE, default=0, help="seed of --sample's draw (default 0)"
+    )
+    p.add_argument("--rescan", action="store_true", help=RESCAN_HELP)
     p.set_defaults(func=_cmd_check)
 
     p = add(

@@ -37,7 +37,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from dualteacher.config import Config, check_values
-from dualteacher.data import build_data
+from dualteacher.data import build_data, run_index
 from dualteacher.engine.run import run_length
 from dualteacher.engine.trainer import TrainResult, measure_step_seconds, train
 from dualteacher.errors import ConfigError, DataError
@@ -164,7 +164,7 @@ def compare(
     runs_dir = out_dir if runs_dir is None else Path(runs_dir)
     seeds = list(seeds) if seeds else [cfg.train.seed]
     _check_runs(cfg, [sp.method for sp in specs], seeds)  # a typo costs no budget
-    bundle = build_data(cfg.data)  # the same data for every run, built once
+    bundle = build_data(cfg.data, index=run_index(out_dir))  # the same data for every run
     _check_data(bundle, [sp.method for sp in specs], cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     length = run_length(cfg, bundle)[1]  # train.steps, or train.epochs x steps per epoch

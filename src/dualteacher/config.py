@@ -63,6 +63,10 @@ class DataConfig:
     labeled: str | None = None  # labelled images
     unlabeled: str | None = None  # unlabelled images (their masks, if listed, are never read)
     val: str | None = None  # validation images (e.g. a subset, or UniMatch's val.txt)
+    # Cache of the folder scans (an .npz file); None: RUN_DIR/data_index.npz for train and
+    # compare, none for check. rescan: scan again even if the cached scan is still valid.
+    index: str | None = None
+    rescan: bool = False
     crop_size: int = 64  # square training crop
     scale_range: tuple[float, float] = (0.5, 2.0)  # random rescale factor of the weak view
     base_size: int | None = None  # short side the scale factor applies to; None: image's own

@@ -6,12 +6,14 @@ that are not classes, and the class pixel frequencies of the labelled and valida
 Images of more than 8 bits per channel and images with an EXIF orientation are counted in a
 warning (they are read scaled / turned, see ``data.files.decode_image``).
 Reading uses the same ``load`` as training, so a config that checks clean trains without data
-errors.
+errors. With ``sample=N`` (``--sample N``), a set of more than N entries is counted in full but
+only N of its samples, drawn at random from ``seed``, are checked and read.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -19,7 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from dualteacher.config import IGNORE_INDEX, Config
-from dualteacher.data import build_data, set_problems
+from dualteacher.data import build_data, sample_indices, set_problems
 from dualteacher.data.base import SegSource
 from dualteacher.data.files import image_key
 from dualteacher.errors import BadSampleError
@@ -37,6 +39,7 @@ class SetReport:
     pixels: np.ndarray | None = None  # (K + 1,) labelled pixels per class, ignore last
     min_size: tuple[int, int] | None = None  # (H, W) of the smallest image (by area)
     max_size: tuple[int, int] | None = None
+    sampled: int | None = None  # samples read when only a random sample was (--sample)
     # what reading did beyond plain 8-bit RGB, by kind ("depth", "orientation"): (file, text)
     notes: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
 
@@ -53,6 +56,8 @@ class CheckReport:
     sets: list[SetReport]
     errors: list[str]  # set-level errors (an empty set a training run needs)
     warnings: list[str]
+    sample: int | None = None  # --sample N: at most N samples read per set
+    seed: int = 0
 
     @property
     def ok(self) -> bool:
@@ -74,23 +79,44 @@ def _scan_one(source: SegSource, index: int, num_classes: int):
     return sample.image.shape[:2], counts, None, [(k, where, text) for k, text in sample.notes]
 
 
+def _map_in_chunks(pool: ThreadPoolExecutor, fn, items: Sequence[int], chunk: int = 1024):
+    """``pool.map(fn, items)`` in order, submitting ``chunk`` items at a time (``map`` alone
+    would create a future for each of millions of items before the first result)."""
+    for a in range(0, len(items), chunk):
+        yield from pool.map(fn, items[a : a + chunk])
+
+
 def check_set(
-    name: str, source: SegSource | None, num_classes: int, workers: int, progress: bool
+    name: str,
+    source: SegSource | None,
+    num_classes: int,
+    workers: int,
+    progress: bool,
+    sample: int | None = None,
+    seed: int = 0,
 ) -> SetReport:
-    """Read every sample of ``source`` (threads: PIL decoding releases the GIL)."""
+    """Read every sample of ``source``, or ``sample`` of them drawn from ``seed`` (threads: PIL
+    decoding releases the GIL)."""
     if source is None:
         return SetReport(name, "none", 0)
     report = SetReport(name, getattr(source, "origin", "in memory"), len(source))
+    indices = range(len(source))
+    if sample is not None and len(source) > sample:
+        indices = sample_indices(len(source), sample, seed).tolist()
+        report.sampled = len(indices)
     seen: set[str] = set()
-    for p in set_problems(source):
+    for p in set_problems(source, indices):
         if str(p.path) not in seen:
             seen.add(str(p.path))
             report.problems.append(p)
-    sizes = []
+
+    def area(size: tuple[int, int]) -> tuple[int, tuple[int, int]]:
+        return size[0] * size[1], size
+
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = pool.map(lambda i: _scan_one(source, i, num_classes), range(len(source)))
+        results = _map_in_chunks(pool, lambda i: _scan_one(source, i, num_classes), indices)
         for size, counts, problem, notes in tqdm(
-            results, total=len(source), desc=name, disable=not progress, leave=False
+            results, total=len(indices), desc=name, disable=not progress, leave=False
         ):
             for kind, where, text in notes:
                 report.notes.setdefault(kind, []).append((where, text))
@@ -100,23 +126,30 @@ def check_set(
                     report.problems.append(problem)
                 continue
             report.readable += 1
-            sizes.append(size)
+            if report.min_size is None or area(size) < area(report.min_size):
+                report.min_size = size
+            if report.max_size is None or area(size) > area(report.max_size):
+                report.max_size = size
             if counts is not None:
                 report.pixels = counts if report.pixels is None else report.pixels + counts
-    if sizes:
-        report.min_size = min(sizes, key=lambda s: (s[0] * s[1], s))
-        report.max_size = max(sizes, key=lambda s: (s[0] * s[1], s))
     return report
 
 
-def check_data(cfg: Config, workers: int | None = None, progress: bool = False) -> CheckReport:
-    """Scan the labelled, unlabelled and validation sets of ``cfg.data`` fully."""
+def check_data(
+    cfg: Config,
+    workers: int | None = None,
+    progress: bool = False,
+    sample: int | None = None,
+    seed: int = 0,
+) -> CheckReport:
+    """Scan the labelled, unlabelled and validation sets of ``cfg.data`` fully, or read only
+    ``sample`` random samples (from ``seed``) of each larger set."""
     from dualteacher.methods import METHODS
 
     workers = workers or min(8, os.cpu_count() or 1)
     bundle = build_data(cfg.data, verify=False)
     k = bundle.num_classes
-    sets = [check_set(s, getattr(bundle, s), k, workers, progress) for s in SETS]
+    sets = [check_set(s, getattr(bundle, s), k, workers, progress, sample, seed) for s in SETS]
     errors, warnings = [], []
     for s in sets:
         source = getattr(bundle, s.name)
@@ -146,7 +179,9 @@ def check_data(cfg: Config, workers: int | None = None, progress: bool = False) 
             absent = [c for c, n in zip(bundle.classes, s.pixels[:k]) if n == 0]
             if absent:
                 warnings.append(f"classes with no labelled pixel: {', '.join(absent)}")
-    return CheckReport(cfg.data.name, cfg.data.root, bundle.classes, sets, errors, warnings)
+    return CheckReport(
+        cfg.data.name, cfg.data.root, bundle.classes, sets, errors, warnings, sample, seed
+    )
 
 
 # What a note means for the user, by kind (see ``data.files.image_notes``).
@@ -189,6 +224,13 @@ def format_report(report: CheckReport) -> str:
         lines.append(
             f"{s.name:<10}{s.count:>8}{s.bad_files:>6}  {_size(s.min_size):>10}  "
             f"{_size(s.max_size):>10}  {s.origin}"
+        )
+    sampled = [s for s in report.sets if s.sampled is not None]
+    if sampled:
+        parts = ", ".join(f"{s.name} {s.sampled:,} of {s.count:,}" for s in sampled)
+        lines.append(
+            f"sampled: {parts} samples checked and read, drawn at random (--sample "
+            f"{report.sample}, seed {report.seed}); the others were counted, not opened"
         )
     scored = [s for s in report.sets if s.pixels is not None]
     if scored:

@@ -1,9 +1,9 @@
 """Image and mask files on disk: reading, label-id mapping and per-sample checks.
 
-Every on-disk dataset (VOC, Cityscapes, ADE20K, the user's folders) is a list of ``Entry``
-(image path, mask path or None, name) read by one ``FileSource``. A dataset only says where
-its files are and how raw mask values map to train ids (a look-up table); reading, checking
-and error messages live here, once.
+Every on-disk dataset (VOC, Cityscapes, ADE20K, the user's folders) is a sequence of ``Entry``
+(image path, mask path or None, name), held compactly in an ``index.EntryTable``, read by one
+``FileSource``. A dataset only says where its files are and how raw mask values map to train
+ids (a look-up table); reading, checking and error messages live here, once.
 
 ``decode_image`` is the one image reader of training, evaluation, ``check`` and ``predict``:
 EXIF orientation applied, deep (16-bit, float) images scaled to 8 bits by their value range.
@@ -26,6 +26,7 @@ from PIL import Image, UnidentifiedImageError
 
 from dualteacher.config import IGNORE_INDEX, DataConfig
 from dualteacher.data.base import Sample, SegSource
+from dualteacher.data.index import Entry, EntryTable, scan
 from dualteacher.errors import BadSampleError, DataError
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
@@ -40,13 +41,6 @@ _READ_ERRORS = (
     ValueError,
     Image.DecompressionBombError,
 )
-
-
-@dataclass(frozen=True)
-class Entry:
-    image: Path
-    mask: Path | None  # None: unlabelled
-    name: str  # stable id, e.g. the file stem
 
 
 def identity_lut(num_classes: int, ignore_value: int = IGNORE_INDEX) -> np.ndarray:
@@ -348,7 +342,7 @@ class FileSource(SegSource):
     """Samples read from image / mask files, with the checks described in the module docstring.
 
     Args:
-        entries: the files, in order.
+        entries: the files, in order (an ``EntryTable``, or any ``Entry`` iterable).
         lut: raw mask value -> train id table (``INVALID`` where a value is not allowed).
         classes_hint: what valid raw values are, for messages (e.g. "0..20, ignore 255").
         origin: where this set comes from, for messages and ``dualteacher check``.
@@ -363,7 +357,7 @@ class FileSource(SegSource):
         origin: str,
         problems: Iterable[BadSampleError] = (),
     ):
-        self.entries = list(entries)
+        self.entries = EntryTable.from_entries(entries)
         self.lut, self.classes_hint, self.origin = lut, classes_hint, origin
         self.problems = list(problems)  # found while listing files (e.g. a mask without image)
         self.empty_hint = ""  # how to fill this set when it is empty, for error messages
@@ -387,11 +381,12 @@ class FileSource(SegSource):
         labels = map_labels(raw, self.lut_for(e.mask), e.mask, self.classes_hint)
         return Sample(image, labels, e.name, notes)
 
-    def file_problems(self) -> list[BadSampleError]:
-        """Files of this set that do not exist (one ``stat`` each, nothing is read), and the
-        problems found while listing the files."""
+    def file_problems(self, indices: Iterable[int] | None = None) -> list[BadSampleError]:
+        """Files of this set (of the samples ``indices``; None: all) that do not exist (one
+        ``stat`` each, nothing is read), and the problems found while listing the files."""
         out = list(self.problems)
-        for e in self.entries:
+        for i in range(len(self.entries)) if indices is None else indices:
+            e = self.entries[i]
             if not e.image.is_file():
                 out.append(BadSampleError(e.image, "image file is missing"))
             if e.mask is not None and not e.mask.is_file():
@@ -459,44 +454,32 @@ def read_id_list(path: Path) -> list[str]:
     return [t[0] for t in lines if t and not t[0].startswith("#")]
 
 
-def scan_images(folder: Path, recursive: bool = True) -> dict[str, Path]:
-    """Images under ``folder`` by name (path relative to it, without extension, "/"-separated).
-
-    Hidden files and files of other types are skipped. Two images with the same name (``a.jpg``
-    and ``a.png``) are ambiguous and raise ``DataError``.
+def scan_images(folder: Path) -> EntryTable:
+    """Images under ``folder`` (sub-folders too), named by their path relative to it without
+    extension, "/"-separated; through the run's scan index (``index.ScanIndex``), so a scan
+    is done once. Hidden files and files of other types are skipped; no file is opened or
+    ``stat``-ed. Two images with the same name (``a.jpg`` and ``a.png``) raise ``DataError``.
     """
-    found: dict[str, Path] = {}
-    if not folder.is_dir():
-        return found
-    walk = os.walk(folder) if recursive else [(str(folder), [], os.listdir(folder))]
-    for dirpath, dirnames, filenames in walk:
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for fname in sorted(filenames):
-            p = Path(dirpath) / fname
-            if fname.startswith(".") or p.suffix.lower() not in IMAGE_EXTS:
-                continue
-            name = p.relative_to(folder).with_suffix("").as_posix()
-            if name in found:
-                raise DataError(
-                    f"{found[name]} and {p} have the same name: keep one image per name in {folder}"
-                )
-            found[name] = p
-    return found
+    return scan(folder, IMAGE_EXTS) if folder.is_dir() else EntryTable.empty()
 
 
-def without_masks(entries: Iterable[Entry]) -> list[Entry]:
-    return [Entry(e.image, None, e.name) for e in entries]
+def scan_files(folder: Path) -> EntryTable:
+    """Every non-hidden file under ``folder`` (masks of any type), named as ``scan_images``."""
+    return scan(folder, None) if folder.is_dir() else EntryTable.empty()
 
 
-def image_key(path: Path) -> str:
+def without_masks(entries: Iterable[Entry]) -> EntryTable:
+    return EntryTable.from_entries(entries).without_masks()
+
+
+def image_key(path: Path | str) -> str:
     """Comparable form of an image path (no file-system access)."""
     return os.path.normcase(os.path.abspath(path))
 
 
-def exclude(entries: Iterable[Entry], taken: Iterable[Entry]) -> list[Entry]:
+def exclude(entries: Iterable[Entry], taken: Iterable[Entry]) -> EntryTable:
     """``entries`` whose image is not the image of any entry in ``taken``."""
-    keys = {image_key(e.image) for e in taken}
-    return [e for e in entries if image_key(e.image) not in keys]
+    return EntryTable.from_entries(entries).drop_images(taken)
 
 
 def default_palette(num_classes: int) -> list[tuple[int, int, int]]:

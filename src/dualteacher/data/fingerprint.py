@@ -5,6 +5,9 @@ validation), the number of samples, a digest of their names in order and a diges
 names with their files' sizes. Paths are left out, so a dataset that was moved or copied
 elsewhere (``data.root`` changed) still resumes; other images, another split file, another
 order or files whose contents changed do not, unless ``train.resume_with_changes=true``.
+The sizes are those of every file of a set of up to ``data.FULL_CHECK_MAX`` samples, of a
+seeded sample of ``data.SAMPLE_CHECK`` of a larger one (``files_sampled``), so that a pool of
+millions starts without a ``stat`` per file; its names are all digested.
 """
 
 from __future__ import annotations
@@ -29,18 +32,28 @@ def _size(path: Path | None) -> int:
 def data_fingerprint(bundle: DataBundle) -> dict:
     """``{"classes": [...], "labeled": {"count", "names", "files"}, ...}`` (see the module
     docstring). In-memory sets (the demo, generated from ``data.demo.*``, which the config
-    check covers) have a count only. One ``stat`` per file."""
+    check covers) have a count only. One ``stat`` per file of a set, or of its sample."""
+    from dualteacher.data import FULL_CHECK_MAX, SAMPLE_CHECK, sample_indices
+
     out: dict = {"classes": list(bundle.classes)}
     for name in SETS:
         source = getattr(bundle, name)
         info: dict = {"count": len(source) if source is not None else 0}
         entries = getattr(source, "entries", None)
         if entries is not None:
+            n = len(entries)
             names, files = hashlib.sha256(), hashlib.sha256()
-            for e in entries:
-                names.update(e.name.encode() + b"\0")
+            chunks = entries.name_chunks() if hasattr(entries, "name_chunks") else None
+            for chunk in chunks or [[e.name for e in entries]]:
+                if chunk:  # the digest of every name + "\0", in order, one update per chunk
+                    names.update("\0".join(chunk).encode() + b"\0")
+            picked = range(n) if n <= FULL_CHECK_MAX else sample_indices(n, SAMPLE_CHECK).tolist()
+            for i in picked:
+                e = entries[i]
                 files.update(f"{e.name}\0{_size(e.image)}\0{_size(e.mask)}\0".encode())
             info["names"], info["files"] = names.hexdigest()[:16], files.hexdigest()[:16]
+            if len(picked) < n:
+                info["files_sampled"] = len(picked)
         out[name] = info
     return out
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from dualteacher.config import IGNORE_INDEX, DataConfig
@@ -37,9 +38,11 @@ from dualteacher.data.files import (
     exclude,
     first_existing,
     identity_lut,
+    scan_files,
     scan_images,
     without_masks,
 )
+from dualteacher.data.index import EntryTable
 from dualteacher.data.splits import read_split
 from dualteacher.errors import BadSampleError, DataError
 
@@ -134,34 +137,33 @@ class FolderLayout:
     def from_paths(self, image: Path, mask: Path | None) -> Entry:
         return Entry(image, mask if mask is not None else self.mask_of(image), image.stem)
 
-    def scan_split(self, split: str) -> tuple[list[Entry], list[Entry], list[BadSampleError]]:
+    def scan_split(self, split: str) -> tuple[EntryTable, EntryTable, list[BadSampleError]]:
         """(images with a mask, images without, masks without an image) of ``ROOT/<split>``."""
         images = scan_images(self.root / split / "images")
-        masks_dir = self.root / split / "masks"
-        masks = {
-            p.relative_to(masks_dir).with_suffix("").as_posix(): p
-            for p in (sorted(masks_dir.rglob("*")) if masks_dir.is_dir() else [])
-            if p.is_file() and not p.name.startswith(".")
-        }
-        labeled, unlabeled, problems = [], [], []
-        for name, image in images.items():
-            mask = masks.get(name)
-            if mask is not None and mask.suffix.lower() != ".png":
-                problems.append(BadSampleError(mask, "masks must be .png files (lossless)"))
+        listing = scan_files(self.root / split / "masks")
+        masks = dict(zip(listing.iter_names(), listing.iter_images()))  # name -> mask path
+        if not masks:
+            return images.take([]), images, []
+        labeled, masks_of = np.zeros(len(images), bool), []
+        for i, name in enumerate(images.iter_names()):
+            mask = masks.pop(name, None)
             if mask is not None:
-                labeled.append(Entry(image, mask, name))
-            else:
-                unlabeled.append(Entry(image, None, name))
-        for name, mask in masks.items():
-            if name not in images:
-                problems.append(
-                    BadSampleError(
-                        mask,
-                        f"mask without an image: no {name}.<ext> in {self.root / split / 'images'} "
-                        f"(image types: {' '.join(IMAGE_EXTS)})",
-                    )
-                )
-        return labeled, unlabeled, problems
+                labeled[i] = True
+                masks_of.append(mask)
+        problems = [
+            BadSampleError(m, "masks must be .png files (lossless)")
+            for m in masks_of
+            if not m.lower().endswith(".png")
+        ]
+        problems += [
+            BadSampleError(
+                mask,
+                f"mask without an image: no {name}.<ext> in {self.root / split / 'images'} "
+                f"(image types: {' '.join(IMAGE_EXTS)})",
+            )
+            for name, mask in masks.items()  # what is left: no image of that name
+        ]
+        return images.take(labeled).with_masks(masks_of), images.take(~labeled), problems
 
 
 def _root(cfg: DataConfig) -> Path:
@@ -177,8 +179,8 @@ def _root(cfg: DataConfig) -> Path:
     return root
 
 
-def _unlabeled_dir(root: Path) -> list[Entry]:
-    return [Entry(p, None, f"unlabeled/{n}") for n, p in scan_images(root / "unlabeled").items()]
+def _unlabeled_dir(root: Path) -> EntryTable:
+    return scan_images(root / "unlabeled").renamed("unlabeled/")
 
 
 def build(cfg: DataConfig) -> DataBundle:
@@ -195,9 +197,12 @@ def build(cfg: DataConfig) -> DataBundle:
     if cfg.unlabeled:
         unlabeled = read_split(cfg.unlabeled, cfg, lay, False, "data.unlabeled")
         unl_origin = cfg.unlabeled
-    else:
-        unlabeled = without_masks(exclude(train_x + train_u + extra_u, labeled))
+    elif not cfg.labeled:  # the labelled set is train_x: the others are unlabelled
+        unlabeled = train_u + extra_u
         unl_origin = "train/ images without a mask, and unlabeled/"
+    else:
+        unlabeled = exclude(without_masks(train_x) + train_u + extra_u, labeled)
+        unl_origin = "train/ and unlabeled/ images not in data.labeled"
     if cfg.val:
         val, val_origin, val_problems = read_split(cfg.val, cfg, lay, True, "data.val"), cfg.val, []
     else:
@@ -232,7 +237,7 @@ def build(cfg: DataConfig) -> DataBundle:
     )
 
 
-def split_pool(cfg: DataConfig, blended: bool = False) -> tuple[list[Entry], list[Entry]]:
+def split_pool(cfg: DataConfig, blended: bool = False) -> tuple[EntryTable, EntryTable]:
     """(labelled candidates, other unlabelled images) for ``dualteacher splits``."""
     root = _root(cfg)
     train_x, train_u, _ = FolderLayout(root).scan_split("train")

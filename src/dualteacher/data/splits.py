@@ -15,7 +15,8 @@ When a listed mask does not exist, the dataset may substitute an equivalent file
 ``*_labelTrainIds.png``). When a listed image does not exist at its path, its file name is
 looked up as an id (so Dual Teacher's ADE lists, which name physically split folders, work
 on the standard layout). Mask paths in unlabelled lists are ignored: unlabelled images are
-never read with a mask.
+never read with a mask. Files are read as a stream into compact tables; an unlabelled file's
+paths are looked up on disk only for its first lines (``read_split``).
 
 ``dualteacher splits`` writes ``labeled.txt`` (``image mask`` pairs) and ``unlabeled.txt``
 (image paths) relative to ``data.root``, drawn reproducibly from a seed; with the same seed,
@@ -25,6 +26,7 @@ a smaller labelled set is a subset of a larger one.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -32,9 +34,11 @@ import numpy as np
 
 from dualteacher.config import DataConfig
 from dualteacher.data.files import IMAGE_EXTS, Entry, exclude, without_masks
+from dualteacher.data.index import EntryTable, TableBuilder, file_stem
 from dualteacher.errors import DataError
 from dualteacher.outputs import write_text
 
+PROBE_LINES = 16  # image paths of an unlabelled split file looked up on disk (see read_split)
 FORMATS = (
     "one id per line (2007_000032), one image path per line, or 'image mask' path pairs "
     "(JPEGImages/2007_000032.jpg SegmentationClass/2007_000032.png), paths relative to data.root"
@@ -75,8 +79,15 @@ def find_split_file(value: str, cfg: DataConfig, key: str) -> Path:
     )
 
 
-def read_split(value: str, cfg: DataConfig, layout: Layout, labeled: bool, key: str) -> list[Entry]:
-    """Entries of the split file ``value`` (config key ``key``), see the module docstring."""
+def read_split(value: str, cfg: DataConfig, layout: Layout, labeled: bool, key: str) -> EntryTable:
+    """Entries of the split file ``value`` (config key ``key``), see the module docstring.
+
+    The file is read as a stream, line by line, into a compact table. Each line of a labelled
+    (or validation) file is looked up on disk. An unlabelled file's image paths are looked up
+    for its first ``PROBE_LINES`` path lines only: when all of them were found under one base
+    folder, every further path is taken to be under it, without touching the disk (a file that
+    is not there is reported when it is read: ``data.skip_bad``).
+    """
     path = find_split_file(value, cfg, key)
     # where relative paths may start: the dataset directory, data.root, the working directory
     bases = [layout.root]
@@ -90,14 +101,7 @@ def read_split(value: str, cfg: DataConfig, layout: Layout, labeled: bool, key: 
             return p
         return next((b / p for b in bases if (b / p).exists()), bases[0] / p)
 
-    entries = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        tokens = line.split()
-        if not tokens or tokens[0].startswith("#"):
-            continue
-        where = f"{path}, line {lineno}"
-        if len(tokens) > 2:
-            raise DataError(f"{where}: {len(tokens)} fields; a split file lists {FORMATS}")
+    def lookup(tokens: list[str], where: str) -> Entry:
         if not _is_path(tokens[0]):
             entry = layout.from_id(tokens[0], labeled)
         else:
@@ -116,10 +120,50 @@ def read_split(value: str, cfg: DataConfig, layout: Layout, labeled: bool, key: 
             raise DataError(
                 f"{where}: cannot tell where the mask of {tokens[0]} is; give 'image mask' pairs"
             )
-        entries.append(entry)
-    if not entries:
+        return entry
+
+    table = TableBuilder()
+    probes: list[tuple[str, Entry]] = []  # (path token, entry) of the first path lines
+    base: str | None = None  # learned: every further relative image path starts here
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            tokens = line.split()
+            if not tokens or tokens[0].startswith("#"):
+                continue
+            if len(tokens) > 2:
+                raise DataError(
+                    f"{path}, line {lineno}: {len(tokens)} fields; a split file lists {FORMATS}"
+                )
+            token = tokens[0]
+            if base is not None and _is_path(token) and not token.startswith("~"):
+                image = token if os.path.isabs(token) else base + token
+                table.add(image, None, file_stem(token.rpartition("/")[2]))
+                continue
+            entry = lookup(tokens, f"{path}, line {lineno}")
+            table.add(entry.image, entry.mask, entry.name)
+            if not labeled and _is_path(token) and len(probes) < PROBE_LINES:
+                probes.append((token, entry))
+                if len(probes) == PROBE_LINES:
+                    base = _common_base(probes, bases)
+    if not len(table):
         raise DataError(f"{key}={value}: {path} lists no images. A split file lists {FORMATS}")
-    return entries
+    return table.build()
+
+
+def _common_base(probes: list[tuple[str, Entry]], bases: list[Path]) -> str | None:
+    """The first of ``bases`` under which every probed path token was found, as it was found
+    (``base / token``, named by its stem), with a trailing separator; None if there is none."""
+    candidates = [str(b) + os.sep for b in bases]
+    for token, entry in probes:
+        if entry.name != Path(token).stem:
+            return None
+        image = os.path.normpath(entry.image)
+        if os.path.isabs(token):
+            if image != os.path.normpath(token):
+                return None
+            continue
+        candidates = [c for c in candidates if os.path.normpath(c + token) == image]
+    return candidates[0] if candidates else None
 
 
 class FolderSplitLayout(Layout, Protocol):
@@ -131,7 +175,7 @@ class FolderSplitLayout(Layout, Protocol):
         ...
 
 
-Part = tuple[list[Entry], str]  # entries and where they came from (for messages)
+Part = tuple[Sequence[Entry], str]  # entries and where they came from (for messages)
 
 
 def folder_split_parts(
@@ -163,7 +207,7 @@ def folder_split_parts(
 
 
 def draw_split(
-    candidates: list[Entry], labeled: int | None, fraction: float | None, seed: int
+    candidates: Sequence[Entry], labeled: int | None, fraction: float | None, seed: int
 ) -> tuple[list[Entry], list[Entry]]:
     """Split ``candidates`` into (labelled, rest) reproducibly.
 
@@ -191,7 +235,7 @@ def _rel(path: Path, root: Path) -> str:
     return Path(os.path.relpath(path, root)).as_posix()
 
 
-def write_split(path: Path, entries: list[Entry], root: Path, with_masks: bool) -> None:
+def write_split(path: Path, entries: Iterable[Entry], root: Path, with_masks: bool) -> None:
     """Write ``entries`` one per line, ``image mask`` or ``image``, relative to ``root``."""
     lines = []
     for e in entries:

@@ -196,6 +196,8 @@ RESUMABLE_CHANGES = (
     "data.labeled",
     "data.unlabeled",
     "data.val",
+    "data.index",
+    "data.rescan",
     "data.num_workers",
     "data.pin_memory",
     "data.persistent_workers",

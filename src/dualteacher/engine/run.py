@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from dualteacher.config import Config, EpochUnit, load_config, to_dict
-from dualteacher.data import DataBundle, build_data
+from dualteacher.data import DataBundle, build_data, run_index
 from dualteacher.data.base import EvalSet
 from dualteacher.data.fingerprint import data_changes, data_fingerprint
 from dualteacher.data.loaders import build_train_loaders
@@ -169,12 +169,15 @@ def build_run(
     state = None
     if checkpoint is not None:
         state = load_checkpoint(checkpoint)
-        cfg = _without_pretrained(load_config(None, overrides, base=state["config"]))
+        # data.rescan (--rescan) was asked for by the command that trained, not by this one
+        base = {**state["config"], "data": {**state["config"].get("data", {}), "rescan": False}}
+        cfg = _without_pretrained(load_config(None, overrides, base=base))
     assert cfg is not None
     device, dist = _setup_process(cfg, training=False)
-    if bundle is None:
+    if bundle is None:  # a checkpoint's run directory may hold its scan index: read it
+        index = run_index(Path(checkpoint).parent) if checkpoint is not None else None
         try:
-            bundle = build_data(cfg.data)
+            bundle = build_data(cfg.data, index=index, update_index=False)
         except DataError as e:
             if checkpoint is None:
                 raise
@@ -396,7 +399,8 @@ def build_training(
         bundle: data already built from ``cfg.data`` (``compare`` builds it once).
         num_classes: build no dataset at all, for ``num_classes`` classes (``bench``).
         resume_dir: resume from the checkpoint of this run directory, if there is one (see
-            ``agree_on_checkpoint``); the config must be the one it was written with.
+            ``agree_on_checkpoint``); the config must be the one it was written with. Its
+            ``data_index.npz`` caches the folder scans (``data.index`` names another file).
         verbose: print what ``model.pretrained`` loaded.
     """
     device, dist = _setup_process(cfg, training=True)
@@ -405,7 +409,9 @@ def build_training(
         check_compatible(resume[1], cfg, None, resume[0])
         check_resume_config(resume[1], cfg, resume[0])
     if num_classes is None:
-        bundle = bundle if bundle is not None else build_data(cfg.data)
+        if bundle is None:  # folder scans cached in the run directory, for a resumed run
+            index = run_index(resume_dir) if resume_dir is not None else None
+            bundle = build_data(cfg.data, index=index)
         num_classes = bundle.num_classes
         classes, palette = bundle.classes, bundle.palette
     else:
