@@ -49,7 +49,10 @@ def test_eval_interval_in_steps_or_epochs():
     assert trainer.eval_interval(cfg, epoch_steps=5) == 7
     cfg = load_config(None, ["train.eval_every=7", "train.eval_every_epochs=2"])
     assert trainer.eval_interval(cfg, epoch_steps=5) == 10
-    cfg = load_config(None, ["train.eval_every_epochs=0"])
+    with pytest.raises(ConfigError, match="train.eval_every_epochs=0"):
+        load_config(None, ["train.eval_every_epochs=0"])  # refused when the config is loaded
+    cfg = load_config(None)
+    cfg.train.eval_every_epochs = 0  # and when a config built in Python reaches the loop
     with pytest.raises(ConfigError, match="train.eval_every_epochs=0"):
         trainer.eval_interval(cfg, epoch_steps=5)
 

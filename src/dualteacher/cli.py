@@ -23,7 +23,7 @@ EPILOG = """examples:
   dualteacher export runs/demo/dual_teacher/best.pt --out exported --format safetensors,onnx
   dualteacher predict exported photos/ --out runs/pred --runtime onnx
   dualteacher compare demo --methods supervised,mean_teacher,dual_teacher --seeds 3
-  dualteacher suggest runs/demo_dual_teacher/best.pt --top 20 --out runs/next
+  dualteacher suggest runs/demo/dual_teacher/best.pt --top 20 --out runs/next
   dualteacher pseudolabel best.pt --images my_data/unlabeled --out runs/pseudo --conf 0.9
   dualteacher configs                                list the built-in configs
   dualteacher models                                 registered models and their sizes
