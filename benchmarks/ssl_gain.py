@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--out", default="runs/ssl_gain")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at a time (compare --jobs)")
     p.add_argument("--bench-steps", type=int, default=10)
     p.add_argument("--bench-warmup", type=int, default=3)
     p.add_argument(
@@ -83,10 +84,10 @@ def main(argv: list[str] | None = None) -> dict:
     # One folder of runs for both budgets: the reference runs are trained once.
     runs = out / "runs"
     steps_summary = compare(
-        cfg, methods, out / "equal_steps", seeds, steps=args.steps, runs_dir=runs
+        cfg, methods, out / "equal_steps", seeds, steps=args.steps, runs_dir=runs, jobs=args.jobs
     )
     time_summary = compare(
-        cfg, time_specs, out / "equal_time", seeds, steps=args.steps, runs_dir=runs
+        cfg, time_specs, out / "equal_time", seeds, steps=args.steps, runs_dir=runs, jobs=args.jobs
     )
 
     budget_s = sec[REFERENCE] * args.steps
@@ -103,6 +104,8 @@ def main(argv: list[str] | None = None) -> dict:
     }
     (out / "ssl_gain.json").write_text(json.dumps(result, indent=2))
     flags = f"--config {args.config} --steps {args.steps} --seeds {args.seeds} --out {args.out}"
+    if args.jobs > 1:
+        flags += f" --jobs {args.jobs}"
     command = " ".join(["bash benchmarks/ssl_gain.sh", flags, *args.overrides])
     timing = ", ".join(f"{m} {s:.3f}" for m, s in sec.items())
     md = [

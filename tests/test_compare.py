@@ -221,3 +221,48 @@ def test_compare_without_a_budget_runs_the_config_epochs(tmp_path):
     assert summary["budget"] == {"steps": 4, "epochs": 1}  # 8 labelled / batch 2
     assert summary["results"][0]["steps"] == 4
     assert "4 steps per run (1 epochs)" in (out / "summary.md").read_text()
+
+
+def test_compare_jobs_trains_the_same_runs_in_worker_processes(tmp_path):
+    from dualteacher.compare import RUN_LOG, compare
+
+    cfg = load_config("demo", [*TINY, "train.threads=1", "train.eval_every=1"])
+    methods = ["supervised", "dual_teacher"]
+    one = compare(cfg, methods, tmp_path / "one", steps=2)
+    two = compare(cfg, methods, tmp_path / "two", steps=2, jobs=2)
+    assert two["jobs"] == 2 and one["jobs"] == 1
+    for a, b in zip(one["results"], two["results"]):
+        # the same run in a worker process: the same numbers, not just a number
+        assert a["miou_per_seed"] == b["miou_per_seed"]
+        assert a["best_miou_per_seed"] == b["best_miou_per_seed"]
+        assert b["steps"] == 2
+    for name in methods:
+        log = (tmp_path / "two" / name / RUN_LOG).read_text()
+        assert "done: 2 steps" in log  # the worker trained it and said so in its log
+        assert not (tmp_path / "one" / name / RUN_LOG).exists()
+    assert "2 at a time" in (tmp_path / "two" / "summary.md").read_text()
+
+
+def test_compare_jobs_reports_a_failed_worker_and_keeps_the_others(tmp_path):
+    from dualteacher.compare import compare
+    from dualteacher.errors import RunsFailed
+
+    cfg = load_config("demo", [*TINY, "train.threads=1"])
+    out = tmp_path / "cmp"
+    (out / "supervised").mkdir(parents=True)
+    (out / "supervised" / "latest.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(RunsFailed) as err:
+        compare(cfg, ["supervised", "dual_teacher"], out, steps=2, jobs=2)
+    text = str(err.value)
+    assert "1 of 2 runs failed: supervised" in text and "latest.pt" in text
+    assert "train.log" in text
+    assert (out / "dual_teacher" / "result.json").is_file()  # the other run finished
+
+
+def test_compare_jobs_refuses_a_time_budget(tmp_path):
+    from dualteacher.compare import compare
+
+    cfg = load_config("demo", TINY)
+    with pytest.raises(ConfigError, match="--jobs 2 with --minutes"):
+        compare(cfg, ["supervised"], tmp_path / "cmp", minutes=0.1, jobs=2)
+    assert not (tmp_path / "cmp").exists()

@@ -79,10 +79,10 @@ def test_configs_keeps_names_apart_from_descriptions(capsys):
 
 def test_help_examples_use_the_paths_demo_writes(tmp_path, capsys):
     out = tmp_path / "demo"
-    code, _, err = cli(capsys, "demo", "--out", out, *TINY, "train.steps=1")
+    code, _, err = cli(capsys, "demo", "--out", out, "--jobs", "1", *TINY, "train.steps=1")
     assert code == 0, err
     paths = set(re.findall(r"runs/demo\S*\.pt", EPILOG))
-    assert paths == {"runs/demo/dual_teacher/best.pt"}  # before: runs/demo_dual_teacher/...
+    assert paths == {"runs/demo/dual_teacher_seed0/best.pt"}  # before: runs/demo_dual_teacher/...
     for p in paths:
         assert (out / p.removeprefix("runs/demo/")).is_file()
 

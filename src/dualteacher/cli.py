@@ -16,14 +16,14 @@ from dualteacher.errors import INPUT_EXIT
 EPILOG = """examples:
   dualteacher demo                                   supervised vs. dual_teacher on demo data
   dualteacher train configs/demo.yaml train.steps=200
-  dualteacher eval runs/demo/dual_teacher/best.pt --models all      (written by demo)
+  dualteacher eval runs/demo/dual_teacher_seed0/best.pt --models all      (written by demo)
   dualteacher check configs/demo.yaml data.name=folder data.root=my_data
-  dualteacher eval runs/demo/dual_teacher/best.pt --report runs/report
-  dualteacher predict runs/demo/dual_teacher/best.pt photos/ --out runs/pred
-  dualteacher export runs/demo/dual_teacher/best.pt --out exported --format safetensors,onnx
+  dualteacher eval runs/demo/dual_teacher_seed0/best.pt --report runs/report
+  dualteacher predict runs/demo/dual_teacher_seed0/best.pt photos/ --out runs/pred
+  dualteacher export runs/demo/dual_teacher_seed0/best.pt --out exported --format safetensors,onnx
   dualteacher predict exported photos/ --out runs/pred --runtime onnx
   dualteacher compare demo --methods supervised,mean_teacher,dual_teacher --seeds 3
-  dualteacher suggest runs/demo/dual_teacher/best.pt --top 20 --out runs/next
+  dualteacher suggest runs/demo/dual_teacher_seed0/best.pt --top 20 --out runs/next
   dualteacher pseudolabel best.pt --images my_data/unlabeled --out runs/pseudo --conf 0.9
   dualteacher configs                                list the built-in configs
   dualteacher models                                 registered models and their sizes
@@ -96,7 +96,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
 def _cmd_demo(args: argparse.Namespace) -> None:
     from dualteacher.demo import run_demo
 
-    run_demo(args.out, args.overrides)
+    run_demo(args.out, args.overrides, jobs=args.jobs)
 
 
 def _cmd_check(args: argparse.Namespace) -> None:
@@ -286,7 +286,7 @@ def _cmd_compare(args: argparse.Namespace) -> None:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     seeds = list(range(args.seeds)) if args.seeds else None
     out = args.out or f"runs/compare_{Path(args.config).stem}"
-    compare(cfg, methods, out, seeds, steps=args.steps, minutes=args.minutes)
+    compare(cfg, methods, out, seeds, steps=args.steps, minutes=args.minutes, jobs=args.jobs)
 
 
 def _cmd_configs(args: argparse.Namespace) -> None:
@@ -388,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         "eval",
         "evaluate a checkpoint on its validation set: mIoU and per-class IoU",
-        "dualteacher eval runs/demo/dual_teacher/best.pt --models all eval.mode=sliding",
+        "dualteacher eval runs/demo/dual_teacher_seed0/best.pt --models all eval.mode=sliding",
     )
     p.add_argument("checkpoint", help="latest.pt / best.pt of a run")
     p.add_argument("overrides", nargs="*", help="config overrides key=value (e.g. data.root=...)")
@@ -411,7 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         "predict",
         "segment images (files, folders, globs) with a checkpoint: index, colour and overlay PNGs",
-        "dualteacher predict runs/demo/dual_teacher/best.pt photos/ 'more/*.jpg' --out runs/pred"
+        "dualteacher predict runs/demo/dual_teacher_seed0/best.pt photos/ 'more/*.jpg' "
+        "--out runs/pred"
         "\n  dualteacher predict best.pt big.jpg eval.mode=sliding eval.crop_size=256 --out pred",
     )
     p.add_argument(
@@ -450,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
         "write one model of a checkpoint for deployment: model.safetensors (weights), "
         "model.json (architecture, classes, normalisation, metrics, config), a README.md model "
         "card and, with --format onnx, model.onnx (dynamic batch and size)",
-        "dualteacher export runs/demo/dual_teacher/best.pt --out exported/demo "
+        "dualteacher export runs/demo/dual_teacher_seed0/best.pt --out exported/demo "
         "--format safetensors,onnx\n  dualteacher predict exported/demo photos/ --out pred "
         "--runtime onnx",
     )
@@ -490,6 +491,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seeds", type=COUNT, help="run seeds 0..K-1 (default: train.seed only)")
     p.add_argument("--out", help="output directory (default runs/compare_<config name>)")
+    p.add_argument(
+        "--jobs",
+        type=COUNT,
+        default=1,
+        help="runs trained at the same time, one process each, CPUs (and GPUs) shared out "
+        "(default 1; not with --minutes)",
+    )
     p.add_argument("--rescan", action="store_true", help=RESCAN_HELP)
     p.set_defaults(func=_cmd_compare)
 
@@ -498,7 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
         "rank unlabelled images by what labelling them is likely to teach (teacher "
         "disagreement, student uncertainty, class rarity): ranking.csv, top.txt, "
         "contact_sheet.png, suggest.json",
-        "dualteacher suggest runs/demo/dual_teacher/best.pt --top 20 --out runs/next"
+        "dualteacher suggest runs/demo/dual_teacher_seed0/best.pt --top 20 --out runs/next"
         "\n  dualteacher suggest best.pt data.root=my_data --top 50 --out runs/next"
         "\n  dualteacher suggest best.pt --images new_photos/ --top 10 --out runs/next",
     )
@@ -541,7 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
         "pseudolabel",
         "write pseudo-labels of images as masks in the folder dataset's format (OUT/masks/), "
         "255 = ignore below --conf, and confidence maps (OUT/confidence/)",
-        "dualteacher pseudolabel runs/demo/dual_teacher/best.pt --images my_data/unlabeled "
+        "dualteacher pseudolabel runs/demo/dual_teacher_seed0/best.pt --images my_data/unlabeled "
         "--out runs/pseudo --conf 0.9",
     )
     p.add_argument("checkpoint", help="latest.pt / best.pt of a run")
@@ -585,6 +593,9 @@ def build_parser() -> argparse.ArgumentParser:
         "dualteacher demo --out runs/demo",
     )
     p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
+    p.add_argument(
+        "--jobs", type=COUNT, help="runs trained at the same time (default 2 with 2+ CPUs)"
+    )
     p.add_argument("overrides", nargs="*", help="config overrides key=value (e.g. train.steps=200)")
     p.set_defaults(func=_cmd_demo)
 

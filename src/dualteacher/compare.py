@@ -36,11 +36,11 @@ import statistics
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from dualteacher.config import Config, check_values
+from dualteacher.config import Config, check_values, to_yaml
 from dualteacher.data import build_data, run_index
 from dualteacher.engine.run import run_length
 from dualteacher.engine.trainer import TrainResult, measure_step_seconds, train
-from dualteacher.errors import ConfigError, DataError
+from dualteacher.errors import ConfigError, DataError, DualTeacherError, RunsFailed
 from dualteacher.outputs import write_json, write_text
 
 PROBE_WARMUP, PROBE_STEPS = 2, 8
@@ -133,6 +133,7 @@ def compare(
     steps: int | None = None,
     minutes: float | None = None,
     runs_dir: str | Path | None = None,
+    jobs: int = 1,
 ) -> dict:
     """Train every method for every seed with ``cfg``; write and return the summary.
 
@@ -146,11 +147,22 @@ def compare(
         minutes: training wall-clock budget per run instead of a step budget.
         runs_dir: where the run directories go (default ``out_dir``); comparisons that share
             it reuse each other's finished runs of the same method, seed and budget.
+        jobs: runs trained at the same time, each in its own process with ``train.threads``
+            (default: the CPUs divided by ``jobs``) and, when there are enough GPUs, its own GPU.
+            Results do not depend on it beyond thread-count rounding; the seconds do: runs
+            that share a machine time each other's contention.
     """
     if steps is not None and minutes is not None:
         raise ConfigError("give a step budget or a time budget (--steps or --minutes), not both")
     if not methods:
         raise ConfigError("no methods to compare: give --methods m1,m2")
+    if jobs < 1:
+        raise ConfigError(f"jobs={jobs}: give at least one run at a time")
+    if jobs > 1 and minutes is not None:
+        raise ConfigError(
+            f"--jobs {jobs} with --minutes: runs that train side by side slow each other down, "
+            "so a time budget would not mean the same for every run; use --steps, or --jobs 1"
+        )
     if minutes is not None and not (math.isfinite(minutes) and minutes > 0):
         raise ConfigError(f"minutes={minutes}: the time budget must be a positive number")
     if (steps is not None or minutes is not None) and cfg.train.epochs is not None:
@@ -186,19 +198,24 @@ def compare(
         planned[spec.label] = {"steps": n, "minutes": spec_minutes, "probe_step_seconds": sec}
         print(f"  {spec.label}: {sec:.3f} s/step -> {n} steps in {spec_minutes:g} min")
 
-    runs: dict[str, list[TrainResult]] = {}
+    todo: list[tuple[RunSpec, str, Config]] = []  # (row, run name, run config)
     for spec in specs:
         for seed in seeds:
             name = spec.dirname if len(seeds) == 1 else f"{spec.dirname}_seed{seed}"
-            print(f"\n=== {name} ===")
             kw: dict = {}
             if minutes is not None or spec.budget_mult != 1:
                 # an explicit length; the config's own (train.epochs) only for a plain row
                 kw = {"steps": planned[spec.label]["steps"], "epochs": None}
             if minutes is not None:
                 kw["max_minutes"] = planned[spec.label]["minutes"]
-            run_cfg = _with(cfg, spec.method, seed, runs_dir / name, **kw)
-            runs.setdefault(spec.label, []).append(_train_keeping_figures(run_cfg, bundle))
+            todo.append((spec, name, _with(cfg, spec.method, seed, runs_dir / name, **kw)))
+    if jobs > 1:
+        _train_in_parallel([(name, c) for _, name, c in todo], jobs, out_dir)
+    runs: dict[str, list[TrainResult]] = {}
+    for spec, name, run_cfg in todo:
+        # after parallel training, each finished run is only validated here
+        print(f"\n=== {name} ===")
+        runs.setdefault(spec.label, []).append(_train_keeping_figures(run_cfg, bundle))
 
     results = [_summarise(s, runs[s.label], seeds, planned[s.label]) for s in specs]
     _add_paired_differences(results, specs)
@@ -212,6 +229,7 @@ def compare(
         "results": results,
         "budget": budget,
         "seeds": seeds,
+        "jobs": jobs,
         "model": cfg.model.name,
         "data": cfg.data.name,
     }
@@ -259,6 +277,79 @@ def _check_data(bundle, methods: list[str], cfg: Config) -> None:
 
 
 RESULT_FILE = "result.json"  # per run directory: the figures measured while it trained
+RUN_CONFIG = "compare_run.yaml"  # per run directory, with --jobs: the run a worker trains
+RUN_LOG = "train.log"  # per run directory, with --jobs: the worker's output
+
+
+def _train_in_parallel(todo: list[tuple[str, Config]], jobs: int, out_dir: Path) -> None:
+    """Train the runs ``jobs`` at a time, each in its own process (``--run-one``).
+
+    A worker writes what ``train`` prints to ``RUN_DIR/train.log``; a failed run is reported
+    with the end of its log once the others have finished (their work is kept either way)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import torch
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    pending = list(todo)
+    running: dict[int, tuple[str, Path, subprocess.Popen, object]] = {}  # slot -> run
+    failed: list[tuple[str, Path]] = []
+    print(f"training {len(todo)} runs, {jobs} at a time (one process each, logs in RUN_DIR)")
+    while pending or running:
+        for slot in range(jobs):
+            if slot in running or not pending:
+                continue
+            name, run_cfg = pending.pop(0)
+            if run_cfg.train.threads is None:
+                run_cfg = replace(run_cfg, train=replace(run_cfg.train, threads=threads))
+            run_cfg = replace(run_cfg, train=replace(run_cfg.train, progress=False))
+            run_dir = Path(run_cfg.train.out_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_text(run_dir / RUN_CONFIG, to_yaml(run_cfg))
+            env = dict(os.environ)
+            if gpus >= jobs:  # one GPU per slot; with fewer GPUs the runs share them
+                env["CUDA_VISIBLE_DEVICES"] = str(slot)
+            log = open(run_dir / RUN_LOG, "w")  # noqa: SIM115 - closed when the worker ends
+            cmd = [sys.executable, "-m", "dualteacher.compare", "--run-one", str(run_dir)]
+            cmd += ["--index-dir", str(out_dir)]
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+            running[slot] = (name, run_dir, proc, log)
+            print(f"  started {name} (log: {run_dir / RUN_LOG})")
+        time.sleep(0.5)
+        for slot, (name, run_dir, proc, log) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            log.close()
+            del running[slot]
+            if proc.returncode == 0:
+                print(f"  finished {name}")
+            else:
+                failed.append((name, run_dir))
+                print(f"  FAILED {name} (exit status {proc.returncode})")
+    if failed:
+        tails = "\n".join(
+            f"--- {name}: end of {run_dir / RUN_LOG} ---\n"
+            + "\n".join((run_dir / RUN_LOG).read_text(errors="replace").splitlines()[-15:])
+            for name, run_dir in failed
+        )
+        raise RunsFailed(
+            f"{len(failed)} of {len(todo)} runs failed: {', '.join(n for n, _ in failed)}. "
+            f"The finished runs are kept; fix the cause and run the same command again to "
+            f"train only what is missing.\n{tails}"
+        )
+
+
+def _run_one(run_dir: Path, index_dir: Path) -> None:
+    """Worker of ``--jobs``: train the run configured in ``RUN_DIR/compare_run.yaml``."""
+    from dualteacher.config import load_config
+
+    cfg = load_config(run_dir / RUN_CONFIG)
+    bundle = build_data(cfg.data, index=run_index(index_dir))
+    _train_keeping_figures(cfg, bundle)
 
 
 def _train_keeping_figures(cfg: Config, bundle) -> TrainResult:
@@ -417,6 +508,11 @@ def format_markdown(summary: dict) -> str:
         "wall-clock of the training steps, validation excluded; s/step is its mean per step. "
         "Peak memory: " + "; ".join(_MEMORY_NOTE.get(k, k) for k in kinds) + ".",
     ]
+    if summary.get("jobs", 1) > 1:
+        lines.append(
+            f"Runs trained {summary['jobs']} at a time, one process each: train times include "
+            "the slowdown of sharing the machine, so compare them within this table only."
+        )
     if "minutes" in budget:
         lines.append(
             "Steps were set from a timing probe per method so that the learning-rate schedule "
@@ -462,3 +558,17 @@ def _plot(runs: dict[str, list[TrainResult]], path: Path) -> None:
         for method, rs in runs.items()
     }
     plot_miou_vs_time(curves, path)
+
+
+if __name__ == "__main__":  # the worker process of ``compare(..., jobs=N)``
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m dualteacher.compare")
+    ap.add_argument("--run-one", type=Path, required=True, help="run directory to train")
+    ap.add_argument("--index-dir", type=Path, required=True, help="comparison output directory")
+    args = ap.parse_args()
+    try:
+        _run_one(args.run_one, args.index_dir)
+    except DualTeacherError as err:  # the user's input: the message, not a traceback
+        print(f"error: {err}", flush=True)
+        raise SystemExit(err.exit_code) from None

@@ -68,3 +68,10 @@ class TrainingStopped(DualTeacherError):
     def __init__(self, message: str, exit_code: int = RUN_EXIT, label: str = "error"):
         super().__init__(message)
         self.exit_code, self.label = exit_code, label
+
+
+class RunsFailed(DualTeacherError):
+    """Runs trained by ``compare --jobs`` worker processes failed; the message names them and
+    shows the end of each one's log. Finished runs are kept."""
+
+    exit_code = RUN_EXIT
