@@ -33,3 +33,24 @@ def test_dual_teacher_logs_each_teachers_distance(tiny_cfg):
     assert 0 < dist[2][0] < dist[1][1]
     # step 3 starts B's shift with a copy; A stays as it was, while the student moves on
     assert dist[3][1] == 0.0 and dist[3][0] > dist[2][0]
+
+
+def test_teacher_agreement_benchmark_counts_pixels_and_mious(tiny_cfg):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from teacher_agreement import agreement
+
+    cfg = tiny_cfg
+    cfg.train.epoch_steps = 2
+    result = train(cfg)
+    got = agreement(f"{cfg.train.out_dir}/latest.pt")
+    assert got["step"] == result.steps
+    # the student's mIoU is the one training measured on the same validation set
+    assert abs(got["miou"]["student"] - result.miou) < 0.006  # rounded to 2 decimals
+    assert set(got["agreement_pct"]) == {"teacher_a", "teacher_b"}
+    assert all(0 <= v <= 100 for v in got["agreement_pct"].values())
+    # B's shift ended on a copy of the student (momentum 0 at its first step, then 0.5)
+    assert got["relative_distance"]["teacher_b"] < got["relative_distance"]["teacher_a"]
+    assert set(got["mean_logged_distance"]) == {"teacher_a", "teacher_b"}

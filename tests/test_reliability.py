@@ -163,9 +163,9 @@ def test_resume_refuses_another_config_or_model(tmp_path, capsys):
 
 
 def test_config_changes_that_may_resume():
-    a = to_dict(load_config("demo"))
+    a = to_dict(load_config("demo", TINY))
     may = ["train.steps=9", "data.root=/x", "eval.mode=sliding", "train.keep_last=0"]
-    b = to_dict(load_config("demo", [*may, "optim.lr=0.5", "data.scale_range=[1.0,1.0]"]))
+    b = to_dict(load_config("demo", [*TINY, *may, "optim.lr=0.5", "data.scale_range=[1.0,1.0]"]))
     assert ckpt.config_changes(a, b) == [
         "data.scale_range: (0.75, 1.5) -> (1.0, 1.0)",
         "optim.lr: 0.02 -> 0.5",

@@ -295,7 +295,8 @@ def _train_in_parallel(todo: list[tuple[str, Config]], jobs: int, out_dir: Path)
 
     threads = max(1, (os.cpu_count() or 1) // jobs)
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    pending = list(todo)
+    # Longest first, so that no slot idles at the end while one long run trains alone.
+    pending = sorted(todo, key=lambda run: -_relative_cost(run[1]))
     running: dict[int, tuple[str, Path, subprocess.Popen, object]] = {}  # slot -> run
     failed: list[tuple[str, Path]] = []
     print(f"training {len(todo)} runs, {jobs} at a time (one process each, logs in RUN_DIR)")
@@ -343,6 +344,15 @@ def _train_in_parallel(todo: list[tuple[str, Config]], jobs: int, out_dir: Path)
         )
 
 
+def _relative_cost(cfg: Config) -> float:
+    """A rough run cost for ordering: steps (or epochs), x3 for methods that also pass
+    unlabelled images through a teacher and the student (2-3x a supervised step on the demo)."""
+    from dualteacher.methods import METHODS
+
+    steps = cfg.train.steps if cfg.train.epochs is None else cfg.train.epochs
+    return steps * (3.0 if METHODS[cfg.method.name].uses_unlabeled else 1.0)
+
+
 def _run_one(run_dir: Path, index_dir: Path) -> None:
     """Worker of ``--jobs``: train the run configured in ``RUN_DIR/compare_run.yaml``."""
     from dualteacher.config import load_config
@@ -385,15 +395,16 @@ def _train_keeping_figures(cfg: Config, bundle) -> TrainResult:
 def _add_paired_differences(results: list[dict], specs: list[RunSpec]) -> None:
     """``row["vs"][ref]``: the paired difference of every row against every ``supervised``
     row ``ref`` (one per budget multiplier), for the final and the best mIoU."""
-    refs = [r for r, s in zip(results, specs) if s.method == BASELINE]
-    for row in results:
+    refs = [(i, r) for i, (r, s) in enumerate(zip(results, specs)) if s.method == BASELINE]
+    for j, (row, spec) in enumerate(zip(results, specs)):
         row["vs"] = {
             ref["method"]: {
                 key: paired_difference(row[f"{key}_per_seed"], ref[f"{key}_per_seed"])
                 for key in ("miou", "best_miou")
             }
-            for ref in refs
-            if ref is not row
+            for i, ref in refs
+            # a supervised row only against the supervised rows above it (not both ways)
+            if i < j or (i != j and spec.method != BASELINE)
         }
 
 
