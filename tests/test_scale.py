@@ -55,7 +55,7 @@ def test_bf16_autocast_training_on_cpu(tmp_path, monkeypatch):
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in rows if "loss" in r]
     assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
-    state = torch.load(tmp_path / "latest.pt", weights_only=False)["state"]
+    state = torch.load(tmp_path / "latest.pt", weights_only=True)["state"]
     assert all(v.dtype == torch.float32 for k, v in state.items() if v.is_floating_point())
     assert math.isfinite(result.miou)
 

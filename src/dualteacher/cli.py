@@ -26,6 +26,7 @@ EPILOG = """examples:
   dualteacher suggest runs/demo/dual_teacher_seed0/best.pt --top 20 --out runs/next
   dualteacher pseudolabel best.pt --images my_data/unlabeled --out runs/pseudo --conf 0.9
   dualteacher configs                                list the built-in configs
+  dualteacher upgrade-checkpoint old.pt --trust      convert your checkpoint of an older version
   dualteacher models                                 registered models and their sizes
   dualteacher bench --model segformer-b1 --crop 512 --batch 2 --method dual_teacher
 """
@@ -91,6 +92,25 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     if is_main_process():  # under torchrun every rank holds the same, all-reduced numbers
         classes = load_checkpoint(args.checkpoint)["classes"]
         print(format_table(results, classes))
+
+
+def _cmd_upgrade_checkpoint(args: argparse.Namespace) -> None:
+    from dualteacher.engine.checkpoint import load_checkpoint, trust_upgrade
+    from dualteacher.errors import CheckpointError
+
+    if not args.trust:
+        try:
+            load_checkpoint(args.checkpoint)  # safe: refuses a file that needs unpickling code
+        except CheckpointError as e:
+            raise CheckpointError(
+                f"{e} (this command converts it only with --trust, which runs the file's "
+                "code: give it only for a file you made yourself)"
+            ) from None
+        print(f"{args.checkpoint} already loads safely; nothing to do")
+        return
+    written = trust_upgrade(args.checkpoint, args.out)
+    load_checkpoint(written)  # the converted file must now pass the safe loader
+    print(f"wrote {written}: loads with weights_only=True")
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
@@ -640,6 +660,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=_cmd_splits)
+
+    p = add(
+        "upgrade-checkpoint",
+        "rewrite a checkpoint you trust, made by an older dualteacher, in the safe format "
+        "(tensors, numbers and strings only)",
+        "dualteacher upgrade-checkpoint runs/old/best.pt --trust --out runs/old/best_v2.pt",
+    )
+    p.add_argument("checkpoint", help="the .pt file to convert")
+    p.add_argument(
+        "--trust",
+        action="store_true",
+        help="unpickle the file with weights_only=False, which runs any code it holds: "
+        "only for files you made yourself",
+    )
+    p.add_argument("--out", help="where to write the converted file (default: in place)")
+    p.set_defaults(func=_cmd_upgrade_checkpoint)
 
     p = add(
         "models",

@@ -5,6 +5,14 @@ A checkpoint is a dict with ``format``/``version``, the resolved ``config``, the
 ``scheduler``, ``step`` (optimizer steps done), ``best`` mIoU, ``history`` of validations,
 ``rng`` states, ``train_seconds`` and the ``guard`` counters (skipped steps and samples).
 
+Checkpoints are data, never code. Everything in one is a tensor, a number, a string, ``None``
+or a list / tuple / dict of those, so ``load_checkpoint`` reads it with
+``torch.load(weights_only=True)``: a shared ``best.pt`` that carries a pickled object whose
+unpickling would run code is refused before anything in it runs. Format version 1 stored
+NumPy's random state as an array; those files are still read safely (the NumPy array
+reconstructor is the one extra type allowed). ``trust_upgrade`` converts any other older file
+that the user trusts, on explicit request only (``dualteacher upgrade-checkpoint --trust``).
+
 A run directory holds ``latest.pt``, ``best.pt`` and the last ``train.keep_last``
 step-numbered checkpoints ``step_0000200.pt`` (``latest.pt`` is a hard link to the newest).
 """
@@ -12,6 +20,7 @@ step-numbered checkpoints ``step_0000200.pt`` (``latest.pt`` is a hard link to t
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import re
 import shutil
@@ -27,16 +36,44 @@ from dualteacher.errors import CheckpointError
 from dualteacher.outputs import TMP_SUFFIX, atomic_write, fsync_dir
 
 FORMAT = "dualteacher-checkpoint"
-VERSION = 1
+# 2: every field loads with weights_only=True (NumPy's random state as a tensor).
+# 1: NumPy's random state as a NumPy array.
+VERSION = 2
+
+# What a version-1 file needs beyond weights_only's tensors and containers: the NumPy array of
+# the Mersenne Twister state. These rebuild an array from bytes and run nothing else.
+_reconstruct = (
+    np._core.multiarray._reconstruct if hasattr(np, "_core") else np.core.multiarray._reconstruct
+)
+_NUMPY_ARRAY_GLOBALS = [
+    _reconstruct,  # the pickle of every ndarray calls this
+    # NumPy 1 wrote the same function under its old module name
+    (_reconstruct, "numpy.core.multiarray._reconstruct"),
+    np.ndarray,
+    np.dtype,
+    type(np.dtype(np.uint32)),
+]
+
+# The types a checkpoint may hold (``plain``): anything else is a bug of the writer, caught
+# when the checkpoint is saved, not when someone fails to load it.
+_PLAIN = (torch.Tensor, int, float, str, bool, type(None))
 
 
 def rng_state(device: torch.device | None = None) -> dict[str, Any]:
     """The random states of this process: torch's CPU generator, NumPy, Python and, on a CUDA
     ``device``, that GPU's generator only (another process's GPUs are not this one's to save,
     and a resumed run may see fewer GPUs)."""
+    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
+        # a tensor, not NumPy's tuple with an ndarray: a checkpoint holds no NumPy objects
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),  # (624,) uint32 values
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
         "python": random.getstate(),
     }
     if device is not None and device.type == "cuda":
@@ -49,7 +86,16 @@ def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> 
     list with the state of every GPU their process saw: the entry of this device's index is
     used (the first one when the list is shorter)."""
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    numpy_state = state["numpy"]
+    if isinstance(numpy_state, dict):  # format 2; format 1 stored NumPy's own tuple
+        numpy_state = (
+            numpy_state["kind"],
+            numpy_state["keys"].numpy().astype(np.uint32),
+            numpy_state["pos"],
+            numpy_state["has_gauss"],
+            numpy_state["cached_gaussian"],
+        )
+    np.random.set_state(numpy_state)
     random.setstate(state["python"])
     cuda = state.get("cuda")
     if cuda is None or device is None or device.type != "cuda":
@@ -65,11 +111,31 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     then rename over the target. A crash at any point leaves the previous file intact."""
     path = Path(path)
     state = {"format": FORMAT, "version": VERSION, **state}
+    _check_plain(state)
 
     def write(f) -> None:
         torch.save(state, f)
 
     _atomic_write(path, write)
+
+
+def _check_plain(obj: Any, where: str = "checkpoint") -> None:
+    """Raise ``TypeError`` naming the field when ``obj`` holds anything but tensors, numbers,
+    strings, ``None`` and containers of those: such a checkpoint would not load with
+    ``weights_only=True``. A writer's bug, so a plain exception with its traceback."""
+    if isinstance(obj, dict):
+        for key, value in obj.items():
+            if not isinstance(key, str | int):
+                raise TypeError(f"{where}: key {key!r} of type {type(key).__name__}")
+            _check_plain(value, f"{where}[{key!r}]")
+    elif isinstance(obj, list | tuple):
+        for i, value in enumerate(obj):
+            _check_plain(value, f"{where}[{i}]")
+    elif isinstance(obj, np.generic) or not isinstance(obj, _PLAIN):  # np.float64 is a float
+        raise TypeError(
+            f"{where} is a {type(obj).__module__}.{type(obj).__name__}: a checkpoint holds "
+            "only tensors, numbers, strings, None and lists / dicts of them"
+        )
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -171,8 +237,8 @@ def find_resume_checkpoint(
             best = (path, state)
     if best is None and errors:
         raise CheckpointError(
-            f"no readable checkpoint in {out_dir}:\n  " + "\n  ".join(errors) + "\nDelete the "
-            "broken files to start again, or use another run directory (--out)."
+            f"no readable checkpoint in {out_dir} ({'; '.join(errors)}). Delete the broken "
+            "files to start again, or use another run directory (--out)."
         )
     if best is not None and errors:
         print(f"warning: skipped unreadable checkpoint(s): {'; '.join(errors)}", file=sys.stderr)
@@ -260,18 +326,57 @@ def load_method_state(method: torch.nn.Module, state: dict[str, Any], path) -> N
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by ``save_checkpoint``; a clear error for anything else."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+    """Read a checkpoint written by ``save_checkpoint``; a clear error for anything else.
+
+    Parsing is safe: ``torch.load(weights_only=True)`` unpickles tensors, numbers, strings and
+    containers only (plus NumPy arrays, for format 1), so a crafted file cannot run code here;
+    it is refused with one line before any of its content is used."""
+    path = _checkpoint_file(path)
     try:
-        # weights_only=False: our checkpoints hold RNG states and plain Python containers.
-        state = torch.load(path, map_location=map_location, weights_only=False)
+        with torch.serialization.safe_globals(_NUMPY_ARRAY_GLOBALS):
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(_unsafe_message(path, e)) from None
     except Exception as e:
         raise CheckpointError(
             f"cannot read checkpoint {path}: {type(e).__name__}: {e}. The file may be truncated "
             "or not a dualteacher checkpoint; use another one (e.g. latest.pt or best.pt)."
         ) from None
+    return _checked(state, path)
+
+
+def _checkpoint_file(path: str | Path) -> Path:
+    path = Path(path)
+    if path.is_dir():
+        hint = next((path / n for n in ("best.pt", "latest.pt") if (path / n).is_file()), None)
+        raise CheckpointError(
+            f"{path} is a directory, not a checkpoint file"
+            + (
+                f": did you mean {hint}?"
+                if hint
+                else " (a run directory holds best.pt and latest.pt)"
+            )
+        )
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    return path
+
+
+def _unsafe_message(path: Path, error: Exception) -> str:
+    """One line for a file that ``weights_only`` refused: which Python object it wanted to
+    build, and the opt-in for a file the user trusts."""
+    found = re.search(r"GLOBAL ([\w.]+)", str(error))
+    what = f" ({found.group(1)})" if found else ""
+    return (
+        f"{path} was not loaded: it holds a Python object{what} that only unpickling "
+        "arbitrary code could build, and a checkpoint from someone else could run code that "
+        "way. dualteacher checkpoints hold tensors, numbers and strings only. If you made "
+        f"this file yourself with an older dualteacher, convert it once: dualteacher "
+        f"upgrade-checkpoint {path} --trust"
+    )
+
+
+def _checked(state: Any, path: Path) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} is not a dualteacher checkpoint (no '{FORMAT}' marker). To start from "
@@ -283,3 +388,53 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             "upgrade the package to read it"
         )
     return state
+
+
+def trust_upgrade(path: str | Path, out: str | Path | None = None) -> Path:
+    """Rewrite a checkpoint the user trusts in the current, safely loadable format (in place,
+    atomically, unless ``out`` is given) and return the path written.
+
+    This unpickles ``path`` with ``weights_only=False``, which runs whatever code the file
+    holds: call it only on files you made yourself. Only the checkpoint's own fields are kept,
+    each converted to tensors and plain values; anything else is an error naming the field."""
+    path = _checkpoint_file(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)  # trusted by request
+    except Exception as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {e}") from None
+    state = _checked(state, path)
+    rng = state.get("rng")
+    if isinstance(rng, dict) and isinstance(rng.get("numpy"), tuple):
+        kind, keys, pos, has_gauss, cached = rng["numpy"]
+        rng["numpy"] = {
+            "kind": kind,
+            "keys": torch.as_tensor(np.asarray(keys).astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        }
+    state = _plain(state)
+    try:
+        _check_plain(state)
+    except TypeError as e:
+        raise CheckpointError(f"{path} cannot be converted: {e}") from None
+    state.pop("format", None)
+    state.pop("version", None)
+    target = Path(out) if out is not None else path
+    save_checkpoint(state, target)
+    return target
+
+
+def _plain(obj: Any) -> Any:
+    """NumPy scalars and arrays as Python numbers and tensors, paths as strings, recursively."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_plain(v) for v in obj)
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(obj.copy())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    return obj
