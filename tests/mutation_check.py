@@ -1,6 +1,6 @@
 """Mutation check of the Dual Teacher tests: every behaviour of the README table "Dual Teacher:
-faithful and clean" (and the official details both modes share) is changed on purpose in a
-copy of ``src/``, and the tests that pin it must fail.
+faithful and clean" (``docs/method.md`` F1-F18, and the official details both modes share) is
+changed on purpose in a copy of ``src/``, and the tests that pin it must fail.
 
     python tests/mutation_check.py            # every mutation, a Markdown table on stdout
     python tests/mutation_check.py 17 42      # only these (numbers as listed)
@@ -48,14 +48,14 @@ def m(behaviour, file, old, new, *tests):
 
 # fmt: off
 MUTATIONS = [
-    # --- 7.7 teacher mode
+    # --- F7 teacher mode
     m("faithful teachers predict in eval mode", DT,
       "teacher.train(self.flags.teachers_train_mode)", "teacher.train(False)"),
     m("clean teachers predict in train mode", DT,
       "teacher.train(self.flags.teachers_train_mode)", "teacher.train(True)"),
     m("mode flags: train-mode teachers in clean", DT,
       "teachers_train_mode=official", "teachers_train_mode=True"),
-    # --- 7.3 IC mask
+    # --- F3 IC mask
     m("faithful IC mask from the unlabelled padding", DT,
       "valid_ic = y != self.ignore_index if f.ic_mask_from_labeled else valid_u",
       "valid_ic = valid_u"),
@@ -83,7 +83,7 @@ MUTATIONS = [
       "return ((epoch + 1) // switch_every) % 2"),
     m("switching ignores switch_every", DT, "return (epoch // switch_every) % 2",
       "return epoch % 2"),
-    # --- buffers (2.3)
+    # --- buffers (F11)
     m("faithful EMA averages BN buffers", DT,
       "EMA(BufferPolicy.keep if self.flags.ema_params_only else BufferPolicy.ema)",
       "EMA(BufferPolicy.ema)"),
@@ -93,7 +93,7 @@ MUTATIONS = [
     m("clean EMA copies BN buffers", DT,
       "EMA(BufferPolicy.keep if self.flags.ema_params_only else BufferPolicy.ema)",
       "EMA(BufferPolicy.keep if self.flags.ema_params_only else BufferPolicy.copy)"),
-    # --- 7.8 CutMix confidence
+    # --- F8 CutMix confidence
     m("faithful CutMix weight from mixed confidence", DT,
       "conf_w = conf if self.flags.cutmix_unmixed_conf else mix(box, conf[perm], conf)",
       "conf_w = mix(box, conf[perm], conf)"),
@@ -148,7 +148,7 @@ MUTATIONS = [
     m("ClassMix weight over all pixels in clean", DT,
       "weight = confident.sum() / valid.sum().clamp(min=1)  # one scalar for the batch",
       "weight = confident.sum() / valid.numel()"),
-    # --- teacher init (7.10)
+    # --- teacher init (F10)
     m("teachers initialised as copies of the student", DT,
       "self.teachers = nn.ModuleList([self.make_teacher(make_model) for _ in TEACHER_NAMES])",
       "self.teachers = nn.ModuleList([self.make_teacher(make_model) for _ in TEACHER_NAMES])\n"
@@ -156,7 +156,7 @@ MUTATIONS = [
     m("every model built from the same seed", "dualteacher/engine/run.py",
       "    def make_model() -> SegModel:\n        return",
       "    def make_model() -> SegModel:\n        seed_all(cfg.train.seed)\n        return"),
-    # --- strong view (7.4)
+    # --- strong view (F4)
     m("faithful strong view = weak view", DT, "x_s = BATCH_JITTER(x_u.clone())",
       "x_s = x_u.clone()"),
     m("clean strong view = weak view", DT, 'x_s = batch_u["image_s"]', "x_s = x_u"),
@@ -192,7 +192,7 @@ MUTATIONS = [
       "return F.cross_entropy(logits_x, mask_x, ignore_index=self.ignore_index)",
       "return F.cross_entropy(logits_x, mask_x, ignore_index=self.ignore_index, "
       "reduction='sum')"),
-    # --- EMA: which teacher, which momentum
+    # --- EMA: which teacher, which momentum (F1)
     m("the idle teacher is updated", DT,
       "self.ema.update(self.teachers[self.active(info)], self.student, momentum)",
       "self.ema.update(self.teachers[1 - self.active(info)], self.student, momentum)"),
@@ -213,14 +213,14 @@ MUTATIONS = [
     m("ema_restart ignored", DT, "if restart else step", "if True else step"),
     m("EMA lerp the wrong way", EMA, "[p.detach() for p in s_params], 1.0 - momentum)",
       "[p.detach() for p in s_params], momentum)", T_EMA, T_DT),
-    # --- second teacher forward (2.6)
+    # --- second teacher forward (F12)
     m("faithful: no second teacher forward", DT, "if f.ic_second_teacher_forward:",
       "if False:"),
     m("clean: a second teacher forward", DT, "if f.ic_second_teacher_forward:", "if True:"),
     m("faithful: second forward run but not used", DT,
       "            conf, pl = self._predict(teacher, x_u, valid_u)\n",
       "            _ = self._predict(teacher, x_u, valid_u)\n"),
-    # --- padding in the unsupervised terms
+    # --- padding in the unsupervised terms (F13)
     m("clean counts the padding", DT, "if f.padding_in_unsup:", "if True:"),
     m("faithful excludes the padding", DT, "if f.padding_in_unsup:", "if False:"),
     m("clean: pseudo-labels not ignored on padding", DT,
@@ -258,7 +258,7 @@ MUTATIONS = [
       "conf > self.conf_thresh, valid_ic"),
     m("default conf_thresh 0.95 -> 0.9", CFG, "conf_thresh: float = 0.95",
       "conf_thresh: float = 0.9"),
-    # --- weak-view padding
+    # --- weak-view padding (F14)
     m("official padding on the top/left", "dualteacher/data/transforms.py",
       "pad(x, (0, pw, 0, ph), value=fill)", "pad(x, (pw, 0, ph, 0), value=fill)", T_DATA),
     m("official padding with black (not normalised 0)", "dualteacher/data/base.py",
@@ -268,7 +268,7 @@ MUTATIONS = [
       "official_pad=False"),
     m("the run's loaders do not get the padding", "dualteacher/engine/run.py",
       "            official_pad=method.official_pad,\n", "", T_REC),
-    # --- LR horizon, per-epoch validation
+    # --- LR horizon, per-epoch validation (F16, F17)
     m("schedule_steps ignored", "dualteacher/engine/optim.py",
       "if cfg.schedule_steps is not None:\n        total_steps", "if False:\n        total_steps",
       T_REC),

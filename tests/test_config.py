@@ -18,7 +18,7 @@ def test_defaults_and_overrides_are_typed():
     assert cfg.train.steps == 7
     assert cfg.data.scale_range == (0.5, 1.0)
     assert cfg.eval.mode is EvalMode.sliding
-    assert cfg.method.dual_teacher.mode is DualTeacherMode.faithful  # the spec's default
+    assert cfg.method.dual_teacher.mode is DualTeacherMode.faithful  # as the official code
 
 
 def test_unknown_key_lists_valid_keys():

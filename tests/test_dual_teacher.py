@@ -4,7 +4,7 @@ Every behaviour of that table has a test here that fails when it changes; the mu
 are listed in ``docs/notes/issue13_dual_teacher_tests.md``. The step tests run
 ``training_step`` of tiny stub models on hand-made batches, record every forward of the student
 and the teachers and every random draw of the mixing, and recompute what the step must return
-with ``reference_step``: the spec's pseudo-code (``dual_teacher_spec.md`` sections 2.3-2.6)
+with ``reference_step``: the step of ``docs/method.md`` ("The training step", steps 3-7)
 written out again, its quirks switched by the flags the test expects of each mode
 (``EXPECTED_FLAGS``). For each quirk the tests also check that the data make it visible: the
 reference with that one flag flipped gives another answer.
@@ -275,9 +275,9 @@ def _pseudo(call: Call, valid: torch.Tensor):
 
 
 def reference_step(f: DualTeacherFlags, k: int, calls, bx, bu, draws, thresh=0.95) -> dict:
-    """What the step must return (and feed its mixing with), from the spec (2.3-2.6), given
-    the recorded forwards and draws. Official normalisers count every pixel; ``clean``'s count
-    the valid ones (no padding), the same thing when ``padding_in_unsup``."""
+    """What the step must return (and feed its mixing with), from ``docs/method.md`` (steps
+    3-7), given the recorded forwards and draws. Official normalisers count every pixel;
+    ``clean``'s count the valid ones (no padding), the same thing when ``padding_in_unsup``."""
     x, y, x_u = bx["image"], bx["mask"], bu["image"]
     b = len(x)
     valid_u = torch.ones_like(bu["ignore"]) if f.padding_in_unsup else ~bu["ignore"]
@@ -287,7 +287,7 @@ def reference_step(f: DualTeacherFlags, k: int, calls, bx, bu, draws, thresh=0.9
     conf, pl = _pseudo(teacher[0], valid_u)
     x_s, logits_u = single.input, pair.output[b:]
     exp = {"loss_x": F.cross_entropy(pair.output[:b], y, ignore_index=255), "pl": pl}
-    if k == 0:  # 2.4: CutMix of weak views, per-image weights, mean over pixels with CE > 0
+    if k == 0:  # step 4: CutMix of weak views, per-image weights, mean over pixels with CE > 0
         box, perm = draws.out("cutmix_box_mask"), draws.out("shuffled_partners")
         conf_in = conf if f.cutmix_unmixed_conf else mix(box, conf[perm], conf)
         exp["reco_in"] = (mix(box, x_u[perm], x_u), mix(box, pl[perm], pl), conf_in)
@@ -299,7 +299,7 @@ def reference_step(f: DualTeacherFlags, k: int, calls, bx, bu, draws, thresh=0.9
         ce = F.cross_entropy(logits_u, pl_m, reduction="none", ignore_index=255)
         exp["loss_cutmix"] = (weight.view(-1, 1, 1) * ce)[ce > 0].mean()
         exp["mask_ratio"] = confident.sum() / valid.sum()
-    else:  # 2.5: ClassMix of strong views, one weight for the batch, mean over pixels
+    else:  # step 5: ClassMix of strong views, one weight for the batch, mean over pixels
         keep, perm = draws.out("classmix_mask"), draws.out("classmix_partners")
         exp["mixed"] = mix(keep, x_s, x_s[perm])
         conf_cm, pl_cm = mix(keep, conf, conf[perm]), mix(keep, pl, pl[perm])
@@ -308,7 +308,7 @@ def reference_step(f: DualTeacherFlags, k: int, calls, bx, bu, draws, thresh=0.9
         ce = F.cross_entropy(logits_u, pl_cm, reduction="none", ignore_index=255)
         exp["loss_classmix"] = (weight * ce).sum() / valid.sum()
         exp["mask_ratio"] = weight
-    # 2.6: IC, the student on the strong view against the teacher's confident pseudo-labels
+    # step 6: IC, the student on the strong view against the teacher's confident pseudo-labels
     conf2, pl2 = _pseudo(teacher[-1] if f.ic_second_teacher_forward else teacher[0], valid_u)
     valid_ic = y != 255 if f.ic_mask_from_labeled else valid_u
     ce_s = F.cross_entropy(single.output, pl2, reduction="none", ignore_index=255)
@@ -347,14 +347,14 @@ def test_step_is_the_official_algorithm_with_the_modes_quirks(mode, k, draws):
     _, out, calls, bx, bu = _run_step(mode, k, draws)
     exp = reference_step(f, k, calls, bx, bu, draws)
 
-    # Teacher A on even epochs, B on odd ones; the other one idle. 7.7: train or eval mode.
-    # 2.6: faithful labels the IC term with a second forward.
+    # Teacher A on even epochs, B on odd ones; the other one idle. F7: train or eval mode.
+    # F12: faithful labels the IC term with a second forward.
     teacher, idle = calls[TEACHER_NAMES[k]], calls[TEACHER_NAMES[1 - k]]
     assert idle == [] and len(teacher) == (2 if f.ic_second_teacher_forward else 1)
     assert all(c.training == f.teachers_train_mode for c in teacher)
     assert all(torch.equal(c.input, bu["image"]) for c in teacher)  # on the weak view
 
-    # 7.4: faithful's strong view is one jitter of the normalised batch (clamped to [0, 1]);
+    # F4: faithful's strong view is one jitter of the normalised batch (clamped to [0, 1]);
     # clean's comes from the data pipeline. Either way it is not the weak view.
     (single,) = [c for c in calls["student"] if len(c.input) == B]
     x_s = single.input
@@ -377,11 +377,11 @@ def test_step_is_the_official_algorithm_with_the_modes_quirks(mode, k, draws):
     if k == 0:
         args, _, _ = draws.one("cutmix_box_mask")
         assert args[:3] == (B, H, W) and args[3] == 4.0  # Beta(4, 4)
-        # 7.8: what goes into the ReCo augmentation: mixed image and pseudo-label, and the
+        # F8: what goes into the ReCo augmentation: mixed image and pseudo-label, and the
         # confidence un-mixed (faithful) or mixed (clean).
         reco_args, _, (x_m, _, conf_m) = draws.one("reco_augment")
         assert _close(tuple(reco_args[:3]), exp["reco_in"])
-        # 7.8 / 2.2: faithful's PIL round trip: confidence in 1/255 steps, image 8-bit.
+        # F8: faithful's PIL round trip: confidence in 1/255 steps, image 8-bit.
         on_grid = torch.allclose(conf_m * 255, (conf_m * 255).round(), atol=1e-3)
         pixels = denormalize(x_m, MEAN, STD) * 255
         assert on_grid == f.pil_8bit
@@ -410,7 +410,7 @@ def test_confident_means_at_least_the_threshold(mode, k, draws):
     bx, bu = make_batches()
     conf = method.teachers[k](bu["image"]).softmax(1).max(1).values.detach()
     level = conf.flatten().median()
-    if mode == "faithful" and k == 0:  # the CutMix weight sees 8-bit confidence (7.8)
+    if mode == "faithful" and k == 0:  # the CutMix weight sees 8-bit confidence (F8)
         level = torch.floor(level * 255) / 255
     method.conf_thresh = float(level)  # exactly a float32 value some pixels have
     draws.force("shuffled_partners", lambda b, device="cpu": torch.arange(b).roll(1))
@@ -427,7 +427,7 @@ def test_confident_means_at_least_the_threshold(mode, k, draws):
 
 
 def test_faithful_strong_view_shares_one_jitter_across_the_batch():
-    """7.4: one ColorJitter + RandomGrayscale draw for the whole normalised batch."""
+    """F4: one ColorJitter + RandomGrayscale draw for the whole normalised batch."""
     method = make_method("faithful")
     bx, bu = make_batches()
     bu["image"] = bu["image"][:1].expand(B, -1, -1, -1).contiguous()  # two identical images
@@ -522,8 +522,8 @@ def test_ema_of_batchnorm_buffers_per_mode(mode):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_teachers_start_from_the_pretrained_encoder_with_their_own_decoder(mode, tmp_path):
-    """Both modes (spec 7.10): a teacher is a model of its own, built like the student - the
-    pretrained encoder, its own random decoder - not a copy of the student."""
+    """Both modes (docs/method.md F10): a teacher is a model of its own, built like the
+    student - the pretrained encoder, its own random decoder - not a copy of the student."""
     sd = torchvision.models.resnet18(weights=None).state_dict()
     torch.save(sd, tmp_path / "r18.pth")
     cfg = load_config(

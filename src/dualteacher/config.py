@@ -99,8 +99,9 @@ class ModelConfig:
 
 # ------------------------------------------------------------------------------------- method
 class DualTeacherMode(StrEnum):
-    """What each mode reproduces and changes: README table "Dual Teacher: faithful and clean"
-    (one row per ``methods.dual_teacher.DualTeacherFlags`` field)."""
+    """What each mode reproduces and changes: ``docs/method.md`` items F1-F18, summed up in the
+    README table "Dual Teacher: faithful and clean" (one row per
+    ``methods.dual_teacher.DualTeacherFlags`` field)."""
 
     faithful = "faithful"  # the official code's step, its quirks included
     clean = "clean"  # the same algorithm with the quirks the README table lists fixed
@@ -111,7 +112,7 @@ class DualTeacherConfig:
     mode: DualTeacherMode = DualTeacherMode.faithful
     # Official code: the EMA index i restarts at every epoch, so momentum min(1 - 1/(i+1), cap)
     # is 0 at each shift start and the active teacher is re-copied from the student.
-    # false: i counts steps globally, teachers are progressively averaged.
+    # false: i counts steps globally, teachers are progressively averaged (docs/method.md F1).
     ema_restart: bool = True
     ic_weight: float = 0.2  # weight of the IC (strong-view consistency) term
     switch_every: int = 1  # epochs per shift

@@ -9,7 +9,7 @@ label values are never interpolated.
   ``official_pad``: mmseg's (Dual Teacher ``faithful``), the crop never larger than the image
   and, after normalisation, ``pad_bottom_right`` with image 0 (the mean colour);
 - strong view: per-image colour jitter, greyscale and blur on the weak view, before
-  normalisation (spec section 7 item 4 "clean");
+  normalisation (Dual Teacher ``clean``: ``docs/method.md`` F4);
 - ``normalize``: uint8 -> float and (x - mean) / std.
 """
 

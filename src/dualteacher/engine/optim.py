@@ -31,7 +31,8 @@ def param_groups(model: SegModel, cfg: OptimConfig) -> list[dict]:
     recipes: pretrained encoder, randomly initialised head).
 
     With AdamW, norms, biases and position embeddings get no weight decay (``no_decay_params``;
-    SegFormer's recipe); SGD decays everything (UniMatch's recipe).
+    SegFormer's recipe); SGD decays everything (UniMatch's recipe). The official Dual Teacher
+    code groups by name instead: ``docs/method.md`` F18.
     """
     encoder = {id(p) for p in model.encoder.parameters()}
     skip_decay = no_decay_params(model) if cfg.name == OptimName.adamw else set()

@@ -1,7 +1,7 @@
 """Dual Teacher: one student and two temporary teachers that take turns by epoch.
 
 Na et al., "Switching Temporary Teachers for Semi-Supervised Semantic Segmentation", NeurIPS
-2023, as the official code runs it (``shared/method/dual_teacher_spec.md`` section 2). One step:
+2023, as the official code runs it (``docs/method.md``, "The training step"). One step:
 
 1. the teacher on duty (``active_teacher``: A on even shifts, B on odd ones; a shift is
    ``switch_every`` epochs) labels the weak view ``x_u``: ``conf, pl = max(softmax)``;
@@ -15,9 +15,10 @@ Na et al., "Switching Temporary Teachers for Semi-Supervised Semantic Segmentati
    ``min(1 - 1/(i+1), cap)`` (``ema_index``: ``i`` restarts with every shift, officially).
 
 The step reads as ``mode: clean``. Where ``mode: faithful`` keeps an official behaviour that
-``clean`` changes, it is one field of ``DualTeacherFlags``, commented with its spec item and
-tested in ``tests/test_dual_teacher.py``; the README table "Dual Teacher: faithful and clean"
-lists every field, and the official behaviours neither mode reproduces.
+``clean`` changes, it is one field of ``DualTeacherFlags``, commented with its item id in
+``docs/method.md`` (F1 ... F18) and tested in ``tests/test_dual_teacher.py``; that page and the
+README table "Dual Teacher: faithful and clean" list every field, and the official behaviours
+neither mode reproduces.
 """
 
 from __future__ import annotations
@@ -70,37 +71,38 @@ def ema_index(step: int, epoch_steps: int, switch_every: int, restart: bool) -> 
 
 @dataclass(frozen=True)
 class DualTeacherFlags:
-    """Where the two modes differ: each field True is the official code's behaviour (spec
-    section 7 item or section 2 step in the comment), False what ``clean`` does instead.
+    """Where the two modes differ: each field True is the official code's behaviour (its
+    item of ``docs/method.md``, "Faithful items", in the comment), False what ``clean`` does
+    instead.
 
     Built once per run by ``resolve_flags``; the README table "Dual Teacher: faithful and
     clean" has one row per field.
     """
 
-    # 7.1: the EMA index restarts with every shift (method.dual_teacher.ema_restart, both modes).
+    # F1: the EMA index restarts with every shift (method.dual_teacher.ema_restart, both modes).
     ema_restart: bool
-    # 7.3: the IC loss's valid pixels and normaliser come from the *labelled* batch's ground
+    # F3: the IC loss's valid pixels and normaliser come from the *labelled* batch's ground
     # truth (its ignore pattern), not from the unlabelled crop's padding.
     ic_mask_from_labeled: bool
-    # 7.4: the strong view is one ColorJitter + RandomGrayscale of the whole normalised batch,
+    # F4: the strong view is one ColorJitter + RandomGrayscale of the whole normalised batch,
     # made here (clamps to [0, 1]); clean: per-image, before normalisation, by the data
     # pipeline (``data.strong``).
     batch_jitter_strong_view: bool
-    # 7.7: teachers predict in train mode (dropout on, BatchNorm on the batch's statistics).
+    # F7: teachers predict in train mode (dropout on, BatchNorm on the batch's statistics).
     teachers_train_mode: bool
-    # 2.3 (update_ema): the EMA averages parameters only; clean also averages BN buffers, which
+    # F11 (update_ema): the EMA averages parameters only; clean also averages BN buffers, which
     # eval-mode teachers use.
     ema_params_only: bool
-    # 7.8: the CutMix weight uses the confidence of the un-mixed image.
+    # F8: the CutMix weight uses the confidence of the un-mixed image.
     cutmix_unmixed_conf: bool
-    # 7.8 / 2.2: ReCo's PIL round trip quantises the CutMix images and confidence to 8 bits.
+    # F8: ReCo's PIL round trip quantises the CutMix images and confidence to 8 bits.
     pil_8bit: bool
-    # 2.6: the IC term takes its pseudo-labels from a second teacher forward.
+    # F12: the IC term takes its pseudo-labels from a second teacher forward.
     ic_second_teacher_forward: bool
-    # 2.4-2.6: the unlabelled crop's padding counts as image in the unsupervised terms; clean:
+    # F13: the unlabelled crop's padding counts as image in the unsupervised terms; clean:
     # pseudo-labels there are ignored and every normaliser counts valid pixels only.
     padding_in_unsup: bool
-    # 2.2 step 7 (mmseg Pad): weak views padded bottom/right, image with 0 after normalisation
+    # F14 (mmseg Pad): weak views padded bottom/right, image with 0 after normalisation
     # (the mean colour), mask with ignore; clean: at a random offset, image black.
     official_pad: bool
 
@@ -173,8 +175,9 @@ class DualTeacher(Method):
                 "the unlabelled IC loss (as the official code does), so data.batch_size_u must "
                 "equal data.batch_size; set data.batch_size_u=null or use mode=clean"
             )
-        # Both modes (spec 7.10): each teacher is a fresh model of the student's architecture,
-        # with the pretrained encoder and its own random decoder init, not a copy of the student.
+        # Both modes (docs/method.md F10): each teacher is a fresh model of the student's
+        # architecture, with the pretrained encoder and its own random decoder init, not a copy
+        # of the student.
         self.teachers = nn.ModuleList([self.make_teacher(make_model) for _ in TEACHER_NAMES])
         self.ema = EMA(BufferPolicy.keep if self.flags.ema_params_only else BufferPolicy.ema)
         self.mean, self.std = cfg.data.mean, cfg.data.std
