@@ -1,21 +1,26 @@
 """Every shipped config through every verb, as a user runs them (``dualteacher ...``): train a
 few steps, ``eval --report``, ``predict``, ``compare --steps 2``, ``compare --minutes`` with a
-tiny budget and ``bench --data``, on tiny trees in each dataset's on-disk format (``trees``).
+tiny budget and ``bench --data``, on tiny trees in each dataset's on-disk format (``trees``),
+with the split lists shipped with the package (``data.split``) and only ``data.root`` given.
 
 Only the heavy parts are overridden (model unet-r18 without pretrained weights, crop 32, batch
-2, small evaluation windows, 1-2 epochs); each config keeps its own structure: dataset, split
-file keys (the split files sit where the configs name them, relative to ``data.root``),
-``train.epochs`` and ``train.epoch_unit``, evaluation mode, optimizer, method settings."""
+2, small evaluation windows, 1-2 epochs of one step each: ``train.epoch_steps=1``); each config
+keeps its own structure: dataset, split (``data.split``), ``train.epochs`` and
+``train.epoch_unit``, evaluation mode, optimizer, method settings. Every image a shipped list
+names is on disk (hard links to one tiny file)."""
 
 from __future__ import annotations
 
+import gzip
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from dualteacher.cli import main
 from dualteacher.config import builtin_config_dir, load_config
+from dualteacher.data import standard_splits
 from dualteacher.engine.checkpoint import load_checkpoint
 
 from . import trees
@@ -34,11 +39,6 @@ SMALL = [
 ]
 
 
-def _lines(path: Path, lines: list[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
-
-
 def _demo(tmp: Path) -> tuple[list[str], int, Path]:
     demo = ["data.demo.num_labeled=8", "data.demo.num_unlabeled=8", "data.demo.num_val=2"]
     demo += ["data.demo.image_size=32", "train.steps=2"]
@@ -53,45 +53,67 @@ def _voc_classic(tmp: Path) -> tuple[list[str], int, Path]:
     return [f"data.root={voc}", "train.epochs=2"], 2, voc / "JPEGImages" / "2007_000033.jpg"
 
 
+def _shipped(name: str, part: str) -> list[list[str]]:
+    path = standard_splits.SHIPPED_DIR / name / f"{part}.txt.gz"
+    return [ln.split() for ln in gzip.decompress(path.read_bytes()).decode().splitlines() if ln]
+
+
+def _link(source: Path, target: Path) -> None:
+    """One tiny file under every name a shipped list gives (hard links: thousands are cheap)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.exists():
+        os.link(source, target)
+
+
+# The shipped lists need every listed image on disk (the loaders check labelled files and
+# read any unlabelled one); one epoch is one step, so the few steps read a handful of them.
+ONE_STEP_EPOCHS = "train.epoch_steps=1"
+
+
 def _voc_blended(tmp: Path) -> tuple[list[str], int, Path]:
-    voc = trees.make_voc(tmp)
-    split = voc / "splits" / "pascal" / "u2pl_1_16"  # U2PL's id lists, under data.root
-    _lines(split / "labeled.txt", ["2007_000032", "2008_000001"])
-    _lines(split / "unlabeled.txt", ["2007_000039", "2007_000063", "2007_000068", "2008_000002"])
-    return [f"data.root={voc}", "train.epochs=1"], 2, voc / "JPEGImages" / "2007_000033.jpg"
+    voc = trees.make_voc(tmp)  # + U2PL's 1/16 list (ids), shipped: data.split=voc/u2pl_1_16
+    jpg, png = (
+        voc / "JPEGImages" / "2007_000032.jpg",
+        voc / "SegmentationClassAug" / "2007_000032.png",
+    )
+    for (name,) in _shipped("voc/u2pl_1_16", "labeled"):
+        _link(jpg, voc / "JPEGImages" / f"{name}.jpg")
+        _link(png, voc / "SegmentationClassAug" / f"{name}.png")
+    for (name,) in _shipped("voc/u2pl_1_16", "unlabeled"):
+        _link(jpg, voc / "JPEGImages" / f"{name}.jpg")
+    args = [f"data.root={voc}", "train.epochs=1", ONE_STEP_EPOCHS]
+    return args, 1, voc / "JPEGImages" / "2007_000033.jpg"
 
 
 def _cityscapes(tmp: Path) -> tuple[list[str], int, Path]:
-    cs = trees.make_cityscapes(tmp)
-    split = cs / "splits" / "cityscapes" / "1_16"  # UniMatch's pairs, under data.root
-
-    def image(city: str, base: str) -> str:
-        return f"leftImg8bit/train/{city}/{base}_leftImg8bit.png"
-
-    _lines(
-        split / "labeled.txt",
-        [
-            f"{image(c, b)} gtFine/train/{c}/{b}_gtFine_labelTrainIds.png"
-            for c, b in trees.CS_TRAIN[:2]
-        ],
-    )
-    _lines(split / "unlabeled.txt", [image(c, b) for c, b in trees.CS_TRAIN[2:]])
+    cs = trees.make_cityscapes(tmp)  # + UniMatch's 1/16 pairs, shipped: cityscapes/1_16
+    city, base = trees.CS_TRAIN[0]
+    img = cs / "leftImg8bit" / "train" / city / f"{base}_leftImg8bit.png"
+    raw = cs / "gtFine" / "train" / city / f"{base}_gtFine_labelIds.png"
+    for image, mask in _shipped("cityscapes/1_16", "labeled"):
+        _link(img, cs / image)  # the raw *_labelIds.png stands in for the listed TrainIds
+        _link(raw, cs / mask.replace("_labelTrainIds.png", "_labelIds.png"))
+    for image, *_ in _shipped("cityscapes/1_16", "unlabeled"):
+        _link(img, cs / image)
     windows = ["eval.crop_size=32", "eval.stride=21"]  # the config's 801 / 534, scaled
     val_image = cs / "leftImg8bit" / "val" / "frankfurt" / "frankfurt_000000_000294_leftImg8bit.png"
-    return [f"data.root={cs}", "train.epochs=2", *windows], 2, val_image
+    return [f"data.root={cs}", "train.epochs=2", ONE_STEP_EPOCHS, *windows], 2, val_image
 
 
 def _ade20k(tmp: Path) -> tuple[list[str], int, Path]:
-    ade = trees.make_ade20k(tmp)
-    # Dual Teacher's lists name physically split folders; they sit in data.root
-    named = [f"images/training1263_l/{n}.jpg" for n in trees.ADE_TRAIN[:2]]
-    _lines(ade / "training1263_l.txt", named)
-    _lines(
-        ade / "training1263_u.txt", [f"images/training1263_u/{n}.jpg" for n in trees.ADE_TRAIN[2:]]
-    )
+    ade = trees.make_ade20k(tmp)  # + Dual Teacher's 1263 lists, shipped: ade20k/1263
+    jpg = ade / "images" / "training" / f"{trees.ADE_TRAIN[0]}.jpg"
+    png = ade / "annotations" / "training" / f"{trees.ADE_TRAIN[0]}.png"
+    # the lists name physically split folders; the standard layout is found by file name
+    for (image,) in _shipped("ade20k/1263", "labeled"):
+        stem = Path(image).stem
+        _link(jpg, ade / "images" / "training" / f"{stem}.jpg")
+        _link(png, ade / "annotations" / "training" / f"{stem}.png")
+    for (image,) in _shipped("ade20k/1263", "unlabeled"):
+        _link(jpg, ade / "images" / "training" / f"{Path(image).stem}.jpg")
     sizes = ["data.base_size=32", "eval.short_side=32"]  # the config's 512, scaled
     val_image = ade / "images" / "validation" / f"{trees.ADE_VAL[0]}.jpg"
-    return [f"data.root={ade}", "train.epochs=2", *sizes], 2, val_image
+    return [f"data.root={ade}", "train.epochs=2", ONE_STEP_EPOCHS, *sizes], 2, val_image
 
 
 CONFIGS = {
@@ -128,6 +150,7 @@ def test_every_verb_on_a_paper_config(name, tmp_path, capsys):
         assert getattr(cfg.train, key) == getattr(shipped.train, key)
     assert (cfg.train.epochs is None) == (shipped.train.epochs is None)
     assert (cfg.data.labeled, cfg.data.unlabeled) == (shipped.data.labeled, shipped.data.unlabeled)
+    assert cfg.data.split == shipped.data.split  # the shipped split, with only data.root given
     assert cfg.eval.mode == shipped.eval.mode and cfg.optim == shipped.optim
     assert cfg.method == shipped.method and cfg.data.name == shipped.data.name
 

@@ -142,8 +142,20 @@ def _cmd_splits(args: argparse.Namespace) -> None:
     from dualteacher.config import DataConfig
     from dualteacher.data import SPLIT_POOLS
     from dualteacher.data.splits import draw_split, write_split
+    from dualteacher.data.standard_splits import listing
     from dualteacher.errors import ConfigError
 
+    if args.list:
+        print(listing())
+        return
+    missing = [o for o, v in (("--root", args.root), ("--dataset", args.dataset),
+               ("--out", args.out)) if v is None]  # fmt: skip
+    if args.labeled is None and args.fraction is None:
+        missing.append("--labeled or --fraction")
+    if missing:
+        raise ConfigError(
+            f"splits: give {', '.join(missing)} (or --list to see the shipped splits)"
+        )
     if args.dataset not in SPLIT_POOLS:
         raise ConfigError(f"--dataset {args.dataset}: choose one of {', '.join(SPLIT_POOLS)}")
     if args.blended and args.dataset != "voc":
@@ -643,13 +655,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add(
         "splits",
-        "write reproducible labelled / unlabelled split files (labeled.txt, unlabeled.txt)",
+        "write reproducible labelled / unlabelled split files (labeled.txt, unlabeled.txt), or "
+        "list the papers' splits shipped with the package (--list; use them as data.split=NAME)",
         "dualteacher splits --root data/VOC2012 --dataset voc --labeled 366 --seed 0 "
-        "--out splits/voc/366",
+        "--out splits/voc/366\n  dualteacher splits --list",
     )
-    p.add_argument("--root", required=True, help="dataset root (as data.root)")
-    p.add_argument("--dataset", required=True, help="voc | cityscapes | ade20k | folder")
-    group = p.add_mutually_exclusive_group(required=True)
+    p.add_argument(
+        "--list", action="store_true", help="list the shipped splits (data.split=NAME) and exit"
+    )
+    p.add_argument("--root", help="dataset root (as data.root)")
+    p.add_argument("--dataset", help="voc | cityscapes | ade20k | folder")
+    group = p.add_mutually_exclusive_group()
     group.add_argument("--labeled", type=COUNT, help="number of labelled images")
     group.add_argument("--fraction", type=FRACTION, help="fraction of the candidates to label")
     p.add_argument(
@@ -658,7 +674,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="voc: draw from all 10,582 augmented images (default: the classic 1,464)",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--out", help="output directory")
     p.set_defaults(func=_cmd_splits)
 
     p = add(

@@ -62,6 +62,9 @@ class DataConfig:
     # None: the dataset's default (README "Datasets").
     labeled: str | None = None  # labelled images
     unlabeled: str | None = None  # unlabelled images (their masks, if listed, are never read)
+    # A split list shipped with the package (`dualteacher splits --list`, e.g. voc/u2pl_1_16):
+    # sets labeled / unlabeled to shipped:NAME/labeled and shipped:NAME/unlabeled.
+    split: str | None = None
     val: str | None = None  # validation images (e.g. a subset, or UniMatch's val.txt)
     # Cache of the folder scans (an .npz file); None: RUN_DIR/data_index.npz for train and
     # compare, none for check. rescan: scan again even if the cached scan is still valid.
@@ -513,7 +516,29 @@ def load_config(
         return str(path) if path is not None else "the stored config" if base else ""
 
     check_values(cfg, where)
+    _apply_split(cfg, where)
     return cfg
+
+
+SHIPPED = "shipped:"  # prefix of split-file values that name a list shipped with the package
+
+
+def _apply_split(cfg: Config, where) -> None:
+    """``data.split=NAME`` stands for ``data.labeled=shipped:NAME/labeled`` and
+    ``data.unlabeled=shipped:NAME/unlabeled`` (``data.standard_splits`` reads them); a
+    different file given as well would be ambiguous."""
+    name = cfg.data.split
+    if not name:
+        return
+    for part in ("labeled", "unlabeled"):
+        want, given = f"{SHIPPED}{name}/{part}", getattr(cfg.data, part)
+        if given not in (None, want):
+            raise ConfigError(
+                f"data.{part}={given} and data.split={name} both name the {part} images "
+                f"({where(f'data.{part}') or where('data.split') or 'config'}). Give one: "
+                f"data.split=null to use your own files, or drop data.{part}"
+            )
+        setattr(cfg.data, part, want)
 
 
 def with_absolute_paths(cfg: Config) -> Config:

@@ -25,6 +25,7 @@ a smaller labelled set is a subset of a larger one.
 
 from __future__ import annotations
 
+import gzip
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -33,6 +34,7 @@ from typing import Protocol
 import numpy as np
 
 from dualteacher.config import DataConfig
+from dualteacher.data import standard_splits
 from dualteacher.data.files import IMAGE_EXTS, Entry, exclude, without_masks
 from dualteacher.data.index import EntryTable, TableBuilder, file_stem
 from dualteacher.errors import DataError
@@ -65,7 +67,10 @@ def _is_path(token: str) -> bool:
 
 
 def find_split_file(value: str, cfg: DataConfig, key: str) -> Path:
-    """The split file named by config key ``key``: as given, else under ``data.root``."""
+    """The split file named by config key ``key``: a shipped list (``shipped:NAME/PART``), the
+    path as given, else under ``data.root``."""
+    if value.startswith(standard_splits.SCHEME):
+        return standard_splits.resolve(value, key)
     p = Path(value).expanduser()
     tried = [p]
     if not p.is_absolute() and cfg.root:
@@ -125,7 +130,9 @@ def read_split(value: str, cfg: DataConfig, layout: Layout, labeled: bool, key: 
     table = TableBuilder()
     probes: list[tuple[str, Entry]] = []  # (path token, entry) of the first path lines
     base: str | None = None  # learned: every further relative image path starts here
-    with open(path, encoding="utf-8") as f:
+    # shipped lists are gzip-compressed; gzip.open reads them as the same text stream
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             tokens = line.split()
             if not tokens or tokens[0].startswith("#"):
