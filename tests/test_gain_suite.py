@@ -1,0 +1,274 @@
+"""``benchmarks/gain_suite.py``: its datasets, the tuning / held-out rule, the table, diagnose.
+
+Tiny scale: a few images per split, 2-4 training steps of the scratch test model."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from dualteacher.config import DataConfig, DemoDataConfig
+from dualteacher.data import demo, folder
+from tests.conftest import TINY
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+import gain_suite as gs
+
+SIZES = {"num_labeled": 3, "num_unlabeled": 4, "num_val": 2}
+SPLITS = {  # split -> (images, masks) under the dataset directory
+    "labeled": ("data/train/images", "data/train/masks"),
+    "unlabeled": ("data/unlabeled", "truth/unlabeled"),
+    "val": ("data/val/images", "data/val/masks"),
+}
+
+
+def _read(folder_path: Path) -> list[np.ndarray]:
+    return [np.asarray(Image.open(p)) for p in sorted(folder_path.glob("*.png"))]
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory) -> dict[str, Path]:
+    """Every suite dataset at draw 100, tiny (small_objects at 96 px: still above its crop)."""
+    root = tmp_path_factory.mktemp("suite")
+    out = {}
+    for name, ds in gs.DATASETS.items():
+        size = 96 if name == "small_objects" else 32
+        out[name] = root / name
+        gs.write_dataset(ds, 100, out[name], image_size=size, **SIZES)
+    return out
+
+
+@pytest.mark.parametrize("name", list(gs.DATASETS))
+def test_dataset_is_a_folder_layout_with_its_truth_outside_the_root(written, name):
+    ds, where = gs.DATASETS[name], written[name]
+    for split, (images, masks) in SPLITS.items():
+        n = SIZES[f"num_{split}"]
+        assert len(list((where / images).glob("*.png"))) == n
+        ms = _read(where / masks)
+        assert len(ms) == n
+        assert all(m.ndim == 2 and m.dtype == np.uint8 and m.max() < len(ds.classes) for m in ms)
+        ims = _read(where / images)
+        assert all(im.shape == (*m.shape, 3) for im, m in zip(ims, ms))
+    doc = yaml.safe_load((where / "data" / "classes.yaml").read_text())
+    names = [c if isinstance(c, str) else c["name"] for c in doc["classes"]]
+    assert names == ds.classes
+    meta = json.loads((where / "dataset.json").read_text())
+    assert meta["name"] == name and meta["draw"] == 100 and meta["num_unlabeled"] == 4
+    # what the folder dataset reads: the true masks of the unlabelled images are not in it
+    bundle = folder.build(DataConfig(name="folder", root=str(where / "data")))
+    assert (len(bundle.labeled), len(bundle.unlabeled), len(bundle.val)) == (3, 4, 2)
+    read = [*bundle.labeled.entries.iter_images(), *bundle.unlabeled.entries.iter_images()]
+    read += list(bundle.val.entries.iter_images())
+    assert not any("truth" in Path(p).parts for p in read)
+    assert not (where / "truth").resolve().is_relative_to((where / "data").resolve())
+    assert bundle.classes == ds.classes
+
+
+def test_defaults_cover_the_kinds_of_data_the_suite_promises():
+    d = gs.DATASETS
+    assert len(d) >= 6
+    assert all(20 <= ds.num_labeled <= 100 for ds in d.values())
+    assert all(ds.num_unlabeled >= 1000 and ds.num_val >= 200 for ds in d.values())
+    assert any(len(ds.classes) >= 11 for ds in d.values())  # >= 10 classes besides background
+    assert d["scratches"].classes == ["surface", "defect"]  # binary
+    small = d["small_objects"]
+    crop = int(next(o for o in small.overrides if o.startswith("data.crop_size=")).split("=")[1])
+    assert small.image_size > crop  # trained on crops smaller than the image
+    assert all(ds.character for ds in d.values())
+
+
+def test_tuning_and_held_out_draws_are_declared_apart():
+    assert set(gs.DRAWS) == {"tuning", "heldout"}
+    assert gs.DRAWS["tuning"] and gs.DRAWS["heldout"]
+    assert not set(gs.DRAWS["tuning"]) & set(gs.DRAWS["heldout"])
+    doc = " ".join(gs.__doc__.lower().replace("**", "").split())
+    assert "nothing is ever chosen on a held-out draw" in doc
+
+
+def test_rare_foreground_is_at_most_five_percent_and_present():
+    ds = gs.DATASETS["scratches"]
+    masks = [m for _, m in gs.generate(ds, 100, "unlabeled", 60, 64)]
+    shares = np.array([(m > 0).mean() for m in masks])
+    assert shares.max() <= 0.05
+    assert 0.001 < shares.mean() <= 0.05
+    assert (shares == 0).any()  # some surfaces have no defect at all
+
+
+def test_gray_dataset_is_grey_and_the_others_are_not(written):
+    for split, (images, _) in SPLITS.items():
+        for im in _read(written["gray"] / images):
+            assert (im[..., 0] == im[..., 1]).all() and (im[..., 1] == im[..., 2]).all(), split
+    colour = _read(written["shapes"] / "data" / "val" / "images")
+    assert any((im[..., 0] != im[..., 1]).any() for im in colour)
+
+
+def test_shape_classes_are_not_told_by_colour():
+    """The shapes' colours are drawn independently of the class: over 300 images the per-class
+    mean colours agree within ~15 levels, where the demo's class colours differ by ~50."""
+
+    def spread(name: str) -> float:
+        ds = gs.DATASETS[name]
+        pairs = list(gs.generate(ds, 100, "labeled", 300, 32))
+        means = [
+            np.concatenate([im[m == c] for im, m in pairs]).astype(float).mean(0)
+            for c in range(1, len(ds.classes))
+        ]
+        return float(np.ptp(np.array(means), axis=0).max())
+
+    assert spread("shapes") < 25 < 40 < spread("demo")
+
+
+def test_same_draw_same_bytes_other_draw_other_bytes(written, tmp_path):
+    for name, ds in gs.DATASETS.items():
+        size = 96 if name == "small_objects" else 32
+        again, other = tmp_path / f"{name}_again", tmp_path / f"{name}_other"
+        gs.write_dataset(ds, 100, again, image_size=size, **SIZES)
+        gs.write_dataset(ds, 101, other, image_size=size, **SIZES)
+        files = sorted(p.relative_to(written[name]) for p in written[name].rglob("*.png"))
+        assert len(files) == 3 + 3 + 4 + 4 + 2 + 2
+        assert all((written[name] / f).read_bytes() == (again / f).read_bytes() for f in files)
+        differ = [(written[name] / f).read_bytes() != (other / f).read_bytes() for f in files]
+        assert all(differ[i] for i, f in enumerate(files) if "images" in f.parts), name
+
+
+def test_cached_dataset_is_reused_and_another_is_refused(written):
+    ds, where = gs.DATASETS["gray"], written["gray"]
+    stamp = (where / "dataset.json").stat().st_mtime_ns
+    gs.write_dataset(ds, 100, where, image_size=32, **SIZES)  # same parameters: nothing written
+    assert (where / "dataset.json").stat().st_mtime_ns == stamp
+    with pytest.raises(SystemExit, match="other parameters"):
+        gs.write_dataset(ds, 100, where, image_size=32, **{**SIZES, "num_val": 3})
+
+
+def test_demo_row_is_the_demo_data_of_that_seed(written):
+    cfg = DemoDataConfig(num_labeled=3, num_unlabeled=4, num_val=2, image_size=32, seed=100)
+    images, masks = demo.generate(cfg, "unlabeled")
+    assert np.array_equal(np.stack(_read(written["demo"] / "data" / "unlabeled")), images)
+    assert np.array_equal(np.stack(_read(written["demo"] / "truth" / "unlabeled")), masks)
+
+
+# ------------------------------------------------------------------------------ end to end
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    sizes = {"image_size": 32, **SIZES}
+    overrides = [o for o in TINY if not o.startswith("data.demo.")] + ["train.eval_every=1"]
+    result = gs.run_suite(
+        "tuning",
+        out,
+        seeds=2,
+        datasets="scratches,shapes",
+        steps_sup=4,
+        steps_dt=2,
+        overrides=overrides,
+        sizes=sizes,
+    )
+    return out, result
+
+
+def test_suite_prints_one_table_and_writes_suite_json(suite, capsys):
+    out, result = suite
+    doc = json.loads((out / "tuning" / "suite.json").read_text())
+    assert doc == json.loads(json.dumps(result))
+    assert doc["split"] == "tuning" and doc["draws"] == list(gs.DRAWS["tuning"])
+    assert doc["steps"] == {"supervised": 4, "dual_teacher": 2}
+    assert [r["dataset"] for r in doc["datasets"]] == ["scratches", "shapes"]
+    for r in doc["datasets"]:
+        summary = json.loads(Path(r["summary"]).read_text())
+        sup, dt = summary["results"]
+        assert sup["steps"] == 4 and dt["steps"] == 2  # supervised at twice the steps
+        assert r["supervised"]["miou_per_seed"] == sup["miou_per_seed"]
+        assert r["dual_teacher"]["miou_per_seed"] == dt["miou_per_seed"]
+        d = r["final_vs_final"]
+        assert d["per_seed"] == pytest.approx(
+            [a - b for a, b in zip(dt["miou_per_seed"], sup["miou_per_seed"])]
+        )
+        assert d == summary["results"][1]["vs"][sup["method"]]["miou"]  # compare's statistics
+        assert r["final_vs_best"]["per_seed"] == pytest.approx(
+            [a - b for a, b in zip(dt["miou_per_seed"], sup["best_miou_per_seed"])]
+        )
+        assert len(d["ci95"]) == 2 and d["ci95"][0] <= d["mean"] <= d["ci95"][1]
+        assert Path(r["truth"]).is_dir() and not Path(r["truth"]).is_relative_to(r["root"])
+    for key in ("final_vs_final", "final_vs_best"):
+        s = doc["suite"][key]
+        means = [r[key]["mean"] for r in doc["datasets"]]
+        assert s["mean"] == pytest.approx(np.mean(means))
+        assert s["n_datasets"] == 2 and s["n_pooled"] == 4 and len(s["ci95"]) == 2
+    md = (out / "tuning" / "suite.md").read_text()
+    assert "| scratches@100 |" in md and "SUITE MEAN" in md
+    table = gs.format_table(doc)
+    assert table.count("\n") >= 5 and "shapes@100" in table and "SUITE MEAN (2 datasets)" in table
+
+
+def test_suite_rejects_an_unknown_split_or_dataset(tmp_path):
+    with pytest.raises(SystemExit, match="choose one of"):
+        gs.run_suite("test", tmp_path)
+    with pytest.raises(SystemExit, match="unknown dataset"):
+        gs.run_suite("tuning", tmp_path, datasets="shapes,nope")
+
+
+def _same(got, expected) -> None:
+    assert got is None if expected is None else got == pytest.approx(expected)
+
+
+def test_diagnose_compares_pseudo_labels_with_the_truth(suite):
+    import torch
+
+    from dualteacher.inference import load_segmenter
+
+    _, result = suite
+    row = next(r for r in result["datasets"] if r["dataset"] == "shapes")
+    run_dir = Path(row["summary"]).parent / "dual_teacher_seed0"
+    # independent check of the student's numbers: predictions of the same checkpoint
+    truth = np.stack(_read(Path(row["truth"]) / "unlabeled"))
+    seg = load_segmenter(run_dir / "latest.pt", models="all", device="cpu")
+    images = [np.array(Image.open(p)) for p in sorted(Path(row["root"], "unlabeled").glob("*"))]
+    with torch.no_grad():
+        prob = seg.logits(seg.to_input(images), "student").softmax(1)
+    conf, pred = (t.numpy() for t in prob.max(1))
+    # a threshold at which about half of the pixels are confident (after 2 steps, hardly any
+    # pixel reaches the run's 0.95)
+    thresh = float(np.median(conf))
+    d = gs.diagnose(run_dir, row["truth"], conf_thresh=thresh)
+    classes = gs.DATASETS["shapes"].classes
+    assert d["classes"] == classes and d["images"] == 4 and d["step"] == 2
+    assert set(d["models"]) == {"student", "teacher_a", "teacher_b"}
+    assert d["conf_thresh"] == thresh
+    expected = np.bincount(truth.ravel(), minlength=len(classes)) / truth.size * 100
+    assert list(d["truth_balance"].values()) == pytest.approx(expected)
+    st = d["models"]["student"]
+    confident = conf >= thresh
+    for c, name in enumerate(classes):
+        tp = ((pred == c) & (truth == c)).sum()
+        union = ((pred == c) | (truth == c)).sum()
+        _same(st["iou"][name], 100 * tp / union if union else None)
+        share = 100 * (pred == c).mean()
+        assert st["balance"]["pseudo"][name] == pytest.approx(share)
+        true_c = truth == c
+        ratio = 100 * confident[true_c].mean() if true_c.any() else None
+        _same(st["confident_ratio_by_true_class"][name], ratio)
+        said_c = confident & (pred == c)
+        precision = 100 * (truth[said_c] == c).mean() if said_c.any() else None
+        _same(st["confident"]["precision"][name], precision)
+        confident_share = 100 * said_c.sum() / confident.sum()
+        assert st["balance"]["confident_pseudo"][name] == pytest.approx(confident_share)
+    assert st["confident_share"] == pytest.approx(100 * confident.mean())
+    assert 30 < st["confident_share"] < 70
+    with torch.no_grad():
+        pred_a = seg.logits(seg.to_input(images), "teacher_a").argmax(1).numpy()
+    assert d["models"]["teacher_a"]["agreement_with_student"] == pytest.approx(
+        100 * (pred_a == pred).mean()
+    )
+    assert "agreement_with_student" not in st
+    # by default the run's own threshold (method.conf_thresh)
+    default = gs.diagnose(run_dir, row["truth"], models="student")
+    assert default["conf_thresh"] == seg.cfg.method.conf_thresh == 0.95
+    assert list(default["models"]) == ["student"]
+    text = gs.format_diagnosis(d)
+    assert all(f"  {c} " in text for c in classes) and "teacher_b: pseudo-label mIoU" in text
