@@ -159,6 +159,10 @@ MUTATIONS = [
     # --- strong view (F4)
     m("faithful strong view = weak view", DT, "x_s = BATCH_JITTER(x_u.clone())",
       "x_s = x_u.clone()"),
+    m("faithful strong view = clamped weak view", DT, "x_s = BATCH_JITTER(x_u.clone())",
+      "x_s = x_u.clone().clamp(0, 1)"),
+    m("faithful strong view: greyscale p 0.2 -> 0.5", DT, "v2.RandomGrayscale(p=0.2)",
+      "v2.RandomGrayscale(p=0.5)"),
     m("clean strong view = weak view", DT, 'x_s = batch_u["image_s"]', "x_s = x_u"),
     m("faithful jitter drawn per image", DT, "x_s = BATCH_JITTER(x_u.clone())",
       "x_s = torch.stack([BATCH_JITTER(v) for v in x_u])"),

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
+from torchvision.transforms import v2
 
 import dualteacher.methods.dual_teacher as dt_module
 from dualteacher.config import load_config
@@ -424,6 +425,36 @@ def test_confident_means_at_least_the_threshold(mode, k, draws):
     assert not all(_close(at[key], strict[key]) for key in keys)
     for key in keys:
         torch.testing.assert_close(out[key], at[key], msg=key)
+
+
+def test_faithful_strong_view_is_the_official_batch_jitter():
+    """7.4: faithful's strong view (the student's IC input, (B, 3, H, W)) is the official
+    ``ColorJitter(0.5, 0.5, 0.5, 0.25)`` then ``RandomGrayscale(p=0.2)`` of the whole weak batch
+    as it is (normalised; the jitter clamps it to [0, 1]), drawn first in the step. The
+    reference is rebuilt here from the spec's numbers and replayed from the same seed, so the
+    weak view (clamped or not), a jitter per image or other parameters all give another input.
+    """
+    spec_view = v2.Compose([v2.ColorJitter(0.5, 0.5, 0.5, 0.25), v2.RandomGrayscale(p=0.2)])
+    bx, bu = make_batches()
+    x_u = bu["image"]
+    grey = []
+    for seed in range(16):  # seed 12 greys at p = 0.5 but not at 0.2
+        method = make_method("faithful")
+        calls = record_forwards(method)
+        torch.manual_seed(seed)
+        method.training_step(bx, bu, StepInfo(step=1, epoch_steps=4))  # teacher A's shift
+        (single,) = [c for c in calls["student"] if len(c.input) == B]
+        torch.manual_seed(seed)
+        expected = spec_view(x_u.clone())
+        torch.testing.assert_close(single.input, expected, msg=f"seed {seed}")
+        # what the reference is: not the clamped weak view, in [0, 1]; grey images have equal
+        # channels (the whole batch at once, with p = 0.2)
+        assert not torch.allclose(expected, x_u.clamp(0, 1), atol=1e-3), seed
+        assert expected.min() >= 0 and expected.max() <= 1
+        is_grey = [bool((v[0] == v[1]).all() and (v[1] == v[2]).all()) for v in expected]
+        assert len(set(is_grey)) == 1, seed  # one greyscale draw for the batch
+        grey.append(is_grey[0])
+    assert any(grey) and not all(grey)  # both outcomes of RandomGrayscale were replayed
 
 
 def test_faithful_strong_view_shares_one_jitter_across_the_batch():

@@ -10,8 +10,11 @@ reuses finished ones, with the figures measured while they trained, kept in
 trains. Written to ``OUT``:
 
 - ``summary.json``: ``{"results": [{"method", "miou", "best_miou", "seconds", ...}], ...}``,
-  one entry per method, means and standard deviations over seeds (mIoU in percent), per-seed
-  values, step time and peak memory; against every ``supervised`` entry, the paired difference
+  one entry per method (``best_miou``: the validation mIoU of ``best.pt``, the checkpoint
+  chosen on the selection split of ``data.select``, or with ``best_chosen_on: "val"`` on the
+  validation set itself, an optimistic figure; ``summary["select"]`` says which), means
+  and standard deviations over seeds (mIoU in percent), per-seed values, step time and peak
+  memory; against every ``supervised`` entry, the paired difference
   per seed (same seed, same data) with its mean, standard deviation and 95 % interval
   (Student's t), for the final and for the best mIoU (``vs``);
 - ``summary.md``: the same as Markdown tables;
@@ -232,6 +235,7 @@ def compare(
         "jobs": jobs,
         "model": cfg.model.name,
         "data": cfg.data.name,
+        "select": _select_info(bundle, cfg),
     }
     write_json(out_dir / "summary.json", summary)
     write_text(out_dir / "summary.md", format_markdown(summary))
@@ -242,6 +246,19 @@ def compare(
         f"plot: {out_dir / 'miou_vs_time.png'}"
     )
     return summary
+
+
+def _select_info(bundle, cfg: Config) -> dict:
+    """What picked every run's ``best.pt`` (and so ``best_miou``): the selection split of
+    ``data.select`` (its size, spec and draw seed), or the validation set itself."""
+    if bundle.select is None:
+        return {"chosen_on": "val", "images": 0}
+    return {
+        "chosen_on": "select",
+        "images": len(bundle.select),
+        "data.select": cfg.data.select,
+        "data.select_seed": cfg.data.select_seed,
+    }
 
 
 def _check_runs(cfg: Config, methods: list[str], seeds: list[int]) -> None:
@@ -430,6 +447,8 @@ def _summarise(spec: RunSpec, rs: list[TrainResult], seeds: list[int], plan: dic
         "miou_per_seed": mious,
         "best_miou_per_seed": bests,
         "best_step_per_seed": [r.best_step for r in rs],
+        "best_chosen_on": rs[0].best_chosen_on,  # "select" (data.select) or "val"
+        "best_select_miou_per_seed": [r.best_select_miou for r in rs],
         "stopped_by_time": [r.stopped_by_time for r in rs],
         "final_miou_teachers": {t: _mean([r.final[t].miou for r in rs]) for t in teachers},
         "run_dirs": [r.out_dir for r in rs],
@@ -443,14 +462,33 @@ def _pm(mean: float, std: float | None) -> str:
     return f"{mean:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
 
 
+def best_note(results: list[dict]) -> str:
+    """What "best" means in a table of ``results``: which set chose the checkpoint."""
+    if results and all(r.get("best_chosen_on") == "select" for r in results):
+        return (
+            "best: the validation mIoU of the checkpoint with the best mIoU on the selection "
+            "split (data.select, held out of training), not the best validation mIoU"
+        )
+    return (
+        "best: the best validation mIoU of the run, chosen on the validation set itself "
+        "(optimistic; data.select holds out a selection split to choose on instead)"
+    )
+
+
+def _best_header(results: list[dict]) -> str:
+    on_select = results and all(r.get("best_chosen_on") == "select" for r in results)
+    return "best (by select)" if on_select else "best (by val)"
+
+
 def format_summary(results: list[dict]) -> str:
     """Plain-text table for the terminal."""
-    head = f"{'method':<16}{'final mIoU':>16}{'best mIoU':>16}{'seconds':>9}{'s/step':>8}{'MiB':>7}"
+    best = _best_header(results)
+    head = f"{'method':<16}{'final mIoU':>16}{best:>17}{'seconds':>9}{'s/step':>8}{'MiB':>7}"
     lines = [head]
     for r in results:
         lines.append(
             f"{r['method']:<16}{_pm(r['miou'], r.get('miou_std')):>16}"
-            f"{_pm(r['best_miou'], r.get('best_miou_std')):>16}{r['seconds']:>9.0f}"
+            f"{_pm(r['best_miou'], r.get('best_miou_std')):>17}{r['seconds']:>9.0f}"
             f"{r.get('step_seconds', float('nan')):>8.3f}{r.get('peak_memory_mb', 0):>7.0f}"
         )
     diffs = [
@@ -458,6 +496,7 @@ def format_summary(results: list[dict]) -> str:
         for r in results
         for ref, d in r.get("vs", {}).items()
     ]
+    lines += [best_note(results)]
     if diffs:
         lines += ["", "paired difference per seed (mean [95% interval]; per seed):", *diffs]
     return "\n".join(lines)
@@ -502,7 +541,8 @@ def format_markdown(summary: dict) -> str:
         f"Data `{summary['data']}`, model `{summary['model']}`, {budget_text}; student mIoU "
         f"(%) {spread}.",
         "",
-        "| method | final mIoU | best mIoU | steps | train time (s) | s/step | peak memory (MiB) |",
+        f"| method | final mIoU | {_best_header(results)} | steps | train time (s) | s/step | "
+        "peak memory (MiB) |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in results:
@@ -515,7 +555,9 @@ def format_markdown(summary: dict) -> str:
     kinds = sorted({r["memory_kind"] for r in results})
     lines += [
         "",
-        "Final: the last validation; best: the best validation of the run. Train time is the "
+        f"Final: the last validation; {best_note(results)}"
+        + _select_size(summary)
+        + ". Train time is the "
         "wall-clock of the training steps, validation excluded; s/step is its mean per step. "
         "Peak memory: " + "; ".join(_MEMORY_NOTE.get(k, k) for k in kinds) + ".",
     ]
@@ -552,6 +594,16 @@ def format_markdown(summary: dict) -> str:
             parts = ", ".join(f"{t} {v:.2f}" for t, v in r["final_miou_teachers"].items())
             lines.append(f"- {r['method']}: {parts}")
     return "\n".join(lines) + "\n"
+
+
+def _select_size(summary: dict) -> str:
+    select = summary.get("select") or {}
+    if select.get("chosen_on") != "select":
+        return ""
+    return (
+        f": {select['images']} images (data.select={select['data.select']}, "
+        f"data.select_seed={select['data.select_seed']}), the same for every run"
+    )
 
 
 def _md_diff(d: dict) -> str:

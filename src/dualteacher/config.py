@@ -66,6 +66,16 @@ class DataConfig:
     # sets labeled / unlabeled to shipped:NAME/labeled and shipped:NAME/unlabeled.
     split: str | None = None
     val: str | None = None  # validation images (e.g. a subset, or UniMatch's val.txt)
+    # Selection split: the images whose student mIoU picks best.pt and the reported "best",
+    # so the validation set that is reported chose nothing (``parse_select``). null or 0: off,
+    # best.pt is chosen on the validation set itself. A number in (0, 1): that fraction of the
+    # labelled set; a whole number >= 1: that many labelled images; held out of the labelled
+    # training set, drawn from data.select_seed. Anything else: a split file (as data.val)
+    # whose images are taken out of the labelled and unlabelled sets.
+    select: str | None = None
+    # Seed of the data.select draw, separate from train.seed: every method and training seed
+    # of a comparison selects on the same images.
+    select_seed: int = 0
     # Cache of the folder scans (an .npz file); None: RUN_DIR/data_index.npz for train and
     # compare, none for check. rescan: scan again even if the cached scan is still valid.
     index: str | None = None
@@ -322,6 +332,7 @@ VALUE_RANGES: dict[str, Range] = {
     "data.batch_size": COUNT,
     "data.batch_size_u": COUNT,
     "data.num_workers": NON_NEGATIVE,
+    "data.select_seed": NON_NEGATIVE,
     "data.std": POSITIVE,
     "data.strong.jitter_p": PROBABILITY,
     "data.strong.brightness": NON_NEGATIVE,
@@ -375,8 +386,46 @@ CHOICES = {"model.output_stride": (8, 16)}
 DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
+SELECT_VALUES = (
+    "must be a fraction of the labelled set in (0, 1), a whole number of labelled images, a "
+    "split file, or null (off)"
+)
+
+
+def parse_select(value: str | float | None) -> tuple[str, Any]:
+    """What ``data.select`` asks for: ``("off", None)``, ``("fraction", f)`` with f in (0, 1),
+    ``("count", n)`` with n >= 1, or ``("file", path)``. A value that reads as a number is a
+    number (a split file named like one needs a path: ``./10``).
+
+    Raises:
+        ConfigError: a negative or non-finite number, or a fractional one above 1.
+    """
+    if value is None:
+        return "off", None
+    text = str(value).strip()
+    try:
+        number = float(text)
+    except ValueError:
+        return "file", text
+    if not math.isfinite(number) or number < 0 or (number > 1 and number != int(number)):
+        raise ConfigError(
+            f"bad value for config key 'data.select': data.select={text} {SELECT_VALUES}"
+        )
+    if number == 0:
+        return "off", None
+    if number < 1:
+        return "fraction", number
+    return "count", int(number)
+
+
 def value_problem(key: str, value: Any) -> str | None:
     """Why ``value`` is not allowed for ``key`` (None when it is), per ``VALUE_RANGES``."""
+    if key == "data.select":
+        try:
+            parse_select(value)
+        except ConfigError:
+            return SELECT_VALUES
+        return None
     if value is None or isinstance(value, bool | str):
         if key == "train.device" and not DEVICE.match(str(value)):
             return "must be auto, cpu, cuda, cuda:N or mps"
@@ -561,6 +610,11 @@ def with_absolute_paths(cfg: Config) -> Config:
         labeled=absolute(cfg.data.labeled, must_exist=True),
         unlabeled=absolute(cfg.data.unlabeled, must_exist=True),
         val=absolute(cfg.data.val, must_exist=True),
+        select=(
+            absolute(cfg.data.select, must_exist=True)
+            if parse_select(cfg.data.select)[0] == "file"
+            else cfg.data.select
+        ),
     )
     model = replace(cfg.model, pretrained=absolute(cfg.model.pretrained, must_exist=True))
     return replace(cfg, data=data, model=model)

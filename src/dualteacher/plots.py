@@ -186,6 +186,9 @@ def plot_training_curves(
         for i, key in enumerate(models):
             x, y = series(val_rows, key)
             ax.plot(x, y, color=f"C{i}", marker="o", ms=3, lw=1.4, label=key[len("miou_") :])
+        if any("select_miou_student" in r for r in val_rows):  # data.select: picks best.pt
+            x, y = series(val_rows, "select_miou_student")
+            ax.plot(x, y, color="C0", ls="--", marker="s", ms=3, lw=1.0, label="student (select)")
         ax.set_ylabel("val mIoU (%)")
     for ax in axes.values():
         for a, b, k in spans:

@@ -24,6 +24,7 @@ from dualteacher.config import DataConfig
 from dualteacher.data import ade20k, cityscapes, folder, voc
 from dualteacher.data.base import ArraySource, DataBundle, SegSource
 from dualteacher.data.index import INDEX_NAME, ScanIndex, release_free_memory, using_index
+from dualteacher.data.select import hold_out_select
 from dualteacher.errors import ConfigError, DataError
 
 
@@ -76,6 +77,7 @@ def build_data(
     validation set is empty (``dualteacher check`` builds without it, to report everything).
     Folder scans are cached in ``data.index`` if set, else in ``index`` (e.g. the run
     directory's ``data_index.npz``), else not at all; ``update_index=False`` only reads it.
+    ``data.select`` holds its selection split out of the training sets (``data.select``).
     """
     if cfg.name not in DATASETS:
         raise ConfigError(
@@ -85,6 +87,7 @@ def build_data(
     with using_index(ScanIndex(path, rescan=cfg.rescan, update=update_index)):
         bundle = DATASETS[cfg.name](cfg)
     release_free_memory()
+    bundle = hold_out_select(bundle, cfg)  # data.select: out of the training sets
     if verify:
         verify_bundle(bundle, cfg)
     return bundle
@@ -124,7 +127,8 @@ def verify_bundle(bundle: DataBundle, cfg: DataConfig) -> None:
                 + (f"; it comes from {origin}" if origin else "")
                 + (f". Fix: {hint}" if hint else "")
             )
-    problems = [p for s in (bundle.labeled, bundle.val) for p in set_problems(s)]
+    scored = [s for s in (bundle.val, bundle.select) if s is not None]  # never skipped
+    problems = [p for s in (bundle.labeled, *scored) for p in set_problems(s)]
     unl = bundle.unlabeled
     if unl is not None and len(unl):
         n = len(unl)
@@ -139,9 +143,10 @@ def verify_bundle(bundle: DataBundle, cfg: DataConfig) -> None:
             )
         else:
             problems += missing
-    if not problems and hasattr(bundle.val, "header_problems"):
-        # validation files are never skipped: find what their headers tell before training
-        problems = bundle.val.header_problems()
+    if not problems:
+        # validation (and selection) files are never skipped: find what their headers tell
+        # before training
+        problems = [p for s in scored if hasattr(s, "header_problems") for p in s.header_problems()]
     if problems:
         shown = "\n  ".join(str(p) for p in problems[:MAX_LISTED])
         more = (

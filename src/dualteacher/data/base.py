@@ -58,17 +58,35 @@ class SegSource:
 
 
 class ArraySource(SegSource):
-    """Samples held in memory: ``images`` (N, H, W, 3) uint8, ``masks`` (N, H, W) or None."""
+    """Samples held in memory: ``images`` (N, H, W, 3) uint8, ``masks`` (N, H, W) or None.
 
-    def __init__(self, images: np.ndarray, masks: np.ndarray | None, prefix: str = "img"):
+    Sample ``i`` is named ``<prefix>_<ids[i]>`` (``ids`` default ``0..N-1``), so a subset
+    (``take``) keeps the names its samples had in the whole set."""
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        masks: np.ndarray | None,
+        prefix: str = "img",
+        ids: np.ndarray | None = None,
+    ):
         self.images, self.masks, self.prefix = images, masks, prefix
+        self.ids = np.arange(len(images)) if ids is None else np.asarray(ids)
 
     def __len__(self) -> int:
         return len(self.images)
 
+    def name(self, index: int) -> str:
+        return f"{self.prefix}_{int(self.ids[index]):05d}"
+
     def load(self, index: int) -> Sample:
         mask = None if self.masks is None else self.masks[index]
-        return Sample(self.images[index], mask, f"{self.prefix}_{index:05d}")
+        return Sample(self.images[index], mask, self.name(index))
+
+    def take(self, indices: Sequence[int]) -> ArraySource:
+        idx = np.asarray(indices, np.int64)
+        masks = None if self.masks is None else self.masks[idx]
+        return ArraySource(self.images[idx], masks, self.prefix, self.ids[idx])
 
 
 @dataclass
@@ -81,6 +99,9 @@ class DataBundle:
     classes: list[str]
     palette: list[tuple[int, int, int]] = field(default_factory=list)
     ignore_index: int = IGNORE_INDEX
+    # data.select's selection split (picks best.pt), None when off; its images are in neither
+    # training set (``data.select.hold_out_select``)
+    select: SegSource | None = None
 
     @property
     def num_classes(self) -> int:

@@ -26,12 +26,12 @@ from dualteacher.data.base import SegSource
 from dualteacher.data.files import image_key
 from dualteacher.errors import BadSampleError
 
-SETS = ("labeled", "unlabeled", "val")
+SETS = ("labeled", "unlabeled", "val")  # and "select" when data.select holds one out
 
 
 @dataclass
 class SetReport:
-    name: str  # labeled | unlabeled | val
+    name: str  # labeled | unlabeled | val | select
     origin: str  # where the set comes from (split file, folder, default list)
     count: int  # samples listed
     readable: int = 0  # samples that loaded without a problem
@@ -149,7 +149,8 @@ def check_data(
     workers = workers or min(8, os.cpu_count() or 1)
     bundle = build_data(cfg.data, verify=False)
     k = bundle.num_classes
-    sets = [check_set(s, getattr(bundle, s), k, workers, progress, sample, seed) for s in SETS]
+    names = SETS + (("select",) if bundle.select is not None else ())
+    sets = [check_set(s, getattr(bundle, s), k, workers, progress, sample, seed) for s in names]
     errors, warnings = [], []
     for s in sets:
         source = getattr(bundle, s.name)
@@ -225,6 +226,12 @@ def format_report(report: CheckReport) -> str:
             f"{s.name:<10}{s.count:>8}{s.bad_files:>6}  {_size(s.min_size):>10}  "
             f"{_size(s.max_size):>10}  {s.origin}"
         )
+    for s in report.sets:
+        if s.name == "select":
+            lines.append(
+                f"select: {s.count} images (data.select) score the student at every validation "
+                "and pick best.pt; they are in neither training set"
+            )
     sampled = [s for s in report.sets if s.sampled is not None]
     if sampled:
         parts = ", ".join(f"{s.name} {s.sampled:,} of {s.count:,}" for s in sampled)

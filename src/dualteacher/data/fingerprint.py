@@ -1,9 +1,10 @@
 """What identifies a dataset wherever it lies: a run resumes only on the data it started on.
 
 ``data_fingerprint(bundle)`` holds the class list and, per set (labelled, unlabelled,
-validation), the number of samples, a digest of their names in order and a digest of those
-names with their files' sizes. Paths are left out, so a dataset that was moved or copied
-elsewhere (``data.root`` changed) still resumes; other images, another split file, another
+validation, and the selection split of ``data.select`` when there is one), the number of
+samples, a digest of their names in order and a digest of those names with their files'
+sizes. Paths are left out, so a dataset that was moved or copied elsewhere (``data.root``
+changed) still resumes; other images, another split file, another
 order or files whose contents changed do not, unless ``train.resume_with_changes=true``.
 The sizes are those of every file of a set of up to ``data.FULL_CHECK_MAX`` samples, of a
 seeded sample of ``data.SAMPLE_CHECK`` of a larger one (``files_sampled``), so that a pool of
@@ -18,6 +19,7 @@ from pathlib import Path
 from dualteacher.data.base import DataBundle
 
 SETS = ("labeled", "unlabeled", "val")
+OPTIONAL_SETS = ("select",)  # in a fingerprint only when the run has one (data.select)
 
 
 def _size(path: Path | None) -> int:
@@ -36,7 +38,8 @@ def data_fingerprint(bundle: DataBundle) -> dict:
     from dualteacher.data import FULL_CHECK_MAX, SAMPLE_CHECK, sample_indices
 
     out: dict = {"classes": list(bundle.classes)}
-    for name in SETS:
+    optional = [n for n in OPTIONAL_SETS if getattr(bundle, n, None) is not None]
+    for name in (*SETS, *optional):
         source = getattr(bundle, name)
         info: dict = {"count": len(source) if source is not None else 0}
         entries = getattr(source, "entries", None)
@@ -66,8 +69,9 @@ def data_changes(stored: dict | None, current: dict) -> list[str]:
     out = []
     if stored.get("classes") != current["classes"]:
         out.append(f"data classes: {stored.get('classes')} -> {current['classes']}")
-    for name in SETS:
-        a, b = stored.get(name) or {}, current[name]
+    optional = [n for n in OPTIONAL_SETS if n in stored or n in current]
+    for name in (*SETS, *optional):
+        a, b = stored.get(name) or {}, current.get(name) or {"count": 0}
         if a.get("count") != b["count"]:
             out.append(f"data {name} set: {a.get('count')} -> {b['count']} images")
         elif "names" in a and "names" in b and a["names"] != b["names"]:

@@ -179,6 +179,11 @@ def _root(cfg: DataConfig) -> Path:
     return root
 
 
+def layout(cfg: DataConfig) -> FolderLayout:
+    """Where the folder dataset at ``data.root`` keeps its files (reads split files)."""
+    return FolderLayout(_root(cfg))
+
+
 def _unlabeled_dir(root: Path) -> EntryTable:
     return scan_images(root / "unlabeled").renamed("unlabeled/")
 

@@ -364,6 +364,13 @@ class TrainingRun:
         assert self.bundle is not None
         return EvalSet(self.bundle.val, self.cfg.data)
 
+    @property
+    def select_set(self) -> EvalSet | None:
+        """The selection split that picks ``best.pt`` (``data.select``); None when off."""
+        if self.bundle is None or self.bundle.select is None:
+            return None
+        return EvalSet(self.bundle.select, self.cfg.data)
+
     def batches(self) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader | None]:
         """The endless labelled and (if the method trains on them) unlabelled loaders,
         positioned at ``state.step``, each batch with every view the method needs."""

@@ -6,7 +6,8 @@ loops: one optimizer step (``engine.step.StepRunner``: next labelled and unlabel
 ``method.training_step`` -> backward of ``"loss"`` -> optimizer and scheduler step ->
 ``method.after_step``, the teacher updates), a metrics row every ``log_every`` steps, a
 validation of the student and each teacher every ``eval_every`` (``best.pt`` follows the
-student's best mIoU, ``curves.png`` is redrawn), ``latest.pt`` (and a step-numbered copy)
+student's best mIoU on the selection split of ``data.select``, or on the validation set
+itself when that is off; ``curves.png`` is redrawn), ``latest.pt`` (and a step-numbered copy)
 every ``ckpt_every``. ``train.max_minutes`` stops the loop once the training steps have used
 that much wall-clock time. Signals, checkpoints, bad files and non-finite losses:
 ``engine.guard``.
@@ -82,7 +83,10 @@ class TrainResult:
     out_dir: str
     steps: int
     final: dict[str, SegMetrics]  # last validation, per evaluated model
-    best_miou: float  # best student mIoU over the run
+    # Validation mIoU of the student of best.pt, at ``best_step``: the step of the best
+    # selection-split mIoU (``best_chosen_on == "select"``, data.select), or of the best
+    # validation mIoU itself (``"val"``: optimistic, the reported set chose it).
+    best_miou: float
     best_step: int
     train_seconds: float  # wall-clock of the training steps (validation excluded)
     history: list[dict] = field(default_factory=list)
@@ -90,6 +94,8 @@ class TrainResult:
     peak_memory_mb: float = float("nan")  # see engine.memory for what is measured
     memory_kind: str = ""  # cuda_max_allocated | peak_rss | peak_rss_process
     stopped_by_time: bool = False  # train.max_minutes ended the run before train.steps
+    best_chosen_on: str = "val"  # "select" (data.select) or "val": what picked best.pt
+    best_select_miou: float | None = None  # selection-split mIoU of best.pt (data.select)
 
     @property
     def miou(self) -> float:
@@ -263,7 +269,7 @@ def _loop(
     writer = MetricWriter(out_dir, cfg.train.tensorboard, dist.is_main, keep_until=state.step)
     method = run.method
     models = method.eval_models() if cfg.train.eval_teachers else {"student": method.student}
-    val_set = run.val_set
+    val_set, select_set = run.val_set, run.select_set
     bar = tqdm(
         total=total,
         initial=start,
@@ -301,7 +307,9 @@ def _loop(
 
         if done % eval_every == 0 or last:
             final = _validate(run, models, val_set)
-            _record_validation(run, final, writer, bar, out_dir, checkpoints)
+            # the student only: it is what best.pt keeps (teachers are scored on val)
+            select = _validate(run, {"student": method.student}, select_set) if select_set else {}
+            _record_validation(run, final, select, writer, bar, out_dir, checkpoints)
 
         stopping = stop_after is not None and done >= stop_after
         signalled = run.step.stop_requested and not last
@@ -326,6 +334,8 @@ def _loop(
         final=final,
         best_miou=state.best["miou"],
         best_step=state.best["step"],
+        best_chosen_on="select" if select_set is not None else "val",
+        best_select_miou=state.best.get("select_miou"),
         train_seconds=state.train_seconds,
         history=state.history,
         step_seconds=state.train_seconds / done if done else float("nan"),
@@ -334,10 +344,15 @@ def _loop(
         stopped_by_time=out_of_time or (budget is not None and end == start and done < total),
     )
     if dist.is_main and final:
+        chosen = (
+            f"chosen on the selection split, select mIoU {result.best_select_miou:.2f}"
+            if select_set is not None
+            else "chosen on val"
+        )
         print(
-            f"done: {done} steps in {state.train_seconds:.0f} s; student mIoU final "
-            f"{result.miou:.2f}, best {result.best_miou:.2f} (step {result.best_step}); "
-            f"run dir {out_dir}"
+            f"done: {done} steps in {state.train_seconds:.0f} s; student val mIoU final "
+            f"{result.miou:.2f}, best {result.best_miou:.2f} (step {result.best_step}, "
+            f"{chosen}); run dir {out_dir}"
         )
     barrier()  # under DDP: no rank leaves before rank 0 has written its files
     return result
@@ -355,6 +370,7 @@ def _scalars(out: dict) -> dict[str, float]:
 
 
 def _validate(run: TrainingRun, models: dict, val_set) -> dict[str, SegMetrics]:
+    """mIoU of each of ``models`` on ``val_set`` (the validation or the selection split)."""
     bundle = run.bundle
     return {
         name: evaluate(
@@ -372,22 +388,48 @@ def _validate(run: TrainingRun, models: dict, val_set) -> dict[str, SegMetrics]:
 
 
 def _record_validation(
-    run: TrainingRun, final: dict, writer, bar, out_dir: Path, checkpoints: Checkpointer
+    run: TrainingRun,
+    final: dict,
+    select: dict,
+    writer,
+    bar,
+    out_dir: Path,
+    checkpoints: Checkpointer,
 ) -> None:
     """Log a validation, keep the best student (``best.pt``, from a good state only) and
-    redraw the curves."""
+    redraw the curves.
+
+    ``final``: validation metrics by model; ``select``: the student's on the selection split
+    (``data.select``), empty when off. Rows: ``miou_<model>`` on validation,
+    ``select_miou_student`` on the selection split. The best student is the one with the best
+    selection mIoU (else the best validation mIoU); ``state.best["miou"]`` is always its
+    validation mIoU, ``state.best["select_miou"]`` its selection mIoU."""
     state, done = run.state, run.state.step
     row = {"step": done, "time": state.train_seconds}
     row.update({f"miou_{n}": r.miou for n, r in final.items()})
+    row.update({f"select_miou_{n}": r.miou for n, r in select.items()})
     state.history.append({**row, "iou": {n: r.iou for n, r in final.items()}})
     writer.write(row, prefix="val")
-    improved = final["student"].miou > state.best["miou"]
+    if select:
+        improved = select["student"].miou > state.best.get("select_miou", float("-inf"))
+        chosen = {"select_miou": select["student"].miou}
+    else:
+        improved = final["student"].miou > state.best["miou"]
+        chosen = {}
     if improved:
-        state.best = {"miou": final["student"].miou, "step": done}
+        state.best = {"miou": final["student"].miou, "step": done, **chosen}
         checkpoints.check_good(state)  # on every rank: they all stop together
     if run.dist.is_main:
         parts = "  ".join(f"{n} {r.miou:5.2f}" for n, r in final.items())
-        bar.write(f"step {done:>6}  val mIoU  {parts}  (best {state.best['miou']:.2f})")
+        if select:
+            best = state.best
+            bar.write(
+                f"step {done:>6}  val mIoU  {parts}  select mIoU student "
+                f"{select['student'].miou:5.2f}  (best.pt: step {best['step']}, select "
+                f"{best['select_miou']:.2f}, val {best['miou']:.2f})"
+            )
+        else:
+            bar.write(f"step {done:>6}  val mIoU  {parts}  (best {state.best['miou']:.2f})")
         if improved:
             save_checkpoint(state.state_dict(), out_dir / "best.pt")
         if run.cfg.train.curves:
