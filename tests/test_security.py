@@ -27,11 +27,13 @@ from dualteacher.config import MAX_IMAGE_PIXELS, load_config, to_dict
 from dualteacher.data import build_data
 from dualteacher.data.demo import CLASSES, PALETTE
 from dualteacher.data.files import decode_image, read_mask
+from dualteacher.engine.trainer import train
 from dualteacher.errors import BadSampleError, CheckpointError, ConfigError, DataError, WriteError
 from dualteacher.export import export_model, read_export
 from dualteacher.inference import load_exported
 from dualteacher.models import build_model
 from dualteacher.predict import predict
+from dualteacher.pseudolabels import pseudolabel
 
 from . import trees
 from .conftest import TINY
@@ -99,7 +101,7 @@ def test_export_file_that_links_outside_is_refused(export_copy, tmp_path):
     outside = tmp_path / "elsewhere.safetensors"
     shutil.move(export_copy / "model.safetensors", outside)
     (export_copy / "model.safetensors").symlink_to(outside)  # same bytes, same hash
-    with pytest.raises(CheckpointError, match=r"model\.json: files\.safetensors\.name .* is a link"):
+    with pytest.raises(CheckpointError, match=r"json: files\.safetensors\.name .* is a link"):
         read_export(export_copy)
 
 
@@ -113,9 +115,7 @@ def test_export_with_a_name_outside_exits_2_on_predict(export_copy, tmp_path, ca
     assert not (tmp_path / "pred").exists()
 
 
-def test_export_hash_is_checked_before_safetensors_reads_the_file(
-    export_copy, monkeypatch
-):
+def test_export_hash_is_checked_before_safetensors_reads_the_file(export_copy, monkeypatch):
     weights = export_copy / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF  # same size, other bytes
@@ -209,9 +209,7 @@ def test_unlabeled_split_outside_root_refused_after_the_probed_lines(tmp_path):
 
 def test_stored_config_cannot_allow_outside_root_or_lift_the_pixel_limit():
     # A checkpoint's or export's config is someone else's file: its safety keys are dropped.
-    stored = to_dict(
-        load_config(None, ["data.allow_outside_root=true", "data.max_image_pixels=0"])
-    )
+    stored = to_dict(load_config(None, ["data.allow_outside_root=true", "data.max_image_pixels=0"]))
     cfg = load_config(None, [], base=stored)
     assert cfg.data.allow_outside_root is False
     assert cfg.data.max_image_pixels == MAX_IMAGE_PIXELS
@@ -325,6 +323,27 @@ def test_predict_refuses_an_image_above_the_limit(export_dir, tmp_path, capsys):
     assert (out / "ok.png").is_file() and not (out / "bomb.png").exists()
 
 
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    train(load_config("demo", [*TINY, f"train.out_dir={out}"]))
+    return out / "best.pt"
+
+
+def test_pseudolabel_refuses_an_image_above_the_limit(checkpoint, tmp_path):
+    # suggest --images reads through the same ImageSet / logit_batches
+    images = tmp_path / "photos"
+    trees.save_rgb(images / "ok.png", trees.image(0))
+    _png_claiming(images / "bomb.png", 5000, 5000)
+    out = tmp_path / "pseudo"
+    result = pseudolabel(
+        checkpoint, [str(images)], out, overrides=["data.max_image_pixels=2000"], progress=False
+    )
+    assert [Path(p).name for p, _ in result.failed] == ["bomb.png"]
+    assert "claims 5000x5000 = 25,000,000 pixels, above" in result.failed[0][1]
+    assert (out / "masks" / "ok.png").is_file()
+
+
 # ---------------------------------------------------------------------------- output folders
 @pytest.fixture
 def photos(tmp_path) -> Path:
@@ -366,6 +385,17 @@ def test_predict_into_an_out_that_is_itself_a_link_works(export_dir, photos, tmp
     assert len(result.written) == 2 and (disk / "sub" / "b.png").is_file()
 
 
+def test_pseudolabel_does_not_follow_a_folder_link_out_of_out(checkpoint, photos, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = tmp_path / "pseudo"
+    out.mkdir()
+    (out / "masks").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(WriteError, match=r"refusing to write .*masks/a\.png: a symbolic link"):
+        pseudolabel(checkpoint, [str(photos)], out, progress=False)
+    assert list(elsewhere.iterdir()) == []
+
+
 def test_export_does_not_write_through_a_link_in_out(tmp_path, capsys):
     cfg = load_config("demo", TINY)
     net = build_model(cfg.model, len(CLASSES), verbose=False)
@@ -386,11 +416,13 @@ EVIL = '!!python/object/apply:os.system ["touch {}"]'
 def test_config_yaml_with_a_python_tag_runs_nothing(tmp_path, capsys):
     marker = tmp_path / "pwned"
     config = tmp_path / "evil.yaml"
-    config.write_text(f"train:\n  out_dir: {EVIL.format(marker)}\n")
+    # train.steps: were the tag ever run, os.system's 0 would be refused as a step count, so a
+    # regression fails here at once instead of starting a training run
+    config.write_text(f"train:\n  steps: {EVIL.format(marker)}\n")
     code = _run(["train", str(config)])
     err = _one_line_error(capsys, code)
     assert f"{config} is not valid YAML: could not determine a constructor" in err
-    assert "python/object/apply:os.system" in err and "(line 2, column 12)" in err
+    assert "python/object/apply:os.system" in err and "(line 2, column 10)" in err
     assert not marker.exists()
 
 
