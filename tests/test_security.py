@@ -396,6 +396,33 @@ def test_pseudolabel_does_not_follow_a_folder_link_out_of_out(checkpoint, photos
     assert list(elsewhere.iterdir()) == []
 
 
+def test_train_does_not_append_through_a_link_in_its_run_folder(tmp_path, capsys):
+    # resuming a colleague's run folder: metrics.jsonl is appended to in place
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").symlink_to(victim)
+    code = _run(["train", "demo", *TINY, "--out", str(run)])
+    err = _one_line_error(capsys, code)
+    assert f"refusing to write {run / 'metrics.jsonl'}: a symbolic link leads it outside" in err
+    assert victim.read_text() == "keep me"
+
+
+def test_splits_does_not_write_through_a_link_in_out(tmp_path, capsys):
+    root = trees.make_folder(tmp_path)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    out = tmp_path / "splits"
+    out.mkdir()
+    (out / "labeled.txt").symlink_to(victim)
+    argv = ["splits", "--root", str(root), "--dataset", "folder", "--labeled", "2"]
+    code = _run([*argv, "--out", str(out)])
+    err = _one_line_error(capsys, code)
+    assert f"refusing to write {out / 'labeled.txt'}: a symbolic link leads it outside" in err
+    assert victim.read_text() == "keep me"
+
+
 def test_export_does_not_write_through_a_link_in_out(tmp_path, capsys):
     cfg = load_config("demo", TINY)
     net = build_model(cfg.model, len(CLASSES), verbose=False)
