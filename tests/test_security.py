@@ -27,6 +27,7 @@ from dualteacher.config import MAX_IMAGE_PIXELS, load_config, to_dict
 from dualteacher.data import build_data
 from dualteacher.data.demo import CLASSES, PALETTE
 from dualteacher.data.files import decode_image, read_mask
+from dualteacher.engine.run import check_resume_config
 from dualteacher.engine.trainer import train
 from dualteacher.errors import BadSampleError, CheckpointError, ConfigError, DataError, WriteError
 from dualteacher.export import export_model, read_export
@@ -216,6 +217,15 @@ def test_stored_config_cannot_allow_outside_root_or_lift_the_pixel_limit():
     # the user's own override still decides
     cfg = load_config(None, ["data.max_image_pixels=0"], base=stored)
     assert cfg.data.max_image_pixels == 0
+
+
+def test_a_run_resumes_with_changed_safety_limits():
+    # a genuine large image stops a run: raising the limit and resuming is the fix
+    state = {"config": to_dict(load_config("demo", TINY))}
+    raised = ["data.max_image_pixels=0", "data.allow_outside_root=true"]
+    check_resume_config(state, load_config("demo", [*TINY, *raised]), "latest.pt")
+    with pytest.raises(CheckpointError, match="another config"):  # other keys still count
+        check_resume_config(state, load_config("demo", [*TINY, "optim.lr=0.5"]), "latest.pt")
 
 
 def test_voc_id_list_with_a_path_is_refused(tmp_path):
