@@ -12,6 +12,7 @@ from pathlib import Path
 
 from dualteacher import __version__
 from dualteacher.errors import INPUT_EXIT
+from dualteacher.outputs import writing_under
 
 EPILOG = """examples:
   dualteacher demo                                   supervised vs. dual_teacher on demo data
@@ -75,7 +76,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
     cfg = load_config(args.config, overrides)
     if cfg.train.out_dir is None:
         cfg.train.out_dir = default_out_dir(cfg)
-    train(cfg)
+    with writing_under(cfg.train.out_dir):  # a run folder may be someone else's (resume)
+        train(cfg)
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
@@ -165,8 +167,10 @@ def _cmd_splits(args: argparse.Namespace) -> None:
     labeled, unlabeled = draw_split(candidates, args.labeled, args.fraction, args.seed)
     out = Path(args.out)
     root = Path(args.root).expanduser()
-    write_split(out / "labeled.txt", labeled, root, with_masks=True)
-    write_split(out / "unlabeled.txt", sorted(unlabeled + rest, key=lambda e: e.name), root, False)
+    with writing_under(out):
+        write_split(out / "labeled.txt", labeled, root, with_masks=True)
+        unl = sorted(unlabeled + rest, key=lambda e: e.name)
+        write_split(out / "unlabeled.txt", unl, root, False)
     print(
         f"wrote {out / 'labeled.txt'} ({len(labeled)} of {len(candidates)} candidates) and "
         f"{out / 'unlabeled.txt'} ({len(unlabeled) + len(rest)}); paths relative to {root}\n"

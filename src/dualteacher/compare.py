@@ -44,7 +44,7 @@ from dualteacher.data import build_data, run_index
 from dualteacher.engine.run import run_length
 from dualteacher.engine.trainer import TrainResult, measure_step_seconds, train
 from dualteacher.errors import ConfigError, DataError, DualTeacherError, RunsFailed
-from dualteacher.outputs import write_json, write_text
+from dualteacher.outputs import write_json, write_text, writes_under
 
 PROBE_WARMUP, PROBE_STEPS = 2, 8
 BASELINE = "supervised"  # the method every other one is paired against
@@ -127,6 +127,7 @@ def _std(xs: list[float]) -> float | None:
     return statistics.stdev(xs) if len(xs) > 1 else None
 
 
+@writes_under("out_dir")
 def compare(
     cfg: Config,
     methods: list[str],

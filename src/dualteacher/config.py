@@ -26,6 +26,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 from dualteacher.errors import ConfigError
 
 IGNORE_INDEX = 255  # label value that is never trained on or scored (VOC border, padding)
+MAX_IMAGE_PIXELS = 178_956_970  # data.max_image_pixels default: Pillow's bomb-error limit
 
 
 # --------------------------------------------------------------------------------------- data
@@ -93,6 +94,15 @@ class DataConfig:
     # checkpoint); true logs it, counts it and uses another sample (chosen from the draw's seed,
     # so resumed runs stay exact). Validation files are never skipped.
     skip_bad: bool = False
+    # Images (and masks) of more pixels than this are refused with one line naming the file,
+    # before their pixels are decoded: a small file can claim a huge size (a decompression
+    # bomb). The default is Pillow's own hard limit (2 x 89,478,485: about 13,400 x 13,400),
+    # so every image Pillow would open still opens; 0 or null: no limit. See SECURITY.md.
+    max_image_pixels: int | None = MAX_IMAGE_PIXELS
+    # Split-file entries (paths, ids) that lead outside data.root are refused, naming the
+    # file and line: a split file from others must not make the run read files elsewhere.
+    # true: allow them (your own lists of images kept on another disk).
+    allow_outside_root: bool = False
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # ImageNet statistics
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     strong: StrongAugConfig = field(default_factory=StrongAugConfig)
@@ -333,6 +343,7 @@ VALUE_RANGES: dict[str, Range] = {
     "data.batch_size_u": COUNT,
     "data.num_workers": NON_NEGATIVE,
     "data.select_seed": NON_NEGATIVE,
+    "data.max_image_pixels": NON_NEGATIVE,  # 0: no limit
     "data.std": POSITIVE,
     "data.strong.jitter_p": PROBABILITY,
     "data.strong.brightness": NON_NEGATIVE,
@@ -512,6 +523,35 @@ def resolve_config_path(path: str | Path) -> Path:
     )
 
 
+def yaml_problem(e: yaml.YAMLError) -> str:
+    """A YAML error in one line: the problem and where. YAML is only ever loaded safely, so a
+    tag that would build a Python object (``!!python/object/apply:os.system``) is an error
+    here, never run."""
+    mark = getattr(e, "problem_mark", None)
+    text = " ".join(str(getattr(e, "problem", None) or e).split())
+    if mark is not None:
+        text += f" (line {mark.line + 1}, column {mark.column + 1})"
+    if "python/" in text:
+        text += "; tags that build Python objects are never loaded: remove the tag"
+    return text
+
+
+# Limits that guard against files from others (SECURITY.md). They come from the user only (the
+# defaults, their YAML, their overrides), never from a ``base``: a stored config is part of a
+# checkpoint or export, which may be someone else's, and must not lift them.
+SAFETY_KEYS = ("data.max_image_pixels", "data.allow_outside_root")
+
+
+def without_safety_keys(base: dict) -> dict:
+    """``base`` without ``SAFETY_KEYS`` (a copy where one was there)."""
+    out = base
+    for key in SAFETY_KEYS:
+        section, name = key.split(".")
+        if isinstance(out.get(section), dict) and name in out[section]:
+            out = {**out, section: {k: v for k, v in out[section].items() if k != name}}
+    return out
+
+
 def load_config(
     path: str | Path | None = None,
     overrides: list[str] | tuple[str, ...] = (),
@@ -527,6 +567,7 @@ def load_config(
     schema = OmegaConf.structured(Config)
     merged = schema
     if base is not None:
+        base = without_safety_keys(base)
         try:
             merged = OmegaConf.merge(merged, base)
         except OmegaConfBaseException as e:
@@ -536,7 +577,7 @@ def load_config(
         try:
             loaded = yaml.safe_load(cfg_path.read_text()) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"{cfg_path} is not valid YAML: {e}") from None
+            raise ConfigError(f"{cfg_path} is not valid YAML: {yaml_problem(e)}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{cfg_path} must hold a mapping of sections, got {type(loaded)}")
         try:
@@ -550,6 +591,8 @@ def load_config(
             )
         try:
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+        except yaml.YAMLError as e:  # OmegaConf parses the value with a safe YAML loader
+            raise ConfigError(f"override '{item}': {yaml_problem(e)}") from None
         except OmegaConfBaseException as e:
             raise _explain(e, schema, f"override '{item}'") from None
     try:

@@ -36,6 +36,7 @@ from dualteacher import __version__
 from dualteacher.config import Config, to_dict
 from dualteacher.errors import CheckpointError, ConfigError
 from dualteacher.models import MODELS, SegModel
+from dualteacher.outputs import check_inside_out, writes_under
 
 FORMAT = "dualteacher-export"
 VERSION = 1
@@ -105,6 +106,7 @@ def export_checkpoint(
     )
 
 
+@writes_under("out_dir")
 def export_model(
     net: SegModel,
     cfg: Config,
@@ -137,6 +139,7 @@ def export_model(
             path.unlink(missing_ok=True)  # a file of an earlier export would not match
             continue
         tmp = path.with_name(f".{path.name}.tmp")
+        check_inside_out(tmp)  # written by safetensors / torch.onnx, which follow links
         try:
             if fmt == "safetensors":
                 from safetensors.torch import save_model
@@ -151,6 +154,8 @@ def export_model(
         files[fmt] = {"name": path.name, "bytes": path.stat().st_size, "sha256": _sha256(path)}
         written.append(path)
     info = _model_info(net, cfg, classes, palette, name, metrics, source, files, onnx_info)
+    for name in ("README.md", "model.json"):
+        check_inside_out(out / name)
     (out / "README.md").write_text(model_card(info))
     (out / "model.json").write_text(json.dumps(info, indent=1) + "\n")
     return ExportResult(out, [*written, out / "README.md", out / "model.json"], info)
@@ -444,7 +449,10 @@ def read_export(path: str | Path, runtime: str = "torch") -> dict[str, Any]:
             f"{meta} is not a dualteacher export (no '{FORMAT}' marker): give a directory "
             "written by `dualteacher export CKPT --out DIR`"
         )
-    if info.get("version", 0) > VERSION:
+    version = info.get("version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CheckpointError(f"{meta}: version {version!r} is no export version; {again}")
+    if version > VERSION:
         raise CheckpointError(
             f"{path} was written by a newer dualteacher (export version {info['version']}); "
             "upgrade the package to read it"
@@ -454,6 +462,8 @@ def read_export(path: str | Path, runtime: str = "torch") -> dict[str, Any]:
     ]
     if missing:
         raise CheckpointError(f"{meta} lacks {', '.join(missing)}; {again}")
+    if not isinstance(info["files"], dict):
+        raise CheckpointError(f"{meta}: files must map formats to their files; {again}")
     fmt = "onnx" if runtime == "onnx" else "safetensors"
     entry = info["files"].get(fmt)
     if entry is None:
@@ -462,15 +472,49 @@ def read_export(path: str | Path, runtime: str = "torch") -> dict[str, Any]:
             f"{path} has no {FILES[fmt]} (exported with --format "
             f"{','.join(info['files'])}): use {other}, or {again} --format safetensors,onnx"
         )
-    file = path / entry["name"]
+    file = _export_file(path, meta, fmt, entry, again)
     if not file.is_file():
         raise CheckpointError(f"{file} is missing; {again}")
+    # The hash is checked before the file is handed to safetensors or ONNX Runtime: a parser
+    # only ever sees the bytes that were exported.
     if file.stat().st_size != entry["bytes"] or _sha256(file) != entry["sha256"]:
         raise CheckpointError(
             f"{file} is damaged or was replaced (its size or SHA-256 differs from model.json); "
             f"{again}"
         )
     return info
+
+
+def _export_file(path: Path, meta: Path, fmt: str, entry, again: str) -> Path:
+    """The file ``model.json``'s ``files.<fmt>`` names, refused (one line naming model.json and
+    the field) unless it lies inside the export folder: a plain name, no ``..``, not absolute,
+    and not a link that resolves outside. An export from someone else must not make us read,
+    hash or load a file elsewhere on this machine."""
+    key = f"files.{fmt}"
+    if (
+        not isinstance(entry, dict)
+        or not isinstance(entry.get("name"), str)
+        or not isinstance(entry.get("bytes"), int)
+        or not isinstance(entry.get("sha256"), str)
+    ):
+        raise CheckpointError(
+            f"{meta}: {key} must record the file's name, bytes and sha256; {again}"
+        )
+    name = entry["name"]
+    rel = Path(name)
+    if not name or rel.is_absolute() or ".." in rel.parts or rel.drive or rel == Path("."):
+        raise CheckpointError(
+            f"{meta}: {key}.name {name!r} leads outside the export folder (an export names "
+            f"its files inside it, e.g. {FILES[fmt]}); {again}"
+        )
+    file = path / rel
+    real = file.resolve()
+    if not real.is_relative_to(path.resolve()):
+        raise CheckpointError(
+            f"{meta}: {key}.name {name!r} is a link to {real}, outside the export folder "
+            f"{path}; copy the file into the folder, or {again}"
+        )
+    return file
 
 
 def load_weights(net: SegModel, path: Path) -> None:

@@ -50,10 +50,11 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import tv_tensors
 from tqdm.auto import tqdm
 
+from dualteacher.config import MAX_IMAGE_PIXELS
 from dualteacher.data.transforms import normalize
 from dualteacher.engine.evaluate import predict_logits
 from dualteacher.errors import BadSampleError, CheckpointError, ConfigError, DataError
-from dualteacher.outputs import write_json, write_text
+from dualteacher.outputs import write_json, write_text, writes_under
 from dualteacher.predict import IMAGE_EXTENSIONS, collect_inputs, read_image
 
 FORMULA = (
@@ -83,6 +84,8 @@ class ImageSet(Dataset):
 
     def __init__(self, refs: list[ImageRef], source=None):
         self.refs, self.source = refs, source
+        # files given by name: data.max_image_pixels of the command's config (logit_batches)
+        self.max_pixels: int | None = MAX_IMAGE_PIXELS
 
     @classmethod
     def from_inputs(cls, inputs: Sequence[str]) -> tuple[ImageSet, list, list]:
@@ -108,7 +111,7 @@ class ImageSet(Dataset):
             if self.source is not None:
                 image = self.source.load(i).image
             else:
-                image = read_image(self.refs[i].path)
+                image = read_image(self.refs[i].path, self.max_pixels)
         except BadSampleError as e:
             return {"index": i, "error": e.reason or str(e)}
         except ValueError as e:  # predict.read_image: the reason
@@ -144,6 +147,7 @@ def logit_batches(
     cfg, device = trained.cfg, trained.device
     num_classes = len(trained.classes)
     norm = normalize(cfg.data)
+    images.max_pixels = cfg.data.max_image_pixels  # the user's limit (never a stored config's)
     indices = list(range(len(images))) if indices is None else list(indices)
     loader = DataLoader(
         Subset(images, indices),
@@ -299,6 +303,7 @@ def _build_data(cfg):
     return build_data(cfg.data, verify=False)
 
 
+@writes_under("out_dir")
 def suggest(
     checkpoint: str | Path,
     out_dir: str | Path,

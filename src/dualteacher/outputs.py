@@ -6,15 +6,26 @@ next to the target, which is renamed over it only once complete. A full disk, a 
 permission problem at any point removes the temporary file, leaves the previous file (if any)
 as it was, and raises ``WriteError`` naming the file and the fix; the CLI prints it as one
 line. No partial or 0-byte file is left behind.
+
+A command that writes under an output folder (``--out``) runs inside ``writing_under(DIR)``
+(or is decorated ``@writes_under("out_dir")``): then every write under ``DIR`` whose path,
+links followed, leads outside ``DIR`` (``DIR/masks`` a link to another folder, or a file link
+left inside ``DIR``) is refused with a ``WriteError`` before anything is created, so a folder
+prepared by someone else cannot redirect the outputs over other files (SECURITY.md). ``DIR``
+itself may be a link (e.g. to a larger disk).
 """
 
 from __future__ import annotations
 
+import contextvars
 import errno
+import functools
+import inspect
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -23,6 +34,55 @@ from dualteacher.errors import DualTeacherError, WriteError
 TMP_SUFFIX = ".tmp"  # temporary files are ".<name>.<random>.tmp" next to their target
 
 _fdopen = os.fdopen  # tests replace it to simulate a full disk
+
+# The output folder of the command running in this thread (``writing_under``); None: any path.
+_OUT_DIR: contextvars.ContextVar[Path | None] = contextvars.ContextVar("out_dir", default=None)
+
+
+@contextmanager
+def writing_under(out_dir: str | Path) -> Iterator[None]:
+    """Within the block, writes under ``out_dir`` must stay inside it (``check_inside_out``)."""
+    token = _OUT_DIR.set(Path(out_dir))
+    try:
+        yield
+    finally:
+        _OUT_DIR.reset(token)
+
+
+def writes_under(param: str) -> Callable:
+    """Decorator: run the function ``writing_under`` its argument ``param`` (a command's
+    output folder)."""
+
+    def decorate(fn: Callable) -> Callable:
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            out_dir = signature.bind(*args, **kwargs).arguments[param]
+            with writing_under(out_dir):
+                return fn(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+def check_inside_out(path: str | Path) -> None:
+    """Raise ``WriteError`` when ``path`` lies under the current output folder as written but
+    leads outside it once links are followed (of its folders, or the file itself)."""
+    out_dir = _OUT_DIR.get()
+    if out_dir is None:
+        return
+    top = os.path.abspath(out_dir)
+    full = os.path.abspath(path)
+    if os.path.commonpath([top, full]) != top:
+        return  # not under the output folder (a run directory elsewhere): not this check's
+    real_top, real = os.path.realpath(top), os.path.realpath(full)
+    if os.path.commonpath([real_top, real]) != real_top:
+        raise WriteError(
+            f"refusing to write {path}: a symbolic link leads it outside the output folder "
+            f"{out_dir}, to {real}. Remove the link (or choose another --out)"
+        )
 
 
 def os_error_in(exc: BaseException) -> OSError | None:
@@ -65,6 +125,7 @@ def atomic_write(
     naming the file, with ``fix`` (default: free disk space / fix permissions, run again)."""
     path = Path(path)
     tmp = None
+    check_inside_out(path)  # before mkdir: a link must not make us create folders elsewhere
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)

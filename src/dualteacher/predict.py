@@ -41,9 +41,17 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from dualteacher.config import MAX_IMAGE_PIXELS
 from dualteacher.data.files import decode_image
 from dualteacher.errors import BadSampleError, ConfigError, WriteError
-from dualteacher.outputs import default_fix, describe_os_error, save_image, write_text
+from dualteacher.outputs import (
+    check_inside_out,
+    default_fix,
+    describe_os_error,
+    save_image,
+    write_text,
+    writes_under,
+)
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".gif"}
 _GLOB_CHARS = set("*?[")
@@ -169,11 +177,12 @@ def collect_inputs(
     return unique, failed, skipped, previous
 
 
-def read_image(path: Path) -> np.ndarray:
+def read_image(path: Path, max_pixels: int | None = MAX_IMAGE_PIXELS) -> np.ndarray:
     """(H, W, 3) uint8 RGB, read as training reads images (``data.files.decode_image``: EXIF
-    orientation applied, deep images scaled to 8 bits). Raises ``ValueError`` with the reason."""
+    orientation applied, deep images scaled to 8 bits; more than ``max_pixels`` pixels
+    refused). Raises ``ValueError`` with the reason."""
     try:
-        return decode_image(path).array
+        return decode_image(path, max_pixels).array
     except BadSampleError as e:  # the fix of a damaged file speaks of datasets: left out
         unreadable = e.reason.startswith("cannot read")
         raise ValueError(
@@ -182,8 +191,8 @@ def read_image(path: Path) -> np.ndarray:
 
 
 class _ImageFiles(Dataset):
-    def __init__(self, items: list[_Input]):
-        self.items = items
+    def __init__(self, items: list[_Input], max_pixels: int | None):
+        self.items, self.max_pixels = items, max_pixels
 
     def __len__(self) -> int:
         return len(self.items)
@@ -191,7 +200,7 @@ class _ImageFiles(Dataset):
     def __getitem__(self, i: int) -> dict:
         item = self.items[i]
         try:
-            return {"item": item, "image": read_image(item.path)}
+            return {"item": item, "image": read_image(item.path, self.max_pixels)}
         except ValueError as e:
             return {"item": item, "error": str(e)}
 
@@ -221,6 +230,7 @@ def _record(manifest: Path, paths: list[Path]) -> None:
     """List ``paths`` in the output folder's manifest, so that a later predict whose input
     folder holds this one leaves them out."""
     lines = "".join(p.relative_to(manifest.parent).as_posix() + "\n" for p in paths)
+    check_inside_out(manifest)  # appended to in place: a link must not lead elsewhere
     try:
         with open(manifest, "a") as f:
             f.write(lines)
@@ -230,6 +240,7 @@ def _record(manifest: Path, paths: list[Path]) -> None:
         ) from None
 
 
+@writes_under("out_dir")
 def predict(
     checkpoint: str | Path,
     inputs: list[str],
@@ -281,7 +292,7 @@ def predict(
     outs = {n: out_dir / n if len(nets) > 1 else out_dir for n in nets}
     inputs_resolved = {it.path.resolve() for it in items}
     loader = DataLoader(
-        _ImageFiles(items),
+        _ImageFiles(items, cfg.data.max_image_pixels),
         batch_size=batch_size or cfg.eval.batch_size,
         num_workers=workers,
         collate_fn=list,

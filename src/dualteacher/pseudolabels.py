@@ -29,7 +29,7 @@ from PIL import Image
 from dualteacher.config import IGNORE_INDEX
 from dualteacher.errors import ConfigError, DataError
 from dualteacher.label_next import ImageSet, logit_batches
-from dualteacher.outputs import save_image, write_text
+from dualteacher.outputs import save_image, write_text, writes_under
 from dualteacher.predict import IMAGE_EXTENSIONS
 
 IGNORE = IGNORE_INDEX  # mask value of pixels below the confidence threshold
@@ -50,6 +50,7 @@ def save_index_png(ids: np.ndarray, palette: np.ndarray, path: Path) -> None:
     save_image(im, path)  # atomic: a full disk names the file and leaves no partial PNG
 
 
+@writes_under("out_dir")
 def pseudolabel(
     checkpoint: str | Path,
     images: Sequence[str],

@@ -22,7 +22,7 @@ import torch
 
 from dualteacher.engine.evaluate import evaluate_run, format_table, predict_logits
 from dualteacher.metrics import SegMetrics
-from dualteacher.outputs import write_json, write_text
+from dualteacher.outputs import write_json, write_text, writes_under
 
 
 def _cell(v: float) -> str:
@@ -67,6 +67,7 @@ def _sample_rows(run, models: dict[str, torch.nn.Module], num: int) -> list[dict
     return rows
 
 
+@writes_under("out_dir")
 def write_report(
     checkpoint: str | Path,
     out_dir: str | Path,

@@ -23,6 +23,7 @@ import numpy as np
 from dualteacher.config import DataConfig
 from dualteacher.data import ade20k, cityscapes, folder, voc
 from dualteacher.data.base import ArraySource, DataBundle, SegSource
+from dualteacher.data.files import FileSource
 from dualteacher.data.index import INDEX_NAME, ScanIndex, release_free_memory, using_index
 from dualteacher.data.select import hold_out_select
 from dualteacher.errors import ConfigError, DataError
@@ -88,6 +89,9 @@ def build_data(
         bundle = DATASETS[cfg.name](cfg)
     release_free_memory()
     bundle = hold_out_select(bundle, cfg)  # data.select: out of the training sets
+    for source in (bundle.labeled, bundle.unlabeled, bundle.val, bundle.select):
+        if isinstance(source, FileSource):  # every image and mask read obeys the one limit
+            source.max_pixels = cfg.max_image_pixels
     if verify:
         verify_bundle(bundle, cfg)
     return bundle

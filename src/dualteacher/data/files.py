@@ -7,6 +7,8 @@ ids (a look-up table); reading, checking and error messages live here, once.
 
 ``decode_image`` is the one image reader of training, evaluation, ``check`` and ``predict``:
 EXIF orientation applied, deep (16-bit, float) images scaled to 8 bits by their value range.
+Every image and mask reader here refuses a file whose header claims more pixels than
+``data.max_image_pixels`` before decoding it (``open_image``; SECURITY.md).
 
 ``FileSource.load`` checks what is cheap to check while reading (corrupt or missing files, a
 mask of another size than its image, label values that are not classes) and raises
@@ -17,14 +19,16 @@ over every sample.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from dualteacher.config import IGNORE_INDEX, DataConfig
+from dualteacher.config import IGNORE_INDEX, MAX_IMAGE_PIXELS, DataConfig
 from dualteacher.data.base import Sample, SegSource
 from dualteacher.data.index import Entry, EntryTable, scan
 from dualteacher.errors import BadSampleError, DataError
@@ -41,6 +45,42 @@ _READ_ERRORS = (
     ValueError,
     Image.DecompressionBombError,
 )
+
+
+# Pillow's own guard (a warning above Image.MAX_IMAGE_PIXELS, an error above twice that) is
+# switched off while a file is opened, so that one stated limit applies, data.max_image_pixels;
+# the lock keeps other threads of this process from opening files while it is off.
+_PILLOW_GUARD = threading.Lock()
+PIXEL_LIMIT_KEY = "data.max_image_pixels"
+
+
+def check_pixels(path: Path, width: int, height: int, max_pixels: int | None) -> None:
+    """Refuse an image of ``width`` x ``height`` above ``max_pixels`` (0 / None: no limit),
+    from its header: nothing of its pixels has been decoded or allocated yet."""
+    if max_pixels and width * height > max_pixels:
+        raise BadSampleError(
+            path,
+            f"the image claims {width}x{height} = {width * height:,} pixels, above "
+            f"{PIXEL_LIMIT_KEY}={max_pixels:,} (a guard against decompression bombs: a small "
+            "file that decodes to a huge image)",
+            f"if the image is genuine, raise the limit, e.g. {PIXEL_LIMIT_KEY}="
+            f"{width * height} (0: no limit)",
+        )
+
+
+@contextmanager
+def open_image(path: Path, max_pixels: int | None = MAX_IMAGE_PIXELS) -> Iterator[Image.Image]:
+    """``Image.open`` (lazy: the header only), refusing more than ``max_pixels`` pixels with a
+    ``BadSampleError`` before anything decodes them."""
+    with _PILLOW_GUARD:
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            im = Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+    with im:
+        check_pixels(path, im.width, im.height, max_pixels)
+        yield im
 
 
 def identity_lut(num_classes: int, ignore_value: int = IGNORE_INDEX) -> np.ndarray:
@@ -89,12 +129,12 @@ class DecodedImage:
         return ORIENTATION[self.orientation][1] if self.orientation in ORIENTATION else ""
 
 
-def read_image(path: Path) -> np.ndarray:
+def read_image(path: Path, max_pixels: int | None = MAX_IMAGE_PIXELS) -> np.ndarray:
     """(H, W, 3) uint8 RGB, EXIF orientation applied; see ``decode_image``."""
-    return decode_image(path).array
+    return decode_image(path, max_pixels).array
 
 
-def decode_image(path: Path) -> DecodedImage:
+def decode_image(path: Path, max_pixels: int | None = MAX_IMAGE_PIXELS) -> DecodedImage:
     """Read an image file the one way every command does.
 
     - EXIF orientation is applied, so the image is the one viewers (and labelling tools) show;
@@ -105,11 +145,13 @@ def decode_image(path: Path) -> DecodedImage:
       maximum. A float image with NaN or infinite values, or a 16-bit colour PNG that uses too
       little of its range (Pillow reads only its high byte), is refused.
 
-    Raises ``BadSampleError`` naming the file for a missing, unreadable or refused file.
+    Raises ``BadSampleError`` naming the file for a missing, unreadable or refused file, and
+    for one whose header claims more than ``max_pixels`` pixels (``data.max_image_pixels``;
+    0 / None: no limit).
     """
     try:
         try:
-            with Image.open(path) as im:
+            with open_image(path, max_pixels) as im:
                 bits = _bits_per_sample(im)  # before anything loads the pixels (PNG getexif)
                 orientation = im.getexif().get(EXIF_ORIENTATION, 1)
                 stored = (im.height, im.width)
@@ -117,7 +159,8 @@ def decode_image(path: Path) -> DecodedImage:
         except UnidentifiedImageError:
             if Path(path).suffix.lower() not in (".tif", ".tiff"):
                 raise
-            array, orientation, depth = _tiff_fallback(path)  # e.g. float RGB: not for Pillow
+            # e.g. float RGB: not for Pillow
+            array, orientation, depth = _tiff_fallback(path, max_pixels)
             stored = array.shape[:2]
     except FileNotFoundError:
         raise BadSampleError(
@@ -160,15 +203,19 @@ def _bits_per_sample(im: Image.Image) -> int:
     return 8
 
 
-def _tiff_fallback(path: Path) -> tuple[np.ndarray, int, str]:
+def _tiff_fallback(path: Path, max_pixels: int | None) -> tuple[np.ndarray, int, str]:
     """(pixels, EXIF orientation, depth note) of a TIFF Pillow cannot decode."""
     import tifffile
 
     try:
         with tifffile.TiffFile(path) as tif:
             page = tif.pages[0]
+            # from the page's tags, before tifffile allocates the pixels
+            check_pixels(path, page.imagewidth, page.imagelength, max_pixels)
             tag = page.tags.get(EXIF_ORIENTATION)
             values = _planar_last(page.asarray())
+    except BadSampleError:
+        raise
     except Exception as e:  # tifffile raises its own errors for damaged files
         raise UnidentifiedImageError(f"cannot identify image file {str(path)!r} ({e})") from None
     kind = f"{'float' if values.dtype.kind == 'f' else f'{values.dtype.itemsize * 8}-bit'} TIFF"
@@ -237,11 +284,12 @@ def _stretch(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.ascontiguousarray(np.repeat(out[..., None], 3, axis=2) if out.ndim == 2 else out)
 
 
-def read_mask(path: Path) -> np.ndarray:
+def read_mask(path: Path, max_pixels: int | None = MAX_IMAGE_PIXELS) -> np.ndarray:
     """(H, W) integer raw label values of a single-channel mask (palette PNGs as indices; an
-    RGB file whose three channels are equal is read as one channel)."""
+    RGB file whose three channels are equal is read as one channel). A mask of more than
+    ``max_pixels`` pixels is refused before it is decoded, as images are."""
     try:
-        with Image.open(path) as im:
+        with open_image(path, max_pixels) as im:
             mode = im.mode
             mask = np.asarray(im)
     except FileNotFoundError:
@@ -262,11 +310,14 @@ def read_mask(path: Path) -> np.ndarray:
     return mask.astype(np.uint8) if mask.dtype == bool else mask
 
 
-def _header(path: Path, orientation: bool = False) -> tuple[tuple[int, int], int]:
+def _header(
+    path: Path, orientation: bool = False, max_pixels: int | None = MAX_IMAGE_PIXELS
+) -> tuple[tuple[int, int], int]:
     """((H, W) as stored, EXIF orientation or 1) of an image file, from its header only (a
-    PNG's orientation only when its EXIF comes before the pixels: Pillow would decode them)."""
+    PNG's orientation only when its EXIF comes before the pixels: Pillow would decode them).
+    More than ``max_pixels`` pixels is reported, as reading the file would."""
     try:
-        with Image.open(path) as im:
+        with open_image(path, max_pixels) as im:
             found = 1
             if orientation and (im.format != "PNG" or "exif" in im.info):
                 found = int(im.getexif().get(EXIF_ORIENTATION, 1))
@@ -347,7 +398,12 @@ class FileSource(SegSource):
         classes_hint: what valid raw values are, for messages (e.g. "0..20, ignore 255").
         origin: where this set comes from, for messages and ``dualteacher check``.
         problems: problems found while listing the files (e.g. a mask without its image).
+
+    ``max_pixels`` (``data.max_image_pixels``, set by ``build_data``) bounds every image and
+    mask read.
     """
+
+    max_pixels: int | None = MAX_IMAGE_PIXELS
 
     def __init__(
         self,
@@ -371,11 +427,11 @@ class FileSource(SegSource):
 
     def load(self, index: int) -> Sample:
         e = self.entries[index]
-        decoded = decode_image(e.image)
+        decoded = decode_image(e.image, self.max_pixels)
         image, notes = decoded.array, image_notes(decoded)
         if e.mask is None:
             return Sample(image, None, e.name, notes)
-        raw = read_mask(e.mask)
+        raw = read_mask(e.mask, self.max_pixels)
         if raw.shape != image.shape[:2]:
             raise mask_size_error(e.mask, raw.shape[:2], e.image, decoded)
         labels = map_labels(raw, self.lut_for(e.mask), e.mask, self.classes_hint)
@@ -401,10 +457,10 @@ class FileSource(SegSource):
         out = []
         for i, e in enumerate(self.entries):
             try:
-                size, orientation = _header(e.image, orientation=True)
+                size, orientation = _header(e.image, True, self.max_pixels)
                 if e.mask is not None:
                     shown = size[::-1] if orientation in (5, 6, 7, 8) else size
-                    if _header(e.mask)[0] != shown:
+                    if _header(e.mask, max_pixels=self.max_pixels)[0] != shown:
                         self.load(i)  # confirm by reading it (a PNG's EXIF may follow its pixels)
             except BadSampleError as err:
                 out.append(err)
@@ -449,9 +505,22 @@ def require_file(path: Path, what: str) -> Path:
 
 
 def read_id_list(path: Path) -> list[str]:
-    """First token of every non-empty, non-comment line (an id list like VOC's train.txt)."""
-    lines = (ln.split() for ln in path.read_text().splitlines())
-    return [t[0] for t in lines if t and not t[0].startswith("#")]
+    """First token of every non-empty, non-comment line (an id list like VOC's train.txt).
+
+    An id names files inside the dataset (``JPEGImages/<id>.jpg``): one with a path separator
+    (``../../x``) could lead outside it, so it is refused naming the file and line."""
+    ids = []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        tokens = line.split()
+        if not tokens or tokens[0].startswith("#"):
+            continue
+        if "/" in tokens[0] or "\\" in tokens[0]:
+            raise DataError(
+                f"{path}, line {lineno}: {tokens[0]} is no sample id (ids are file names "
+                "without folders, e.g. 2007_000032); fix the line or restore the dataset's file"
+            )
+        ids.append(tokens[0])
+    return ids
 
 
 def scan_images(folder: Path) -> EntryTable:

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from dualteacher.config import IGNORE_INDEX, DataConfig
+from dualteacher.config import IGNORE_INDEX, DataConfig, yaml_problem
 from dualteacher.data.base import DataBundle
 from dualteacher.data.files import (
     IMAGE_EXTS,
@@ -72,7 +72,7 @@ def read_classes(path: Path) -> tuple[list[str], list[tuple[int, int, int]], int
     try:
         doc = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise DataError(f"{path} is not valid YAML: {e}") from None
+        raise DataError(f"{path} is not valid YAML: {yaml_problem(e)}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("classes"), list) or not doc["classes"]:
         raise DataError(f"{path} must have a non-empty list 'classes', e.g.\n  {EXAMPLE}")
     unknown = set(doc) - {"classes", "ignore_index", "palette"}

@@ -9,7 +9,13 @@ Formats read (one sample per line; empty lines and lines starting with ``#`` are
   UniMatch V2).
 
 Paths are relative to the dataset directory, to ``data.root`` or to the working directory
-(absolute paths work too).
+(absolute paths work too), and must lead to files under ``data.root``: an entry that does not
+(``../../x``, ``/elsewhere/x.jpg``) is refused, naming the split file, its line and the
+entry, unless ``data.allow_outside_root=true`` (your own lists of images kept elsewhere). The
+check is on the path as written, ``..`` resolved, without following symbolic links: links the
+dataset's owner put inside ``data.root`` (e.g. ``JPEGImages`` -> another disk) still work. A
+split file may come from others (a paper's repository, a colleague); this keeps it from
+making a run read files outside the dataset (SECURITY.md).
 When a listed mask does not exist, the dataset may substitute an equivalent file (VOC:
 ``SegmentationClassAug/`` for ``SegmentationClass/``; Cityscapes: ``*_labelIds.png`` for
 ``*_labelTrainIds.png``). When a listed image does not exist at its path, its file name is
@@ -94,6 +100,7 @@ def read_split(value: str, cfg: DataConfig, layout: Layout, labeled: bool, key: 
     is not there is reported when it is read: ``data.skip_bad``).
     """
     path = find_split_file(value, cfg, key)
+    inside = _inside_root(cfg, layout)
     # where relative paths may start: the dataset directory, data.root, the working directory
     bases = [layout.root]
     for extra in (Path(cfg.root).expanduser() if cfg.root else None, Path()):
@@ -144,9 +151,13 @@ def read_split(value: str, cfg: DataConfig, layout: Layout, labeled: bool, key: 
             token = tokens[0]
             if base is not None and _is_path(token) and not token.startswith("~"):
                 image = token if os.path.isabs(token) else base + token
+                inside(image, path, lineno, token)
                 table.add(image, None, file_stem(token.rpartition("/")[2]))
                 continue
             entry = lookup(tokens, f"{path}, line {lineno}")
+            inside(entry.image, path, lineno, tokens[0])
+            if entry.mask is not None:
+                inside(entry.mask, path, lineno, tokens[-1])
             table.add(entry.image, entry.mask, entry.name)
             if not labeled and _is_path(token) and len(probes) < PROBE_LINES:
                 probes.append((token, entry))
@@ -155,6 +166,29 @@ def read_split(value: str, cfg: DataConfig, layout: Layout, labeled: bool, key: 
     if not len(table):
         raise DataError(f"{key}={value}: {path} lists no images. A split file lists {FORMATS}")
     return table.build()
+
+
+def _inside_root(cfg: DataConfig, layout: Layout):
+    """A check ``(file, split file, line number, entry)`` that raises ``DataError`` when
+    ``file`` does not lie under ``data.root`` (the dataset directory when there is none), by
+    its path with ``..`` resolved and no link followed; does nothing with
+    ``data.allow_outside_root``."""
+    root = Path(cfg.root).expanduser() if cfg.root else layout.root
+    top = os.path.normpath(os.path.abspath(root))
+    prefix = top if top.endswith(os.sep) else top + os.sep
+
+    def check(file: Path | str, split: Path, lineno: int, token: str) -> None:
+        if cfg.allow_outside_root:
+            return
+        full = os.path.normpath(os.path.abspath(file))
+        if full != top and not full.startswith(prefix):
+            raise DataError(
+                f"{split}, line {lineno}: {token} leads outside data.root ({top}), to {full}. "
+                "A split file lists files of the dataset: fix the entry, or, for your own list "
+                "of images kept elsewhere, set data.allow_outside_root=true"
+            )
+
+    return check
 
 
 def _common_base(probes: list[tuple[str, Entry]], bases: list[Path]) -> str | None:

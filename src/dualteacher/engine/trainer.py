@@ -57,7 +57,7 @@ from dualteacher.engine.run import (
 from dualteacher.errors import WriteError
 from dualteacher.methods import StepInfo
 from dualteacher.metrics import SegMetrics
-from dualteacher.outputs import default_fix, describe_os_error, write_text
+from dualteacher.outputs import check_inside_out, default_fix, describe_os_error, write_text
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +112,9 @@ class MetricWriter:
         self, out_dir: Path, tensorboard: bool, enabled: bool, keep_until: int | None = None
     ):
         self.enabled = enabled
+        if enabled:  # appended to in place, and tb/ written by TensorBoard: no link out
+            check_inside_out(out_dir / "metrics.jsonl")
+            check_inside_out(out_dir / "tb" / "events")
         if enabled and keep_until is not None:
             drop_rows_after(out_dir / "metrics.jsonl", keep_until)
         self.file = open(out_dir / "metrics.jsonl", "a") if enabled else None  # noqa: SIM115
@@ -162,6 +165,7 @@ def drop_rows_after(path: Path, step: int) -> None:
     kept = [ln for ln in lines if ln.strip() and keep(ln)]
     if len(kept) != len(lines):
         tmp = path.with_suffix(".jsonl.tmp")
+        check_inside_out(tmp)
         tmp.write_text("".join(kept))
         tmp.replace(path)
 
