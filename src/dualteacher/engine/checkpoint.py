@@ -268,6 +268,10 @@ RESUMABLE_CHANGES = (
     "data.pin_memory",
     "data.persistent_workers",
     "data.skip_bad",
+    # The safety limits say which files may be read, not how to train: raising the pixel limit
+    # for a genuine large image found mid-run, then resuming, is the intended fix.
+    "data.max_image_pixels",
+    "data.allow_outside_root",
     "model.pretrained",
     "train.steps",
     "train.epochs",

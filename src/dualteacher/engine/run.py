@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dualteacher.config import SAFETY_KEYS, Config, EpochUnit, load_config, to_dict
+from dualteacher.config import Config, EpochUnit, load_config, to_dict
 from dualteacher.data import DataBundle, build_data, run_index
 from dualteacher.data.base import EvalSet
 from dualteacher.data.fingerprint import data_changes, data_fingerprint
@@ -275,9 +275,6 @@ def check_resume_config(state: dict, cfg: Config, path, changes: list[str] | Non
     ``data_changes`` of its fingerprint), unless ``train.resume_with_changes``."""
     if changes is None:
         changes = config_changes(state["config"], to_dict(cfg))
-    # The safety limits say which files may be read, not how to train: raising the pixel limit
-    # for a genuine large image found mid-run, then resuming, is the intended fix.
-    changes = [c for c in changes if not c.startswith(tuple(f"{k}:" for k in SAFETY_KEYS))]
     if not changes:
         return
     listed = "\n  ".join(changes)
