@@ -63,7 +63,7 @@ def data_fingerprint(bundle: DataBundle) -> dict:
 
 def data_changes(stored: dict | None, current: dict) -> list[str]:
     """How ``current`` differs from the ``stored`` fingerprint, one line per change, in the
-    style of ``engine.checkpoint.config_changes``; nothing for a checkpoint without one."""
+    style of ``dualteacher.checkpoint.config_changes``; nothing for a checkpoint without one."""
     if not stored:
         return []
     out = []
