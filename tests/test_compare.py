@@ -8,10 +8,10 @@ from PIL import Image
 from dualteacher.checkpoint import load_checkpoint
 from dualteacher.cli import build_parser, main
 from dualteacher.config import load_config
-from dualteacher.engine.trainer import train
 from dualteacher.errors import ConfigError
 from dualteacher.plots import read_metrics
 from dualteacher.study.compare import RunSpec, paired_difference, parse_run_specs
+from dualteacher.study.train import train
 
 from .conftest import TINY
 
