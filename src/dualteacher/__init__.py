@@ -15,6 +15,8 @@ Heavy modules (torch, models) are imported lazily so ``import dualteacher`` stay
 everything lives: ``docs/architecture.md``.
 """
 
+import importlib
+
 __version__ = "0.1.0"
 
 _API = {
@@ -40,7 +42,5 @@ __all__ = ["__version__", *_API]
 
 def __getattr__(name: str):
     if name in _API:
-        import importlib
-
         return getattr(importlib.import_module(_API[name]), name)
     raise AttributeError(f"module 'dualteacher' has no attribute {name!r}")

@@ -117,6 +117,7 @@ class MetricWriter:
         self.file = open(out_dir / "metrics.jsonl", "a") if enabled else None  # noqa: SIM115
         self.tb = None
         if enabled and tensorboard:
+            # optional and slow: only with train.tensorboard
             from torch.utils.tensorboard import SummaryWriter
 
             # a resumed run drops the events of steps it trains again, as metrics.jsonl does
