@@ -22,6 +22,7 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q
+	$(BIN)/mkdocs build --strict --quiet --site-dir build/site
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
