@@ -1,4 +1,4 @@
-"""The study behind the README's "do unlabelled images pay?" claims (``benchmarks/ssl_gain.sh``).
+"""The study behind docs/results.md's "do unlabelled images pay?" (``benchmarks/ssl_gain.sh``).
 
 Every method on the same config, seeds and data, under two budgets:
 

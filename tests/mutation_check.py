@@ -1,6 +1,6 @@
-"""Mutation check of the Dual Teacher tests: every behaviour of the README table "Dual Teacher:
-faithful and clean" (``docs/method.md`` F1-F18, and the official details both modes share) is
-changed on purpose in a copy of ``src/``, and the tests that pin it must fail.
+"""Mutation check of the Dual Teacher tests: every behaviour of the table "Dual Teacher: faithful
+and clean" in ``docs/methods.md`` (``docs/method.md`` F1-F18, and the official details both
+modes share) is changed on purpose in a copy of ``src/``, and the tests that pin it must fail.
 
     python tests/mutation_check.py            # every mutation, a Markdown table on stdout
     python tests/mutation_check.py 17 42      # only these (numbers as listed)

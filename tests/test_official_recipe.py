@@ -1,7 +1,7 @@
 """Official Dual Teacher recipe details offered as options: the LR horizon of a fixed number of
 steps (``optim.schedule_steps``, ``docs/method.md`` F16), validation every epoch
 (``train.eval_every_epochs``, F17), and the mmseg padding of the weak views in ``faithful``
-(F14; README table "Dual Teacher: faithful and clean")."""
+(F14; docs/methods.md table "Dual Teacher: faithful and clean")."""
 
 from __future__ import annotations
 

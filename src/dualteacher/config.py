@@ -60,7 +60,7 @@ class DataConfig:
     name: str = "demo"  # registered dataset: see `dualteacher.data.DATASETS`
     root: str | None = None  # dataset root on disk (unused by the demo)
     # Split files (ids, image paths, or "image mask" pairs; see `dualteacher.data.splits`).
-    # None: the dataset's default (README "Datasets").
+    # None: the dataset's default (docs/data.md).
     labeled: str | None = None  # labelled images
     unlabeled: str | None = None  # unlabelled images (their masks, if listed, are never read)
     # A split list shipped with the package (`dualteacher splits --list`, e.g. voc/u2pl_1_16):
@@ -123,11 +123,11 @@ class ModelConfig:
 # ------------------------------------------------------------------------------------- method
 class DualTeacherMode(StrEnum):
     """What each mode reproduces and changes: ``docs/method.md`` items F1-F18, summed up in the
-    README table "Dual Teacher: faithful and clean" (one row per
+    table "Dual Teacher: faithful and clean" in docs/methods.md (one row per
     ``methods.dual_teacher.DualTeacherFlags`` field)."""
 
     faithful = "faithful"  # the official code's step, its quirks included
-    clean = "clean"  # the same algorithm with the quirks the README table lists fixed
+    clean = "clean"  # the same algorithm with the quirks the docs/methods.md table lists fixed
 
 
 @dataclass

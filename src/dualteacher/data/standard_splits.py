@@ -1,7 +1,7 @@
 """The standard semi-supervised split lists, shipped with the package.
 
 Paper protocols are defined by exact lists of labelled images. The lists of the protocols the
-README names are stored here unchanged (gzip-compressed, in ``data/shipped/``), as their
+docs/data.md names are stored here unchanged (gzip-compressed, in ``data/shipped/``), as their
 public repositories publish them: UniMatch (VOC classic 92 ... 1464, VOC blended CPS family,
 Cityscapes 1/30 ... 1/2), U2PL (VOC blended U2PL family), Dual Teacher (ADE20K 631 ... 10105)
 and UniMatch V2 (ADE20K 1/64 ... 1/2). ``index.json`` records each file's repository, commit,

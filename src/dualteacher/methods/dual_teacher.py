@@ -17,8 +17,8 @@ Na et al., "Switching Temporary Teachers for Semi-Supervised Semantic Segmentati
 The step reads as ``mode: clean``. Where ``mode: faithful`` keeps an official behaviour that
 ``clean`` changes, it is one field of ``DualTeacherFlags``, commented with its item id in
 ``docs/method.md`` (F1 ... F18) and tested in ``tests/test_dual_teacher.py``; that page and the
-README table "Dual Teacher: faithful and clean" list every field, and the official behaviours
-neither mode reproduces.
+table "Dual Teacher: faithful and clean" in docs/methods.md list every field, and the official
+behaviours neither mode reproduces.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ class DualTeacherFlags:
     item of ``docs/method.md``, "Faithful items", in the comment), False what ``clean`` does
     instead.
 
-    Built once per run by ``resolve_flags``; the README table "Dual Teacher: faithful and
+    Built once per run by ``resolve_flags``; the table "Dual Teacher: faithful and
     clean" has one row per field.
     """
 
@@ -292,7 +292,8 @@ class DualTeacher(Method):
 
     def diagnostics(self) -> dict[str, float]:
         """``teacher_a_dist`` / ``teacher_b_dist``: each teacher's relative parameter distance
-        from the student (0 = a copy: a collapsed teacher; see README "teacher distance")."""
+        from the student (0 = a copy: a collapsed teacher; docs/methods.md, "How far are the
+        teachers from the student?")."""
         return {
             f"{name}_dist": relative_distance(t, self.student)
             for name, t in zip(TEACHER_NAMES, self.teachers)
