@@ -23,9 +23,9 @@ import torch
 def main() -> None:
     from dualteacher.data import build_data
     from dualteacher.data.base import EvalSet
-    from dualteacher.export import export_checkpoint
-    from dualteacher.inference import load_exported
     from dualteacher.metrics import ConfusionMatrix
+    from dualteacher.serving.export import export_checkpoint
+    from dualteacher.serving.segmenter import load_exported
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint")

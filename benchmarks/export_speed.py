@@ -1,11 +1,11 @@
 """Images per second of ``dualteacher predict``'s inference with PyTorch and with ONNX Runtime.
 
 For each model: build it (random weights: speed does not depend on them), export it with
-``dualteacher.export.export_model`` (safetensors + ONNX), load the export once per runtime with
-``load_exported`` and time the same per-image path ``dualteacher predict`` runs (normalise,
-forward by ``eval.mode``, argmax, copy to NumPy) on random ``--size`` x ``--size`` RGB images,
-batch 1, after ``--warmup`` untimed images. Image decoding and PNG writing are left out: they
-are the same for both runtimes. One JSON line per model::
+``dualteacher.serving.export.export_model`` (safetensors + ONNX), load the export once per
+runtime with ``load_exported`` and time the same per-image path ``dualteacher predict`` runs
+(normalise, forward by ``eval.mode``, argmax, copy to NumPy) on random ``--size`` x ``--size``
+RGB images, batch 1, after ``--warmup`` untimed images. Image decoding and PNG writing are left
+out: they are the same for both runtimes. One JSON line per model::
 
     python benchmarks/export_speed.py --threads 2                       # the README numbers
     python benchmarks/export_speed.py --size 64 --images 2 --warmup 1   # does it run?
@@ -24,9 +24,9 @@ import torch
 
 def measure(name: str, size: int, images: int, warmup: int, threads: int | None, classes: int):
     from dualteacher.config import load_config
-    from dualteacher.export import export_model
-    from dualteacher.inference import load_exported
     from dualteacher.models import build_model
+    from dualteacher.serving.export import export_model
+    from dualteacher.serving.segmenter import load_exported
 
     # train.threads is what load_exported gives torch and ONNX Runtime (null: their defaults)
     overrides = [

@@ -5,7 +5,7 @@ wheel; nothing is downloaded), each of a kind users bring (``DATASETS`` says whi
 the ``folder`` layout so that ``dualteacher compare CONFIG data.name=folder data.root=ROOT``
 trains on them exactly as on a user's own folder. ``run`` trains supervised (to its plateau:
 ``--steps-sup``, by default twice Dual Teacher's steps, as ``dualteacher demo`` does) and
-Dual Teacher (``--steps-dt``) for every training seed through ``dualteacher.compare`` and
+Dual Teacher (``--steps-dt``) for every training seed through ``dualteacher.study.compare`` and
 prints one table: per dataset both methods' final and best mIoU, the paired differences
 Dual Teacher final - supervised final and Dual Teacher final - supervised best (mean, 95 %
 interval, per seed), and the suite mean.
@@ -30,7 +30,7 @@ parameters is reused, another one there is refused)::
     OUT/<split>/<name>_draw<seed>/         that dataset's ``compare`` (runs, summary.json)
     OUT/<split>/suite.md, suite.json       the table
 
-Statistics are ``dualteacher.compare``'s: per dataset the paired difference over training
+Statistics are ``dualteacher.study.compare``'s: per dataset the paired difference over training
 seeds (same seed, same data on both sides) with a Student-t 95 % interval. The suite mean is
 the mean over datasets of the per-dataset paired means; its interval is Student's t over the
 datasets (one value per dataset, n - 1 = datasets - 1 degrees of freedom: would the gain hold
@@ -489,8 +489,8 @@ def run_suite(
 ) -> dict:
     """Generate (or reuse) the datasets of ``split``'s draws, run ``compare`` on each, write
     ``OUT/<split>/suite.md`` and ``suite.json``; returns the latter's content."""
-    from dualteacher.compare import compare, paired_difference
     from dualteacher.config import load_config
+    from dualteacher.study.compare import compare, paired_difference
 
     if split not in DRAWS:
         raise SystemExit(f"--split {split}: choose one of {', '.join(DRAWS)}")
@@ -750,8 +750,8 @@ def diagnose(
     import torch
     from PIL import Image
 
-    from dualteacher.inference import load_segmenter
     from dualteacher.metrics import ConfusionMatrix
+    from dualteacher.serving.segmenter import load_segmenter
 
     ckpt = _checkpoint(source)
     truth_dir = Path(truth) / "unlabeled"
@@ -830,7 +830,7 @@ def _image_of(folder: Path, name: str) -> Path:
 
 
 def _step_of(ckpt: Path) -> int | None:
-    from dualteacher.engine.checkpoint import load_checkpoint
+    from dualteacher.checkpoint import load_checkpoint
 
     return load_checkpoint(ckpt).get("step")
 

@@ -25,9 +25,9 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from dualteacher.bench import bench
-from dualteacher.compare import compare, format_markdown
 from dualteacher.config import load_config
+from dualteacher.study.bench import bench
+from dualteacher.study.compare import compare, format_markdown
 
 METHODS = ["supervised", "mean_teacher", "fixmatch", "unimatch", "dual_teacher"]
 REFERENCE = "dual_teacher"  # the time budget is this method's time for --steps

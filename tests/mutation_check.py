@@ -153,7 +153,7 @@ MUTATIONS = [
       "self.teachers = nn.ModuleList([self.make_teacher(make_model) for _ in TEACHER_NAMES])",
       "self.teachers = nn.ModuleList([self.make_teacher(make_model) for _ in TEACHER_NAMES])\n"
       "        [t.load_state_dict(student.state_dict()) for t in self.teachers]"),
-    m("every model built from the same seed", "dualteacher/engine/run.py",
+    m("every model built from the same seed", "dualteacher/methods/__init__.py",
       "    def make_model() -> SegModel:\n        return",
       "    def make_model() -> SegModel:\n        seed_all(cfg.train.seed)\n        return"),
     # --- strong view (F4)

@@ -7,7 +7,11 @@ import json
 import pytest
 import torch
 
-from dualteacher.bench import (
+from dualteacher.cli import main
+from dualteacher.config import load_config
+from dualteacher.methods import StepInfo, build_method
+from dualteacher.models import build_model
+from dualteacher.study.bench import (
     PHASES,
     PassRecorder,
     bench,
@@ -15,10 +19,6 @@ from dualteacher.bench import (
     synthetic_batches,
     time_model_passes,
 )
-from dualteacher.cli import main
-from dualteacher.config import load_config
-from dualteacher.methods import StepInfo, build_method
-from dualteacher.models import build_model
 
 
 def test_bench_dual_teacher_step():

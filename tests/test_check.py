@@ -8,8 +8,8 @@ from PIL import Image
 
 from dualteacher.cli import main
 from dualteacher.config import load_config
-from dualteacher.data.check import check_data
 from dualteacher.errors import BadSampleError
+from dualteacher.study.check import check_data
 
 from . import trees
 

@@ -5,13 +5,13 @@ import json
 import pytest
 from PIL import Image
 
+from dualteacher.checkpoint import load_checkpoint
 from dualteacher.cli import build_parser, main
-from dualteacher.compare import RunSpec, paired_difference, parse_run_specs
 from dualteacher.config import load_config
-from dualteacher.engine.checkpoint import load_checkpoint
-from dualteacher.engine.trainer import train
 from dualteacher.errors import ConfigError
 from dualteacher.plots import read_metrics
+from dualteacher.study.compare import RunSpec, paired_difference, parse_run_specs
+from dualteacher.study.train import train
 
 from .conftest import TINY
 
@@ -226,7 +226,7 @@ def test_compare_without_a_budget_runs_the_config_epochs(tmp_path):
 
 
 def test_compare_jobs_trains_the_same_runs_in_worker_processes(tmp_path, capsys):
-    from dualteacher.compare import RUN_LOG, compare
+    from dualteacher.study.compare import RUN_LOG, compare
 
     cfg = load_config("demo", [*TINY, "train.threads=1", "train.eval_every=1"])
     methods = ["supervised", "dual_teacher"]
@@ -250,8 +250,8 @@ def test_compare_jobs_trains_the_same_runs_in_worker_processes(tmp_path, capsys)
 
 
 def test_compare_jobs_reports_a_failed_worker_and_keeps_the_others(tmp_path):
-    from dualteacher.compare import compare
     from dualteacher.errors import RunsFailed
+    from dualteacher.study.compare import compare
 
     cfg = load_config("demo", [*TINY, "train.threads=1"])
     out = tmp_path / "cmp"
@@ -266,7 +266,7 @@ def test_compare_jobs_reports_a_failed_worker_and_keeps_the_others(tmp_path):
 
 
 def test_compare_jobs_refuses_a_time_budget(tmp_path):
-    from dualteacher.compare import compare
+    from dualteacher.study.compare import compare
 
     cfg = load_config("demo", TINY)
     with pytest.raises(ConfigError, match="--jobs 2 with --minutes"):

@@ -37,9 +37,9 @@ from dualteacher.data import DATASETS, build_data
 from dualteacher.data.base import EvalSet, LabeledTrainSet, UnlabeledTrainSet
 from dualteacher.data.splits import write_split
 from dualteacher.engine.run import build_training
-from dualteacher.export import check_onnx, export_onnx
 from dualteacher.methods import METHODS, Method, StepInfo, build_method
 from dualteacher.models import MODELS, build_model
+from dualteacher.serving.export import check_onnx, export_onnx
 
 from . import trees
 from .conftest import TINY

@@ -13,14 +13,14 @@ import warnings
 import pytest
 import torch
 
-from dualteacher.bench import bench, synthetic_batches
+from dualteacher.checkpoint import load_checkpoint, rng_state, set_rng_state
 from dualteacher.config import load_config
-from dualteacher.engine.checkpoint import load_checkpoint, rng_state, set_rng_state
-from dualteacher.engine.device import _bf16_supported, check_amp, select_device
+from dualteacher.device import _bf16_supported, check_amp, select_device
 from dualteacher.engine.run import build_training
 from dualteacher.engine.trainer import train
 from dualteacher.errors import ConfigError
 from dualteacher.methods import StepInfo
+from dualteacher.study.bench import bench, synthetic_batches
 
 from .conftest import TINY
 

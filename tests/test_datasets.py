@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dualteacher.checkpoint import load_checkpoint
 from dualteacher.cli import main
 from dualteacher.config import load_config
 from dualteacher.data import build_data
 from dualteacher.data.ade20k import CLASSES as ADE_CLASSES
 from dualteacher.data.cityscapes import LABEL_ID_LUT
 from dualteacher.data.splits import draw_split
-from dualteacher.engine.checkpoint import load_checkpoint
 from dualteacher.engine.trainer import steps_per_epoch, total_steps
 from dualteacher.errors import BadSampleError, ConfigError, DataError
 

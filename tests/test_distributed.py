@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from dualteacher.checkpoint import load_checkpoint
 from dualteacher.config import load_config
 from dualteacher.engine import trainer
-from dualteacher.engine.checkpoint import load_checkpoint
 from dualteacher.engine.distributed import shutdown
 from dualteacher.engine.evaluate import evaluate_checkpoint
 from dualteacher.engine.run import _build_method

@@ -12,19 +12,19 @@ import pytest
 import torch
 import torchvision
 
-from dualteacher.bench import bench
+from dualteacher import checkpoint as ckpt
 from dualteacher.cli import main
 from dualteacher.config import load_config
-from dualteacher.engine import checkpoint as ckpt
+from dualteacher.device import check_amp, select_device
 from dualteacher.engine import distributed
 from dualteacher.engine import run as run_module
 from dualteacher.engine import step as step_module
-from dualteacher.engine.device import check_amp, select_device
 from dualteacher.engine.run import build_training
 from dualteacher.engine.trainer import train
 from dualteacher.errors import ConfigError
 from dualteacher.methods import StepInfo
 from dualteacher.methods.supervised import Supervised
+from dualteacher.study.bench import bench
 
 from .conftest import TINY
 
@@ -295,7 +295,7 @@ def test_bench_replays_compiled_passes_without_recompiling(monkeypatch):
 
     from torch._dynamo.utils import counters
 
-    import dualteacher.bench as bench_module
+    import dualteacher.study.bench as bench_module
 
     monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
     graphs = []

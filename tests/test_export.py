@@ -14,15 +14,17 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_model
 
+from dualteacher.checkpoint import load_checkpoint
 from dualteacher.cli import main
 from dualteacher.config import load_config
 from dualteacher.data.demo import CLASSES, PALETTE
-from dualteacher.engine.checkpoint import load_checkpoint
-from dualteacher.engine.trainer import build_model_from_checkpoint, train
-from dualteacher.export import export_model, read_export
-from dualteacher.inference import OnnxModel, load_exported
+from dualteacher.engine.trainer import train
 from dualteacher.models import build_model
-from dualteacher.predict import predict
+from dualteacher.serving.export import export_model
+from dualteacher.serving.export_format import read_export
+from dualteacher.serving.predict import predict
+from dualteacher.serving.segmenter import OnnxModel, load_exported
+from dualteacher.serving.trained import build_model_from_checkpoint
 
 from .conftest import TINY
 

@@ -220,7 +220,7 @@ def _same(got, expected) -> None:
 def test_diagnose_compares_pseudo_labels_with_the_truth(suite):
     import torch
 
-    from dualteacher.inference import load_segmenter
+    from dualteacher.serving.segmenter import load_segmenter
 
     _, result = suite
     row = next(r for r in result["datasets"] if r["dataset"] == "shapes")

@@ -10,10 +10,10 @@ from PIL import Image
 
 from dualteacher.config import load_config
 from dualteacher.data import build_data
-from dualteacher.data.check import check_data, format_report
 from dualteacher.data.files import decode_image
 from dualteacher.errors import BadSampleError
-from dualteacher.predict import read_image as predict_read
+from dualteacher.serving.inputs import read_image as predict_read
+from dualteacher.study.check import check_data, format_report
 
 from . import trees
 

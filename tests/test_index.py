@@ -18,7 +18,6 @@ from dualteacher.data import build_data, sample_indices
 from dualteacher.data import index as index_module
 from dualteacher.data import splits as splits_module
 from dualteacher.data.base import UnlabeledTrainSet
-from dualteacher.data.check import check_data
 from dualteacher.data.files import IMAGE_EXTS, scan_images
 from dualteacher.data.fingerprint import data_fingerprint
 from dualteacher.data.folder import FolderLayout
@@ -27,6 +26,7 @@ from dualteacher.data.loaders import build_train_loaders
 from dualteacher.data.voc import VocLayout
 from dualteacher.engine.evaluate import evaluate_checkpoint
 from dualteacher.errors import INPUT_EXIT, DataError
+from dualteacher.study.check import check_data
 
 from . import trees
 

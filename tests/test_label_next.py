@@ -19,16 +19,17 @@ from dualteacher.data import build_data
 from dualteacher.data.demo import CLASSES, PALETTE, generate, write_demo_folder
 from dualteacher.data.transforms import normalize
 from dualteacher.engine.evaluate import predict_logits
-from dualteacher.engine.trainer import build_model_from_checkpoint, train
+from dualteacher.engine.trainer import train
 from dualteacher.errors import ConfigError, DataError
-from dualteacher.label_next import (
+from dualteacher.plots import SAMPLE_CELL
+from dualteacher.serving.suggest import (
     combined_score,
     percentile_rank,
     ranking_order,
     rarity_weights,
     scoring_models,
 )
-from dualteacher.plots import SAMPLE_CELL
+from dualteacher.serving.trained import build_model_from_checkpoint
 
 from .conftest import TINY
 

@@ -8,8 +8,8 @@ import re
 
 import numpy as np
 
+from dualteacher import checkpoint as ckpt
 from dualteacher.cli import EPILOG
-from dualteacher.engine import checkpoint as ckpt
 
 from . import trees
 from .conftest import TINY

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from dualteacher.checkpoint import load_checkpoint
 from dualteacher.config import load_config
-from dualteacher.engine.checkpoint import load_checkpoint
 from dualteacher.engine.trainer import train
 
 from .conftest import TINY

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from dualteacher.checkpoint import load_checkpoint
 from dualteacher.cli import main
 from dualteacher.config import builtin_config_dir, load_config
 from dualteacher.data import standard_splits
-from dualteacher.engine.checkpoint import load_checkpoint
 
 from . import trees
 

@@ -10,7 +10,8 @@ from dualteacher.cli import main
 from dualteacher.config import load_config
 from dualteacher.data.demo import CLASSES, PALETTE
 from dualteacher.engine.trainer import train
-from dualteacher.predict import collect_inputs, predict
+from dualteacher.serving.inputs import collect_inputs
+from dualteacher.serving.predict import predict
 
 from .conftest import TINY
 

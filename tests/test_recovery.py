@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import json
 
+from dualteacher import checkpoint as ckpt
 from dualteacher.config import load_config
-from dualteacher.engine import checkpoint as ckpt
 from dualteacher.engine.trainer import train
 
 from .conftest import TINY

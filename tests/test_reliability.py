@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import torch
 
+from dualteacher import checkpoint as ckpt
 from dualteacher.cli import main
 from dualteacher.config import load_config, to_dict
 from dualteacher.data import build_data
 from dualteacher.data.base import ArraySource, LabeledTrainSet, load_or_replace
 from dualteacher.data.loaders import STREAM_LABELED, StreamSampler
-from dualteacher.engine import checkpoint as ckpt
 from dualteacher.engine.trainer import train
 from dualteacher.errors import BadSampleError, CheckpointError, DataError, TrainingStopped
 from dualteacher.methods.dual_teacher import DualTeacher

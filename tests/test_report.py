@@ -11,8 +11,8 @@ from dualteacher.cli import main
 from dualteacher.config import load_config
 from dualteacher.data.demo import CLASSES
 from dualteacher.engine.evaluate import evaluate_checkpoint
-from dualteacher.engine.trainer import _write_curves, train
 from dualteacher.plots import plot_confusion, read_metrics, teacher_shifts
+from dualteacher.study.train import train, write_curves
 
 from .conftest import TINY
 
@@ -68,7 +68,7 @@ def test_curves_failure_is_only_a_warning(tmp_path, caplog):
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": "oops"}\n')
     (tmp_path / "curves.png").mkdir()  # the PNG cannot be written
     with caplog.at_level(logging.WARNING):
-        _write_curves(tmp_path, epoch_steps=2)
+        write_curves(tmp_path, epoch_steps=2)
     assert "could not write" in caplog.text
 
 

@@ -8,8 +8,8 @@ import shutil
 
 import numpy as np
 
+from dualteacher import checkpoint as ckpt
 from dualteacher.config import load_config
-from dualteacher.engine import checkpoint as ckpt
 
 from . import trees
 from .test_reliability import QUIET, cli

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from dualteacher.engine import checkpoint as ckpt
+from dualteacher import checkpoint as ckpt
 
 from . import trees
 from .conftest import TINY

@@ -10,7 +10,6 @@ import pytest
 import torch
 import torch.nn as nn
 
-from dualteacher.bench import synthetic_batches
 from dualteacher.config import Config, load_config
 from dualteacher.data import build_data
 from dualteacher.data.loaders import build_train_loaders
@@ -23,6 +22,7 @@ from dualteacher.errors import ConfigError
 from dualteacher.methods import METHODS, Method, StepInfo, build_method
 from dualteacher.methods.base import PhaseTimer, phase, timing
 from dualteacher.models import build_model
+from dualteacher.study.bench import synthetic_batches
 
 from .conftest import TINY
 
@@ -218,7 +218,7 @@ def test_phase_timer_is_free_when_off_and_does_not_nest():
 
 def test_fp16_loss_scale_is_checkpointed_and_resumed(tmp_path):
     """A resumed fp16 run continues from the saved loss scale, not a fresh 65536."""
-    from dualteacher.engine.checkpoint import load_checkpoint, save_checkpoint
+    from dualteacher.checkpoint import load_checkpoint, save_checkpoint
 
     overrides = [*TINY, "method.name=supervised", "train.amp=fp16", f"train.out_dir={tmp_path}"]
     trainer.train(load_config("demo", [*overrides, "train.steps=3"]), stop_after=2)

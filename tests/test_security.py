@@ -30,11 +30,12 @@ from dualteacher.data.files import decode_image, read_mask
 from dualteacher.engine.run import check_resume_config
 from dualteacher.engine.trainer import train
 from dualteacher.errors import BadSampleError, CheckpointError, ConfigError, DataError, WriteError
-from dualteacher.export import export_model, read_export
-from dualteacher.inference import load_exported
 from dualteacher.models import build_model
-from dualteacher.predict import predict
-from dualteacher.pseudolabels import pseudolabel
+from dualteacher.serving.export import export_model
+from dualteacher.serving.export_format import read_export
+from dualteacher.serving.predict import predict
+from dualteacher.serving.pseudolabel import pseudolabel
+from dualteacher.serving.segmenter import load_exported
 
 from . import trees
 from .conftest import TINY

@@ -8,18 +8,18 @@ import pytest
 import torch
 
 import dualteacher.engine.trainer as trainer_module
+from dualteacher.checkpoint import load_checkpoint
 from dualteacher.cli import main
-from dualteacher.compare import compare
 from dualteacher.config import load_config
 from dualteacher.data import build_data
-from dualteacher.data.check import check_data, format_report
 from dualteacher.data.select import source_names as _names
-from dualteacher.engine.checkpoint import load_checkpoint
 from dualteacher.engine.run import build_training
 from dualteacher.engine.trainer import train
 from dualteacher.errors import ConfigError, DataError
 from dualteacher.metrics import SegMetrics
 from dualteacher.plots import read_metrics
+from dualteacher.study.check import check_data, format_report
+from dualteacher.study.compare import compare
 
 from .conftest import TINY
 from .trees import make_folder

@@ -5,9 +5,9 @@ import sys
 
 import torch
 
+from dualteacher.checkpoint import load_checkpoint
 from dualteacher.cli import main
 from dualteacher.config import load_config
-from dualteacher.engine.checkpoint import load_checkpoint
 from dualteacher.engine.trainer import train
 
 from .conftest import TINY

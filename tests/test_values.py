@@ -101,7 +101,7 @@ def test_command_line_numbers_are_checked_before_anything_runs(args, capsys):
 
 
 def test_predict_api_checks_its_numbers():
-    from dualteacher.predict import predict
+    from dualteacher.serving.predict import predict
 
     with pytest.raises(ConfigError, match="alpha=2"):
         predict("ck.pt", ["x.png"], "out", alpha=2)

@@ -11,23 +11,26 @@ The Python API mirrors the CLI::
     model = load_exported("exported", runtime="onnx")  # dualteacher predict exported ...
     ids = model.predict(rgb_uint8_array)                # (H, W) class ids
 
-Heavy modules (torch, models) are imported lazily so ``import dualteacher`` stays fast.
+Heavy modules (torch, models) are imported lazily so ``import dualteacher`` stays fast. Where
+everything lives: ``docs/architecture.md``.
 """
+
+import importlib
 
 __version__ = "0.1.0"
 
 _API = {
     "Config": "dualteacher.config",
     "load_config": "dualteacher.config",
-    "train": "dualteacher.engine.trainer",
+    "train": "dualteacher.study.train",
     "TrainResult": "dualteacher.engine.trainer",
     "evaluate_checkpoint": "dualteacher.engine.evaluate",
-    "export_checkpoint": "dualteacher.export",
-    "load_exported": "dualteacher.inference",
-    "run_demo": "dualteacher.demo",
-    "write_report": "dualteacher.report",
-    "suggest": "dualteacher.label_next",
-    "pseudolabel": "dualteacher.pseudolabels",
+    "export_checkpoint": "dualteacher.serving.export",
+    "load_exported": "dualteacher.serving.segmenter",
+    "run_demo": "dualteacher.study.demo",
+    "write_report": "dualteacher.study.report",
+    "suggest": "dualteacher.serving.suggest",
+    "pseudolabel": "dualteacher.serving.pseudolabel",
     "write_demo_folder": "dualteacher.data.demo",
     "build_model": "dualteacher.models",
     "list_models": "dualteacher.models",
@@ -39,7 +42,5 @@ __all__ = ["__version__", *_API]
 
 def __getattr__(name: str):
     if name in _API:
-        import importlib
-
         return getattr(importlib.import_module(_API[name]), name)
     raise AttributeError(f"module 'dualteacher' has no attribute {name!r}")

@@ -663,6 +663,12 @@ def with_absolute_paths(cfg: Config) -> Config:
     return replace(cfg, data=data, model=model)
 
 
+def without_pretrained(cfg: Config) -> Config:
+    """``cfg`` for models whose weights come from a checkpoint or an export:
+    ``model.pretrained`` is never read (the file may have moved; ``hub`` would download)."""
+    return replace(cfg, model=replace(cfg.model, pretrained=None))
+
+
 def to_dict(cfg: Config) -> dict:
     """Plain dict of a config (enums as their values), for YAML and checkpoints."""
     return OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)

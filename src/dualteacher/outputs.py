@@ -29,6 +29,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from PIL import Image
+
 from dualteacher.errors import DualTeacherError, WriteError
 
 TMP_SUFFIX = ".tmp"  # temporary files are ".<name>.<random>.tmp" next to their target
@@ -170,8 +172,6 @@ def write_json(path: str | Path, obj: Any, **kw) -> Path:
 
 def save_image(image, path: str | Path, **kw) -> Path:
     """``PIL.Image.save`` to ``path`` (format from its suffix), atomically."""
-    from PIL import Image
-
     fmt = Image.registered_extensions()[Path(path).suffix.lower()]
     return atomic_write(path, lambda f: image.save(f, format=fmt), **kw)
 

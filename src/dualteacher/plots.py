@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from dualteacher.config import IGNORE_INDEX
+from dualteacher.outputs import save_figure
 
 IGNORE_COLOR = (255, 255, 255)  # how ignored pixels (255) are drawn in masks
 _SHIFT_COLORS = ("#cfe2f3", "#fce5cd", "#d9ead3", "#ead1dc")  # shading per active teacher
@@ -23,6 +24,7 @@ SAMPLE_CELL = 2.1  # inches per image in ``plot_samples`` grids, drawn at 100 dp
 
 
 def _pyplot():
+    # Here, not at the top: matplotlib is slow to import and only needed when drawing.
     import matplotlib
 
     matplotlib.use("Agg")
@@ -139,7 +141,7 @@ def plot_training_curves(
     """Loss terms, mask ratio and validation mIoU against step, one panel each, with the
     active teacher's shifts shaded. ``rows``: ``read_metrics`` of a run."""
     plt = _pyplot()
-    from matplotlib.patches import Patch
+    from matplotlib.patches import Patch  # matplotlib: when drawing only (module docstring)
 
     train_rows = [r for r in rows if "loss" in r]
     val_rows = [r for r in rows if any(k.startswith("miou_") for k in r)]
@@ -215,8 +217,6 @@ def plot_training_curves(
 def _save(fig, path: str | Path) -> None:
     """Write atomically (``outputs.save_figure``): a reader never sees a half-written PNG, a
     full disk leaves none behind."""
-    from dualteacher.outputs import save_figure
-
     try:
         save_figure(fig, path)
     finally:
@@ -242,7 +242,7 @@ def plot_confusion(
     font = min(9.0, 0.7 * side * 72 * 0.8 / k)  # points: fits the row pitch of the matrix
     numbers = k <= 25
     fig, ax = plt.subplots(figsize=(side + 1.4, side), dpi=100 if k <= 60 else 130)
-    from matplotlib.colors import Normalize, PowerNorm
+    from matplotlib.colors import Normalize, PowerNorm  # when drawing only (docstring)
 
     cmap = plt.get_cmap("Blues").with_extremes(bad="#d9d9d9")
     # Without numbers in the cells, a square-root scale keeps small confusions visible.
@@ -283,7 +283,7 @@ def plot_samples(
     ``name``).
     """
     plt = _pyplot()
-    from matplotlib.patches import Patch
+    from matplotlib.patches import Patch  # matplotlib: when drawing only (module docstring)
 
     models = list(samples[0]["preds"]) if samples else []
     truth = bool(samples) and all(s.get("mask") is not None for s in samples)

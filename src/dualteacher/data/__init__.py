@@ -31,6 +31,7 @@ from dualteacher.errors import ConfigError, DataError
 
 def build_demo(cfg: DataConfig) -> DataBundle:
     """The built-in demo dataset, generated in memory from ``cfg.demo`` (see ``data.demo``)."""
+    # Here, not at the top: data.demo loads scikit-image and SciPy (slow), only for the demo.
     from dualteacher.data import demo
 
     sets = {s: demo.generate(cfg.demo, s) for s in ("labeled", "unlabeled", "val")}

@@ -17,15 +17,21 @@ images come from independent random streams, so the three sets are disjoint.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
+from pathlib import Path
 
 import numpy as np
+import yaml
+from PIL import Image
 from scipy import ndimage
 from skimage import data as skdata
 from skimage import draw
 from skimage.transform import AffineTransform, warp
 
 from dualteacher.config import DemoDataConfig
+from dualteacher.errors import DataError
 
 CLASSES = ["background", "brick", "grass", "gravel", "text"]
 PALETTE = [(0, 0, 0), (200, 60, 40), (60, 180, 60), (150, 150, 160), (240, 220, 60)]
@@ -169,15 +175,6 @@ def write_demo_folder(cfg: DemoDataConfig, out) -> bool:
     (``benchmarks/label_next.sh``) take them from there. Returns False when ``out`` already
     holds this very dataset (nothing written); a folder holding anything else is refused.
     """
-    import dataclasses
-    import json
-    from pathlib import Path
-
-    import yaml
-    from PIL import Image
-
-    from dualteacher.errors import DataError
-
     out = Path(out)
     wanted = dataclasses.asdict(cfg)
     marker = out / FOLDER_MARKER

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import tifffile
 from PIL import Image, UnidentifiedImageError
 
 from dualteacher.config import IGNORE_INDEX, MAX_IMAGE_PIXELS, DataConfig
@@ -205,8 +206,6 @@ def _bits_per_sample(im: Image.Image) -> int:
 
 def _tiff_fallback(path: Path, max_pixels: int | None) -> tuple[np.ndarray, int, str]:
     """(pixels, EXIF orientation, depth note) of a TIFF Pillow cannot decode."""
-    import tifffile
-
     try:
         with tifffile.TiffFile(path) as tif:
             page = tif.pages[0]
@@ -231,8 +230,6 @@ def _planar_last(values: np.ndarray) -> np.ndarray:
 
 def _tiff_pixels(path: Path) -> np.ndarray:
     """Every bit of a TIFF Pillow would reduce to 8 bits: (H, W) or (H, W, C)."""
-    import tifffile
-
     return _planar_last(tifffile.imread(path))
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import dualteacher.data as data_package  # read at call time: tests turn FULL_CHECK_MAX down
 from dualteacher.data.base import DataBundle
 
 SETS = ("labeled", "unlabeled", "val")
@@ -35,8 +36,6 @@ def data_fingerprint(bundle: DataBundle) -> dict:
     """``{"classes": [...], "labeled": {"count", "names", "files"}, ...}`` (see the module
     docstring). In-memory sets (the demo, generated from ``data.demo.*``, which the config
     check covers) have a count only. One ``stat`` per file of a set, or of its sample."""
-    from dualteacher.data import FULL_CHECK_MAX, SAMPLE_CHECK, sample_indices
-
     out: dict = {"classes": list(bundle.classes)}
     optional = [n for n in OPTIONAL_SETS if getattr(bundle, n, None) is not None]
     for name in (*SETS, *optional):
@@ -50,7 +49,11 @@ def data_fingerprint(bundle: DataBundle) -> dict:
             for chunk in chunks or [[e.name for e in entries]]:
                 if chunk:  # the digest of every name + "\0", in order, one update per chunk
                     names.update("\0".join(chunk).encode() + b"\0")
-            picked = range(n) if n <= FULL_CHECK_MAX else sample_indices(n, SAMPLE_CHECK).tolist()
+            picked = (
+                range(n)
+                if n <= data_package.FULL_CHECK_MAX
+                else data_package.sample_indices(n, data_package.SAMPLE_CHECK).tolist()
+            )
             for i in picked:
                 e = entries[i]
                 files.update(f"{e.name}\0{_size(e.image)}\0{_size(e.mask)}\0".encode())
@@ -63,7 +66,7 @@ def data_fingerprint(bundle: DataBundle) -> dict:
 
 def data_changes(stored: dict | None, current: dict) -> list[str]:
     """How ``current`` differs from the ``stored`` fingerprint, one line per change, in the
-    style of ``engine.checkpoint.config_changes``; nothing for a checkpoint without one."""
+    style of ``dualteacher.checkpoint.config_changes``; nothing for a checkpoint without one."""
     if not stored:
         return []
     out = []

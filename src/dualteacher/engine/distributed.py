@@ -49,7 +49,7 @@ class DistInfo:
 
 def init_distributed(device: torch.device) -> DistInfo:
     """Join the process group if ``torchrun`` started us (NCCL on CUDA, gloo on CPU), bound to
-    ``device`` (``engine.device.select_device``: not necessarily ``cuda:LOCAL_RANK``)."""
+    ``device`` (``dualteacher.device.select_device``: not necessarily ``cuda:LOCAL_RANK``)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistInfo()

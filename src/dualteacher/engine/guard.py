@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from dualteacher.engine.checkpoint import remove_stale_temp_files, save_run_checkpoint
+from dualteacher.checkpoint import remove_stale_temp_files, save_run_checkpoint
 from dualteacher.engine.distributed import any_rank
 from dualteacher.engine.state import TrainState
 from dualteacher.errors import (

@@ -8,7 +8,8 @@ and the step runner are put together.
   DDP, compile) and its ``StepRunner``; ``TrainingRun.batches()`` gives the loaders with every
   stream the method needs.
 - ``build_run``: data and method for evaluation (from a config or a checkpoint).
-- ``build_model_from_checkpoint``: a checkpoint's models without any data (prediction).
+
+A checkpoint's models without any data (prediction) are ``serving.trained``'s.
 
 A checkpoint holds every weight, so models rebuilt from one (evaluation, prediction, a
 resumed run) never read ``model.pretrained``.
@@ -16,26 +17,24 @@ resumed run) never read ``model.pretrained``.
 
 from __future__ import annotations
 
-import random
 import socket
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from dualteacher.config import Config, EpochUnit, load_config, to_dict
-from dualteacher.data import DataBundle, build_data, run_index
-from dualteacher.data.base import EvalSet
-from dualteacher.data.fingerprint import data_changes, data_fingerprint
-from dualteacher.data.loaders import build_train_loaders
-from dualteacher.engine.checkpoint import (
+from dualteacher.checkpoint import (
     config_changes,
     find_resume_checkpoint,
     load_checkpoint,
     load_method_state,
 )
-from dualteacher.engine.device import check_amp, select_device
+from dualteacher.config import Config, EpochUnit, load_config, to_dict, without_pretrained
+from dualteacher.data import DataBundle, build_data, run_index
+from dualteacher.data.base import EvalSet
+from dualteacher.data.fingerprint import data_changes, data_fingerprint
+from dualteacher.data.loaders import build_train_loaders
+from dualteacher.device import check_amp, select_device
 from dualteacher.engine.distributed import (
     DistInfo,
     broadcast_object,
@@ -45,19 +44,12 @@ from dualteacher.engine.distributed import (
     prepare_method,
     reseed_rank,
 )
-from dualteacher.engine.evaluate import check_eval_config
 from dualteacher.engine.optim import build_optimizer, build_scheduler, scaled_optim_config
 from dualteacher.engine.state import TrainState
 from dualteacher.engine.step import StepRunner
 from dualteacher.errors import CheckpointError, ConfigError, DataError
-from dualteacher.methods import Method, build_method
-from dualteacher.models import SegModel, build_model
-
-
-def seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+from dualteacher.methods import Method, build_seeded_method, seed_all
+from dualteacher.models.windows import check_eval_config
 
 
 def steps_per_epoch(
@@ -124,22 +116,11 @@ def _setup_process(cfg: Config, training: bool) -> tuple[torch.device, DistInfo]
     return device, dist
 
 
-def _without_pretrained(cfg: Config) -> Config:
-    """``cfg`` for models whose weights come from a checkpoint: ``model.pretrained`` is never
-    read (the file may have moved; ``hub`` would download)."""
-    return replace(cfg, model=replace(cfg.model, pretrained=None))
-
-
 def _build_method(
     cfg: Config, num_classes: int, device: torch.device, verbose: bool = True
 ) -> Method:
     # Same seed on every rank: identical initial student and teachers everywhere.
-    seed_all(cfg.train.seed)
-
-    def make_model() -> SegModel:
-        return build_model(cfg.model, num_classes, verbose=verbose)
-
-    return build_method(cfg, make_model(), make_model).to(device)
+    return build_seeded_method(cfg, num_classes, device, verbose)
 
 
 # ------------------------------------------------------------------------------- evaluation
@@ -171,7 +152,7 @@ def build_run(
         state = load_checkpoint(checkpoint)
         # data.rescan (--rescan) was asked for by the command that trained, not by this one
         base = {**state["config"], "data": {**state["config"].get("data", {}), "rescan": False}}
-        cfg = _without_pretrained(load_config(None, overrides, base=base))
+        cfg = without_pretrained(load_config(None, overrides, base=base))
     assert cfg is not None
     device, dist = _setup_process(cfg, training=False)
     if bundle is None:  # a checkpoint's run directory may hold its scan index: read it
@@ -201,53 +182,6 @@ def _stored_data_hint(cfg: Config, checkpoint) -> str:
         + "; if the dataset is elsewhere, give its place after the checkpoint: dualteacher "
         f"eval {checkpoint} data.root=PATH"
     )
-
-
-@dataclass
-class TrainedModels:
-    """A checkpoint's student and teachers, ready for inference, built without its data."""
-
-    cfg: Config
-    device: torch.device
-    method: Method
-    classes: list[str]
-    palette: list[tuple[int, int, int]]
-    step: int
-
-    def models(self, names: str = "student") -> dict[str, torch.nn.Module]:
-        """``student``, ``all`` or comma-separated names -> models in eval mode, by name."""
-        available = self.method.eval_models()
-        wanted = list(available) if names == "all" else [n for n in names.split(",") if n]
-        unknown = [n for n in wanted if n not in available]
-        if unknown or not wanted:
-            raise ConfigError(
-                f"no model named {', '.join(unknown) or repr(names)} in this checkpoint; "
-                f"it has: {', '.join(available)} (or 'all')"
-            )
-        return {n: available[n].eval() for n in wanted}
-
-
-def build_model_from_checkpoint(
-    path: str | Path,
-    overrides: list[str] | tuple[str, ...] = (),
-    device: str | torch.device | None = None,
-) -> TrainedModels:
-    """Rebuild the model(s) of a checkpoint from its stored config and load the weights.
-
-    Unlike ``build_run`` this does not build the dataset: predicting on new images needs
-    neither the training data nor its root directory. ``overrides`` change the stored config
-    (e.g. ``eval.mode=sliding``); ``device`` defaults to ``train.device`` of that config.
-    """
-    state = load_checkpoint(path)
-    cfg = _without_pretrained(load_config(None, overrides, base=state["config"]))
-    device = select_device(str(device) if device is not None else cfg.train.device)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    method = _build_method(cfg, len(state["classes"]), device)
-    load_method_state(method, state, path)
-    method.eval()
-    palette = [tuple(c) for c in state.get("palette") or []]
-    return TrainedModels(cfg, device, method, list(state["classes"]), palette, state["step"])
 
 
 def check_compatible(state: dict, cfg: Config, bundle: DataBundle | None, path) -> None:
@@ -430,7 +364,7 @@ def build_training(
             changes = data_changes(resume[1].get("data"), fingerprint)
             check_resume_config(resume[1], cfg, resume[0], changes)
     method = _build_method(
-        _without_pretrained(cfg) if resume is not None else cfg, num_classes, device, verbose
+        without_pretrained(cfg) if resume is not None else cfg, num_classes, device, verbose
     )
     optim_cfg, lr_line = scaled_optim_config(cfg, dist.world_size)
     optimizer = build_optimizer(method.student, optim_cfg)
@@ -476,10 +410,8 @@ def build_training(
 
 __all__ = [
     "Run",
-    "TrainedModels",
     "TrainingRun",
     "agree_on_checkpoint",
-    "build_model_from_checkpoint",
     "build_run",
     "build_training",
     "eval_interval",

@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
+from dualteacher.checkpoint import load_method_state, rng_state, set_rng_state
 from dualteacher.config import Config, to_dict
-from dualteacher.engine.checkpoint import load_method_state, rng_state, set_rng_state
 from dualteacher.engine.optim import load_keeping_config
 
 
@@ -16,7 +16,7 @@ class TrainState:
     """The state of a training run: the method (student and teachers), optimizer, scheduler,
     fp16 loss scaler, RNG states, and the run's progress and counters.
 
-    ``state_dict()`` is the checkpoint dict (see ``engine.checkpoint``), ``load_state_dict``
+    ``state_dict()`` is the checkpoint dict (see ``dualteacher.checkpoint``), ``load_state_dict``
     restores all of it. Progress: ``step`` (optimizer steps done), ``best`` (student mIoU and
     its step), ``history`` (validations), ``train_seconds``; counters (``ckpt["guard"]``):
     ``bad_steps`` (skipped for a non-finite loss), ``bad_samples`` (replaced under

@@ -24,8 +24,8 @@ from collections.abc import Callable, Iterator
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from dualteacher.checkpoint import rng_state, set_rng_state
 from dualteacher.config import TrainConfig
-from dualteacher.engine.checkpoint import rng_state, set_rng_state
 from dualteacher.engine.distributed import DistInfo, any_rank, autocast, average_buffers
 from dualteacher.errors import ConfigError
 from dualteacher.methods.base import Batch, Method, StepInfo, phase

@@ -7,7 +7,8 @@ loops: one optimizer step (``engine.step.StepRunner``: next labelled and unlabel
 ``method.after_step``, the teacher updates), a metrics row every ``log_every`` steps, a
 validation of the student and each teacher every ``eval_every`` (``best.pt`` follows the
 student's best mIoU on the selection split of ``data.select``, or on the validation set
-itself when that is off; ``curves.png`` is redrawn), ``latest.pt`` (and a step-numbered copy)
+itself when that is off; ``on_validation`` is called, with which ``study.train`` redraws
+``curves.png``), ``latest.pt`` (and a step-numbered copy)
 every ``ckpt_every``. ``train.max_minutes`` stops the loop once the training steps have used
 that much wall-clock time. Signals, checkpoints, bad files and non-finite losses:
 ``engine.guard``.
@@ -16,10 +17,10 @@ that much wall-clock time. Signals, checkpoints, bad files and non-finite losses
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,10 +28,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from dualteacher.checkpoint import save_checkpoint
 from dualteacher.config import Config, check_values, to_yaml, with_absolute_paths
 from dualteacher.data import DataBundle
-from dualteacher.engine.checkpoint import save_checkpoint
-from dualteacher.engine.device import backend_settings
+from dualteacher.device import backend_settings
 from dualteacher.engine.distributed import barrier, synchronize
 from dualteacher.engine.evaluate import evaluate
 from dualteacher.engine.guard import (
@@ -46,7 +47,6 @@ from dualteacher.engine.memory import peak_memory_mb, reset_peak_memory
 from dualteacher.engine.run import (
     Run,
     TrainingRun,
-    build_model_from_checkpoint,
     build_run,
     build_training,
     eval_interval,
@@ -59,14 +59,11 @@ from dualteacher.methods import StepInfo
 from dualteacher.metrics import SegMetrics
 from dualteacher.outputs import check_inside_out, default_fix, describe_os_error, write_text
 
-log = logging.getLogger(__name__)
-
 # Built in engine.run; importable from here too.
 __all__ = [
     "MetricWriter",
     "Run",
     "TrainResult",
-    "build_model_from_checkpoint",
     "build_run",
     "default_out_dir",
     "eval_interval",
@@ -120,6 +117,7 @@ class MetricWriter:
         self.file = open(out_dir / "metrics.jsonl", "a") if enabled else None  # noqa: SIM115
         self.tb = None
         if enabled and tensorboard:
+            # optional and slow: only with train.tensorboard
             from torch.utils.tensorboard import SummaryWriter
 
             # a resumed run drops the events of steps it trains again, as metrics.jsonl does
@@ -203,26 +201,20 @@ def measure_step_seconds(
     return (time.perf_counter() - t0) / steps
 
 
-def _write_curves(out_dir: Path, epoch_steps: int) -> None:
-    """Redraw ``curves.png`` from ``metrics.jsonl``; a plotting failure never stops training."""
-    try:
-        from dualteacher.plots import plot_training_curves, read_metrics
-
-        plot_training_curves(
-            read_metrics(out_dir / "metrics.jsonl"), out_dir / "curves.png", epoch_steps
-        )
-    except Exception as e:  # matplotlib problems, a full disk, odd metrics rows
-        log.warning("could not write %s: %s: %s", out_dir / "curves.png", type(e).__name__, e)
-
-
 def train(
-    cfg: Config, *, stop_after: int | None = None, bundle: DataBundle | None = None
+    cfg: Config,
+    *,
+    stop_after: int | None = None,
+    bundle: DataBundle | None = None,
+    on_validation: Callable[[Path, int], None] | None = None,
 ) -> TrainResult:
     """Train ``cfg`` in ``cfg.train.out_dir``, resuming from its newest checkpoint if present.
 
     ``stop_after``: leave after this global step with ``latest.pt`` written, as an interrupted
     run would (tests use it; the schedule still spans the whole run, see ``total_steps``).
-    ``bundle``: data already built from ``cfg.data``. A signal stops the run with
+    ``bundle``: data already built from ``cfg.data``. ``on_validation(out_dir, epoch_steps)``
+    is called on the main process after each validation has been logged to ``metrics.jsonl``
+    (the loop draws nothing itself: ``study.train`` passes the curves). A signal stops the run with
     ``TrainingStopped``, a bad file with ``DataError`` (both after a checkpoint).
     """
     check_values(cfg)  # a Config built in Python (compare, tests) is checked as a loaded one
@@ -242,7 +234,7 @@ def train(
         )
         samples = BadSampleLog(run.state, run.dist.is_main)
         try:
-            return _loop(run, out_dir, stop_after, signals, checkpoints, samples)
+            return _loop(run, out_dir, stop_after, signals, checkpoints, samples, on_validation)
         except BaseException as e:
             instead = save_after_fault(e, run.state, checkpoints, samples, signals, run.step.rewind)
             if instead is None:
@@ -257,6 +249,7 @@ def _loop(
     signals: StopSignals,
     checkpoints: Checkpointer,
     samples: BadSampleLog,
+    on_validation: Callable[[Path, int], None] | None = None,
 ) -> TrainResult:
     cfg, state, dist, device, total = run.cfg, run.state, run.dist, run.device, run.total_steps
     start = state.step
@@ -314,6 +307,8 @@ def _loop(
             # the student only: it is what best.pt keeps (teachers are scored on val)
             select = _validate(run, {"student": method.student}, select_set) if select_set else {}
             _record_validation(run, final, select, writer, bar, out_dir, checkpoints)
+            if on_validation is not None and dist.is_main:
+                on_validation(out_dir, run.epoch_steps)
 
         stopping = stop_after is not None and done >= stop_after
         signalled = run.step.stop_requested and not last
@@ -400,8 +395,7 @@ def _record_validation(
     out_dir: Path,
     checkpoints: Checkpointer,
 ) -> None:
-    """Log a validation, keep the best student (``best.pt``, from a good state only) and
-    redraw the curves.
+    """Log a validation and keep the best student (``best.pt``, from a good state only).
 
     ``final``: validation metrics by model; ``select``: the student's on the selection split
     (``data.select``), empty when off. Rows: ``miou_<model>`` on validation,
@@ -436,5 +430,3 @@ def _record_validation(
             bar.write(f"step {done:>6}  val mIoU  {parts}  (best {state.best['miou']:.2f})")
         if improved:
             save_checkpoint(state.state_dict(), out_dir / "best.pt")
-        if run.cfg.train.curves:
-            _write_curves(out_dir, run.epoch_steps)

@@ -13,7 +13,11 @@ Names used throughout (UniMatch's convention):
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
+
+import numpy as np
+import torch
 
 from dualteacher.config import Config
 from dualteacher.errors import ConfigError
@@ -23,7 +27,7 @@ from dualteacher.methods.fixmatch import FixMatch
 from dualteacher.methods.mean_teacher import MeanTeacher
 from dualteacher.methods.supervised import Supervised
 from dualteacher.methods.unimatch import UniMatch
-from dualteacher.models import SegModel
+from dualteacher.models import SegModel, build_model
 
 METHODS: dict[str, type[Method]] = {
     "supervised": Supervised,
@@ -43,4 +47,24 @@ def build_method(cfg: Config, student: SegModel, make_model: Callable[[], SegMod
     return METHODS[cfg.method.name](student, cfg, make_model)
 
 
-__all__ = ["METHODS", "Method", "StepInfo", "build_method"]
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_seeded_method(
+    cfg: Config, num_classes: int, device: torch.device, verbose: bool = True
+) -> Method:
+    """The method of ``cfg`` with a student and teachers built from ``cfg.model``, on
+    ``device``. Seeded with ``train.seed`` first: the same initial student and teachers on
+    every rank (training) and the same random state after loading a checkpoint (serving)."""
+    seed_all(cfg.train.seed)
+
+    def make_model() -> SegModel:
+        return build_model(cfg.model, num_classes, verbose=verbose)
+
+    return build_method(cfg, make_model(), make_model).to(device)
+
+
+__all__ = ["METHODS", "Method", "StepInfo", "build_method", "build_seeded_method", "seed_all"]

@@ -50,7 +50,7 @@ def _hub(cfg: ModelConfig) -> bool:
 
 
 def _unet_r18(num_classes: int, cfg: ModelConfig) -> nn.Module:
-    import segmentation_models_pytorch as smp
+    import segmentation_models_pytorch as smp  # slow (seconds): only when built
 
     # A small U-Net: ResNet-18 encoder cut after stage 3 (stride 16), narrow decoder. Trains
     # at a few steps per second on a laptop CPU at 64 px: the demo model.
@@ -66,7 +66,7 @@ def _unet_r18(num_classes: int, cfg: ModelConfig) -> nn.Module:
 
 
 def _unet_effl0(num_classes: int, cfg: ModelConfig) -> nn.Module:
-    import segmentation_models_pytorch as smp
+    import segmentation_models_pytorch as smp  # slow (seconds): only when built
 
     # U-Net on EfficientNet-Lite0 (TF "same" padding, as the converted ImageNet weights need):
     # the demo model. 3.4 M encoder parameters with real ImageNet weights available offline
@@ -84,7 +84,7 @@ def _unet_effl0(num_classes: int, cfg: ModelConfig) -> nn.Module:
 
 def _deeplabv3plus(resnet: str) -> Callable[[int, ModelConfig], nn.Module]:
     def build(num_classes: int, cfg: ModelConfig) -> nn.Module:
-        import segmentation_models_pytorch as smp
+        import segmentation_models_pytorch as smp  # slow (seconds): only when built
 
         output_stride = cfg.output_stride or 16
         if output_stride not in ATROUS_RATES:
@@ -108,7 +108,7 @@ def _deeplabv3plus(resnet: str) -> Callable[[int, ModelConfig], nn.Module]:
 
 def _segformer(variant: str) -> Callable[[int, ModelConfig], nn.Module]:
     def build(num_classes: int, cfg: ModelConfig) -> nn.Module:
-        import segmentation_models_pytorch as smp
+        import segmentation_models_pytorch as smp  # slow (seconds): only when built
 
         net = smp.Segformer(
             f"mit_{variant}",
@@ -126,7 +126,7 @@ def _segformer(variant: str) -> Callable[[int, ModelConfig], nn.Module]:
 
 def _dpt_dinov2(size: str) -> Callable[[int, ModelConfig], nn.Module]:
     def build(num_classes: int, cfg: ModelConfig) -> nn.Module:
-        from dualteacher.models.dpt import build_dpt_dinov2
+        from dualteacher.models.dpt import build_dpt_dinov2  # timm, slow: only when built
 
         return build_dpt_dinov2(size, num_classes, hub=_hub(cfg))
 

@@ -81,6 +81,7 @@ class EncoderDecoder(nn.Module):
 
 def build_dpt_dinov2(size: str, num_classes: int, hub: bool = False) -> EncoderDecoder:
     """DPT on DINOv2 ViT-``size``/14 (``"s"`` or ``"b"``); ``hub`` downloads timm's DINOv2."""
+    # timm and smp are slow to import (seconds): only when a DPT model is built
     import timm
     from segmentation_models_pytorch.decoders.dpt.decoder import (
         DPTDecoder,

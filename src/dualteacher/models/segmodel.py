@@ -31,7 +31,7 @@ class SegModel(nn.Module):
     def disable_drop_path(self) -> SegModel:
         """Turn stochastic depth off (MiT, ViT blocks), as the official Dual Teacher code builds
         its teachers (``mit_bX_ema``: drop_path_rate 0); teachers may predict in train mode."""
-        from timm.layers import DropPath
+        from timm.layers import DropPath  # slow (timm, seconds): teachers of timm models only
 
         for m in self.modules():
             if isinstance(m, DropPath):

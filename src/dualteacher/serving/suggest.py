@@ -2,7 +2,8 @@
 
 Every unlabelled image (the checkpoint's own unlabelled set, rebuilt from its stored config
 and the overrides, or the files given with ``images``) is predicted by the checkpoint's models
-(``engine.evaluate.predict_logits`` with the checkpoint's ``eval`` settings) and scored, each
+(``serving.segmenter``: the checkpoint's ``eval`` settings; images and batches by
+``serving.inputs``, as ``pseudolabel`` reads them) and scored, each
 score a mean over the image's pixels:
 
 - ``disagreement``: share of pixels where the two models of the pair predict different classes;
@@ -39,23 +40,28 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Subset
-from torchvision import tv_tensors
+from scipy.stats import rankdata
 from tqdm.auto import tqdm
 
-from dualteacher.config import MAX_IMAGE_PIXELS
-from dualteacher.data.transforms import normalize
-from dualteacher.engine.evaluate import predict_logits
-from dualteacher.errors import BadSampleError, CheckpointError, ConfigError, DataError
+from dualteacher.data import build_data
+from dualteacher.errors import (
+    BadSampleError,
+    CheckpointError,
+    ConfigError,
+    DataError,
+    DualTeacherError,
+)
 from dualteacher.outputs import write_json, write_text, writes_under
-from dualteacher.predict import IMAGE_EXTENSIONS, collect_inputs, read_image
+from dualteacher.plots import label_colors, plot_samples
+from dualteacher.serving.inputs import IMAGE_EXTENSIONS, ImageSet, logit_batches
+from dualteacher.serving.segmenter import Segmenter, load_segmenter
 
 FORMULA = (
     "combined = (w_d R(sym_kl) + w_u R(uncertainty) + w_r R(rarity)) / (w_d + w_u + w_r), "
@@ -66,118 +72,6 @@ SCORES = ("disagreement", "sym_kl", "uncertainty", "rarity")
 CSV_COLUMNS = ("rank", "name", "path", *SCORES, "combined")
 MAX_SHEET_ROWS = 50  # a taller figure is no longer one picture; the CSV lists every image
 MIN_FREQUENCY = 1e-4  # floor of a class's labelled pixel frequency (unlabelled classes)
-
-
-# ------------------------------------------------------------------------------ the images
-@dataclass(frozen=True)
-class ImageRef:
-    name: str  # unique name, "/"-separated, without extension ("sub/img", "unlabeled_00012")
-    path: Path | None  # the file; None for generated images (the demo dataset)
-
-
-class ImageSet(Dataset):
-    """Images to predict: files (``predict.collect_inputs``) or a dataset's unlabelled source.
-
-    ``self[i]`` is ``{"index": i, "image": (H, W, 3) uint8}``, or ``{"index": i, "error":
-    reason}`` for a file that cannot be read.
-    """
-
-    def __init__(self, refs: list[ImageRef], source=None):
-        self.refs, self.source = refs, source
-        # files given by name: data.max_image_pixels of the command's config (logit_batches)
-        self.max_pixels: int | None = MAX_IMAGE_PIXELS
-
-    @classmethod
-    def from_inputs(cls, inputs: Sequence[str]) -> tuple[ImageSet, list, list]:
-        """Files, folders and globs as ``predict`` takes them -> (images, failed, skipped)."""
-        items, failed, skipped, *_ = collect_inputs(list(inputs))
-        return cls([ImageRef(it.name, it.path) for it in items]), failed, skipped
-
-    @classmethod
-    def from_source(cls, source) -> ImageSet:
-        """Every sample of a ``SegSource`` (a dataset's unlabelled set)."""
-        entries = getattr(source, "entries", None)  # files on disk: names without reading
-        if entries is not None:
-            refs = [ImageRef(e.name, e.image) for e in entries]
-        else:  # generated in memory: cheap to load
-            refs = [ImageRef(source.load(i).name, None) for i in range(len(source))]
-        return cls(refs, source)
-
-    def __len__(self) -> int:
-        return len(self.refs)
-
-    def __getitem__(self, i: int) -> dict:
-        try:
-            if self.source is not None:
-                image = self.source.load(i).image
-            else:
-                image = read_image(self.refs[i].path, self.max_pixels)
-        except BadSampleError as e:
-            return {"index": i, "error": e.reason or str(e)}
-        except ValueError as e:  # predict.read_image: the reason
-            return {"index": i, "error": str(e)}
-        return {"index": i, "image": np.ascontiguousarray(image)}
-
-    def where(self, i: int) -> str:
-        ref = self.refs[i]
-        return str(ref.path) if ref.path is not None else ref.name
-
-
-@dataclass
-class LogitBatch:
-    indices: list[int]  # into the ImageSet
-    images: list[np.ndarray]  # (H, W, 3) uint8 each, all of one size
-    logits: dict[str, torch.Tensor]  # model name -> (B, K, H, W) float32, on the device
-
-
-def logit_batches(
-    trained,
-    nets: dict[str, torch.nn.Module],
-    images: ImageSet,
-    indices: Sequence[int] | None = None,
-    batch_size: int | None = None,
-    workers: int = 0,
-    failed: list[tuple[str, str]] | None = None,
-    progress: bool = True,
-    desc: str = "predict",
-) -> Iterator[LogitBatch]:
-    """Predict ``images`` (all, or ``indices``) with every model of ``nets``, batching
-    consecutive images of one size. Unreadable images are appended to ``failed`` as
-    ``(path, reason)`` and left out."""
-    cfg, device = trained.cfg, trained.device
-    num_classes = len(trained.classes)
-    norm = normalize(cfg.data)
-    images.max_pixels = cfg.data.max_image_pixels  # the user's limit (never a stored config's)
-    indices = list(range(len(images))) if indices is None else list(indices)
-    loader = DataLoader(
-        Subset(images, indices),
-        batch_size=batch_size or cfg.eval.batch_size,
-        num_workers=workers,
-        collate_fn=list,
-    )
-    bar = tqdm(total=len(indices), desc=desc, unit="img", disable=not progress)
-    for chunk in loader:
-        groups: dict[tuple[int, int], list[dict]] = {}
-        for s in chunk:
-            if "error" in s:
-                if failed is not None:
-                    failed.append((images.where(s["index"]), s["error"]))
-                bar.update(1)
-            else:
-                groups.setdefault(s["image"].shape[:2], []).append(s)
-        for group in groups.values():
-            # (B, 3, H, W) normalised as in training
-            x = torch.stack(
-                [
-                    norm(tv_tensors.Image(torch.from_numpy(s["image"]).permute(2, 0, 1)))
-                    for s in group
-                ]
-            ).as_subclass(torch.Tensor)
-            x = x.to(device)
-            logits = {n: predict_logits(m, x, cfg.eval, num_classes) for n, m in nets.items()}
-            yield LogitBatch([s["index"] for s in group], [s["image"] for s in group], logits)
-            bar.update(len(group))
-    bar.close()
 
 
 # ------------------------------------------------------------------------------ the scores
@@ -226,8 +120,6 @@ def rarity_weights(frequencies: np.ndarray) -> np.ndarray:
 def percentile_rank(values: np.ndarray) -> np.ndarray:
     """Rank of each value among ``values`` scaled to [0, 1] (0 lowest, 1 highest); tied values
     share their mean rank. One value: 0."""
-    from scipy.stats import rankdata
-
     values = np.asarray(values, dtype=np.float64)
     if len(values) < 2:
         return np.zeros(len(values))
@@ -298,8 +190,6 @@ def _check_weights(weights: Sequence[float]) -> tuple[float, float, float]:
 
 
 def _build_data(cfg):
-    from dualteacher.data import build_data
-
     return build_data(cfg.data, verify=False)
 
 
@@ -326,9 +216,6 @@ def suggest(
         overrides: ``key=value`` changes of the stored config.
         weights: ``(w_d, w_u, w_r)`` of the combined score.
     """
-    from dualteacher.engine.trainer import build_model_from_checkpoint
-    from dualteacher.errors import DualTeacherError
-
     if top < 1:
         raise ConfigError(f"--top {top}: give the number of images to suggest, at least 1")
     w = _check_weights(weights)
@@ -340,12 +227,12 @@ def suggest(
                 f"--images {' '.join(images)}: nothing to rank ({reasons}). Give image files "
                 f"({' '.join(sorted(IMAGE_EXTENSIONS))}), folders holding them, or globs"
             )
-    trained = build_model_from_checkpoint(checkpoint, overrides, device)
-    classes = trained.classes
+    every = load_segmenter(checkpoint, overrides, "all", device)
+    classes = every.classes
     num_classes = len(classes)
-    pair, student = scoring_models(list(trained.method.eval_models()))
-    names_needed = [*(pair or ()), student]
-    nets = trained.models(",".join(dict.fromkeys(names_needed)))
+    pair, student = scoring_models(list(every.models))
+    names_needed = dict.fromkeys([*(pair or ()), student])
+    trained = replace(every, models={n: every.models[n] for n in names_needed})
 
     bundle, data_problem = None, ""
     try:
@@ -384,7 +271,7 @@ def suggest(
 
     collected: dict[str, list[np.ndarray]] = {k: [] for k in ("index", *SCORES, "fractions")}
     for batch in logit_batches(
-        trained, nets, image_set, None, batch_size, workers, failed, progress, desc="score"
+        trained, image_set, None, batch_size, workers, failed, progress, desc="score"
     ):
         scores = image_scores(batch.logits, pair, student)
         collected["index"].append(np.asarray(batch.indices))
@@ -421,7 +308,7 @@ def suggest(
     result = SuggestResult(rows, pair, reference, out, failed, skipped, top_k=min(top, len(rows)))
     _write_csv(out / "ranking.csv", rows)
     write_text(out / "top.txt", "".join(f"{r['path'] or r['name']}\n" for r in result.top))
-    _write_sheet(trained, nets, pair, student, image_set, rows, index, order, result, batch_size)
+    _write_sheet(trained, pair, student, image_set, rows, index, order, result, batch_size)
     summary = {
         "checkpoint": str(checkpoint),
         "step": trained.step,
@@ -453,16 +340,16 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
     write_text(path, text.getvalue())  # atomic: a full disk names the file, leaves no part
 
 
-def _write_sheet(trained, nets, pair, student, image_set, rows, index, order, result, batch_size):
+def _write_sheet(
+    trained: Segmenter, pair, student, image_set, rows, index, order, result, batch_size
+):
     """contact_sheet.png: the top rows (at most ``MAX_SHEET_ROWS``), image | each model."""
-    from dualteacher.plots import label_colors, plot_samples
-
     shown = rows[: min(result.top_k, MAX_SHEET_ROWS)]
     positions = [int(index[j]) for j in order[: len(shown)]]
     columns = [n for n in (*(pair or ()), student) if n != student] + [student]
     preds: dict[int, dict] = {}
     for batch in logit_batches(
-        trained, nets, image_set, positions, batch_size, progress=False, desc="contact sheet"
+        trained, image_set, positions, batch_size, progress=False, desc="contact sheet"
     ):
         for k, i in enumerate(batch.indices):
             preds[i] = {

@@ -25,25 +25,21 @@ again does not predict on its own earlier outputs.
 
 The model comes from a checkpoint or from a directory written by ``dualteacher export``, run
 by PyTorch or (``runtime="onnx"``, an export with ``model.onnx``) ONNX Runtime: see
-``dualteacher.inference``.
+``serving.segmenter``. Inputs are collected by ``serving.inputs``.
 """
 
 from __future__ import annotations
 
-import glob
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from dualteacher.config import MAX_IMAGE_PIXELS
-from dualteacher.data.files import decode_image
-from dualteacher.errors import BadSampleError, ConfigError, WriteError
+from dualteacher.errors import ConfigError, WriteError
 from dualteacher.outputs import (
     check_inside_out,
     default_fix,
@@ -52,13 +48,9 @@ from dualteacher.outputs import (
     write_text,
     writes_under,
 )
-
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".gif"}
-_GLOB_CHARS = set("*?[")
-
-
-OUTPUT_SUFFIXES = (".png", "_color.png", "_overlay.png")  # the files of one input
-MANIFEST = ".dualteacher_predict"  # in DIR: the outputs written there, one relative path a line
+from dualteacher.plots import colorize, label_colors, overlay
+from dualteacher.serving.inputs import MANIFEST, OUTPUT_SUFFIXES, ImageFiles, collect_inputs
+from dualteacher.serving.segmenter import load_segmenter
 
 
 @dataclass
@@ -70,148 +62,11 @@ class PredictResult:
     previous_outputs: list[Path] = field(default_factory=list)
 
 
-@dataclass
-class _Input:
-    path: Path
-    name: str  # output name without extension, may contain sub-folders ("sub/img")
-
-
-def _previous_outputs(folder: Path) -> set[Path]:
-    """Files a predict run listed in ``folder``'s manifest (resolved paths)."""
-    manifest = folder / MANIFEST
-    if not manifest.is_file():
-        return set()
-    lines = manifest.read_text(errors="replace").splitlines()
-    return {(folder / ln).resolve() for ln in lines if ln.strip()}
-
-
-def _walk(folder: Path, out_dir: Path | None) -> tuple[list[Path], list[Path]]:
-    """(files, earlier predict outputs) under ``folder``: the output folder ``out_dir``, when
-    it lies inside, is left out whole, and so is every file an earlier predict listed in a
-    manifest of a folder on the way."""
-    out_real = out_dir.resolve() if out_dir is not None else None
-    files, previous = [], []
-    known: set[Path] = set()
-    for dirpath, dirnames, filenames in os.walk(folder):
-        here = Path(dirpath)
-        dirnames.sort()
-        real = here.resolve()
-        if out_real is not None and real == out_real and real != folder.resolve():
-            previous += sorted(here.rglob("*.png"))
-            dirnames[:] = []
-            continue
-        known |= _previous_outputs(here)
-        for name in sorted(filenames):
-            f = here / name
-            if name == MANIFEST:
-                continue
-            (previous if f.resolve() in known else files).append(f)
-    return files, previous
-
-
-def _output_keys(name: str) -> set[str]:
-    """The files input ``name`` writes, in a form that also matches on case-insensitive disks."""
-    return {(name + sfx).casefold() for sfx in OUTPUT_SUFFIXES}
-
-
-def collect_inputs(
-    inputs: list[str], out_dir: str | Path | None = None
-) -> tuple[list[_Input], list[tuple[str, str]], list[Path], list[Path]]:
-    """Expand files, folders and globs into a list of images whose outputs do not collide.
-
-    Returns ``(images, failed, skipped, previous)``: ``failed`` holds inputs that match
-    nothing, ``skipped`` the non-image files found inside folders, ``previous`` the outputs of
-    earlier predict runs found there (``out_dir`` itself when inside an input folder, and files
-    listed in a predict manifest), which are left out.
-    """
-    out = Path(out_dir) if out_dir is not None else None
-    found: list[_Input] = []
-    failed: list[tuple[str, str]] = []
-    skipped: list[Path] = []
-    previous: list[Path] = []
-    for arg in inputs:
-        p = Path(arg)
-        if p.is_dir():
-            files, old = _walk(p, out)
-            previous += old
-            for f in files:
-                if f.suffix.lower() in IMAGE_EXTENSIONS:
-                    found.append(_Input(f, f.relative_to(p).with_suffix("").as_posix()))
-                else:
-                    skipped.append(f)
-            if not files and not old:
-                failed.append((arg, "folder holds no files"))
-        elif p.is_file():
-            found.append(_Input(p, p.stem))  # given by name: read whatever its extension
-        elif _GLOB_CHARS & set(arg):
-            matches = sorted(Path(m) for m in glob.glob(arg, recursive=True))
-            matches = [m for m in matches if m.is_file()]
-            if not matches:
-                failed.append((arg, "no file matches this pattern"))
-            known = set().union(*(_previous_outputs(d) for d in {m.parent for m in matches}))
-            out_real = out.resolve() if out is not None else None
-            for m in matches:
-                real = m.resolve()
-                if real in known or (out_real is not None and real.is_relative_to(out_real)):
-                    previous.append(m)
-                else:
-                    found.append(_Input(m, m.stem))
-        else:
-            failed.append((arg, "no such file or folder"))
-    # The same file twice is predicted once. Names whose outputs would collide (two files
-    # called "img", or "z" and "z_overlay": z_overlay.png) get _2, _3, ...
-    unique: list[_Input] = []
-    seen_paths: set[Path] = set()
-    taken: set[str] = set()
-    for item in found:
-        real = item.path.resolve()
-        if real in seen_paths:
-            continue
-        seen_paths.add(real)
-        name, k = item.name, 1
-        while _output_keys(name) & taken:
-            k += 1
-            name = f"{item.name}_{k}"
-        taken |= _output_keys(name)
-        unique.append(_Input(item.path, name))
-    return unique, failed, skipped, previous
-
-
-def read_image(path: Path, max_pixels: int | None = MAX_IMAGE_PIXELS) -> np.ndarray:
-    """(H, W, 3) uint8 RGB, read as training reads images (``data.files.decode_image``: EXIF
-    orientation applied, deep images scaled to 8 bits; more than ``max_pixels`` pixels
-    refused). Raises ``ValueError`` with the reason."""
-    try:
-        return decode_image(path, max_pixels).array
-    except BadSampleError as e:  # the fix of a damaged file speaks of datasets: left out
-        unreadable = e.reason.startswith("cannot read")
-        raise ValueError(
-            e.reason + (f". Fix: {e.fix}" if e.fix and not unreadable else "")
-        ) from None
-
-
-class _ImageFiles(Dataset):
-    def __init__(self, items: list[_Input], max_pixels: int | None):
-        self.items, self.max_pixels = items, max_pixels
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> dict:
-        item = self.items[i]
-        try:
-            return {"item": item, "image": read_image(item.path, self.max_pixels)}
-        except ValueError as e:
-            return {"item": item, "error": str(e)}
-
-
 def _save_outputs(
     out: Path, name: str, image: np.ndarray, pred: np.ndarray, lut: np.ndarray, alpha: float
 ) -> list[Path]:
     """Write the index, colour and overlay PNGs of one input (each atomically: a full disk
     leaves no partial file, see ``dualteacher.outputs``); returns their paths."""
-    from dualteacher.plots import colorize, overlay
-
     base = out / name
     if lut.shape[0] <= 256 and pred.max(initial=0) < 256:
         index = Image.fromarray(pred.astype(np.uint8))  # mode L; the palette makes it P
@@ -266,9 +121,6 @@ def predict(
         workers: DataLoader workers that read images.
         runtime: ``torch``, or ``onnx`` (ONNX Runtime; an exported directory with model.onnx).
     """
-    from dualteacher.inference import load_segmenter
-    from dualteacher.plots import label_colors
-
     if not 0 <= alpha <= 1:
         raise ConfigError(f"alpha={alpha}: the overlay's colour weight must be in [0, 1]")
     if batch_size is not None and batch_size < 1:
@@ -292,7 +144,7 @@ def predict(
     outs = {n: out_dir / n if len(nets) > 1 else out_dir for n in nets}
     inputs_resolved = {it.path.resolve() for it in items}
     loader = DataLoader(
-        _ImageFiles(items, cfg.data.max_image_pixels),
+        ImageFiles(items, cfg.data.max_image_pixels),
         batch_size=batch_size or cfg.eval.batch_size,
         num_workers=workers,
         collate_fn=list,

@@ -1,6 +1,6 @@
 """``dualteacher demo``: supervised vs. Dual Teacher on the built-in demo dataset.
 
-Same model, data and seeds for both rows (``configs/demo.yaml``); see ``compare``. Dual
+Same model, data and seeds for both rows (``configs/demo.yaml``); see ``study.compare``. Dual
 Teacher gets the demo's 600 steps and supervised twice that, which is past its plateau on this
 data, so its best validation mIoU is its ceiling (``benchmarks/ssl_gain.sh`` has supervised at
 equal steps too). Three training seeds, two runs at a time on a machine with two or more CPUs:
@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dualteacher.compare import compare
 from dualteacher.config import load_config
+from dualteacher.study.compare import compare
 
 DEMO_METHODS = ["supervised:2x", "dual_teacher"]
 DEMO_SEEDS = [0, 1, 2]

@@ -5,8 +5,10 @@ PyTorch or ONNX Runtime.
 checkpoint (``best.pt``) or a directory written by ``dualteacher export``; ``runtime="onnx"``
 runs the directory's ``model.onnx`` with ONNX Runtime instead of PyTorch. Every runtime goes
 through the same pre- and post-processing: ``Segmenter.to_input`` normalises as in training,
-``Segmenter.logits`` is ``engine.evaluate.predict_logits`` (whole image, sliding window or
-resize, by the ``eval`` settings), so the runtimes differ only in the network's forward pass.
+``Segmenter.logits`` is ``models.windows.predict_logits`` (whole image, sliding window or
+resize, by the ``eval`` settings, as validation runs it), so the runtimes differ only in the
+network's forward pass. This is the one way serving gets a model: ``predict``, ``suggest``,
+``pseudolabel``, ``eval --report`` and ``export``'s ONNX check all go through it.
 
 ``load_exported(DIR)`` is the one-call Python API::
 
@@ -18,15 +20,21 @@ resize, by the ``eval`` settings), so the runtimes differ only in the network's 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from torchvision import tv_tensors
 
-from dualteacher.config import Config
+from dualteacher.config import Config, load_config
+from dualteacher.data.transforms import normalize
+from dualteacher.device import select_device
 from dualteacher.errors import CheckpointError, ConfigError
+from dualteacher.models import build_model
+from dualteacher.models.windows import predict_logits
+from dualteacher.serving.export_format import load_weights, read_export
+from dualteacher.serving.trained import TrainedModels, build_model_from_checkpoint
 
 RUNTIMES = ("torch", "onnx")
 ONNX_EXTRA_HINT = "install the ONNX extra: pip install 'dualteacher[onnx]'"
@@ -34,7 +42,7 @@ ONNX_EXTRA_HINT = "install the ONNX extra: pip install 'dualteacher[onnx]'"
 
 def import_onnxruntime():
     """``onnxruntime``, or a ``ConfigError`` saying how to install it."""
-    try:
+    try:  # optional: the ONNX extra (pip install 'dualteacher[onnx]')
         import onnxruntime
     except ImportError:
         raise ConfigError(f"ONNX Runtime is not installed: {ONNX_EXTRA_HINT}") from None
@@ -92,6 +100,19 @@ class Segmenter:
     device: torch.device
     runtime: str = "torch"
     info: dict = field(default_factory=dict)  # model.json of an exported directory
+    step: int | None = None  # the checkpoint's step (None: an export)
+
+    @classmethod
+    def from_trained(cls, trained: TrainedModels, models: str = "student") -> Segmenter:
+        """The models named by ``models`` of a checkpoint's ``TrainedModels``."""
+        return cls(
+            trained.models(models),
+            trained.cfg,
+            trained.classes,
+            trained.palette,
+            trained.device,
+            step=trained.step,
+        )
 
     @property
     def num_classes(self) -> int:
@@ -100,8 +121,6 @@ class Segmenter:
     def to_input(self, images: list[np.ndarray]) -> torch.Tensor:
         """(H, W, 3) uint8 RGB images of one size -> (B, 3, H, W) normalised as in training,
         on the device."""
-        from dualteacher.data.transforms import normalize
-
         norm = normalize(self.cfg.data)
         x = torch.stack(
             [norm(tv_tensors.Image(torch.from_numpy(im).permute(2, 0, 1))) for im in images]
@@ -111,8 +130,6 @@ class Segmenter:
     def logits(self, x: torch.Tensor, name: str | None = None) -> torch.Tensor:
         """Logits ``(B, K, H, W)`` of model ``name`` (default: the first) for ``to_input``'s
         ``x``, by the ``eval`` settings."""
-        from dualteacher.engine.evaluate import predict_logits
-
         net = self.models[name or next(iter(self.models))]
         return predict_logits(net, x, self.cfg.eval, self.num_classes)
 
@@ -139,8 +156,6 @@ def load_segmenter(
     if runtime not in RUNTIMES:
         raise ConfigError(f"--runtime {runtime}: choose one of {', '.join(RUNTIMES)}")
     if device == "auto":
-        from dualteacher.engine.device import select_device
-
         device = select_device("auto")
     if Path(source).is_dir():
         return load_exported(source, runtime, device, overrides, models)
@@ -150,12 +165,7 @@ def load_segmenter(
             f"`dualteacher export {source} --out DIR --format safetensors,onnx` and predict "
             "with DIR"
         )
-    from dualteacher.engine.run import build_model_from_checkpoint
-
-    trained = build_model_from_checkpoint(source, overrides, device)
-    return Segmenter(
-        trained.models(models), trained.cfg, trained.classes, trained.palette, trained.device
-    )
+    return Segmenter.from_trained(build_model_from_checkpoint(source, overrides, device), models)
 
 
 def load_exported(
@@ -171,12 +181,6 @@ def load_exported(
     ``runtime="onnx"`` opens ``model.onnx`` with ONNX Runtime. A directory that is not an
     export, or whose files are damaged, is a ``CheckpointError`` naming the file.
     """
-    from dataclasses import replace
-
-    from dualteacher.config import load_config
-    from dualteacher.engine.device import select_device
-    from dualteacher.export import read_export
-
     if runtime not in RUNTIMES:
         raise ConfigError(f"runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
     path = Path(path)
@@ -195,9 +199,6 @@ def load_exported(
         dev = torch.device(device) if device is not None else torch.device("cpu")
         net = OnnxModel(path / info["files"]["onnx"]["name"], dev, threads)
     else:
-        from dualteacher.export import load_weights
-        from dualteacher.models import build_model
-
         dev = torch.device(device) if device is not None else select_device("auto")
         if threads:
             torch.set_num_threads(threads)

@@ -35,16 +35,25 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
+import subprocess
+import sys
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from dualteacher.config import Config, check_values, to_yaml
+import torch
+
+from dualteacher.config import Config, check_values, load_config, to_yaml
 from dualteacher.data import build_data, run_index
 from dualteacher.engine.run import run_length
-from dualteacher.engine.trainer import TrainResult, measure_step_seconds, train
+from dualteacher.engine.trainer import TrainResult, measure_step_seconds
 from dualteacher.errors import ConfigError, DataError, DualTeacherError, RunsFailed
+from dualteacher.methods import METHODS
 from dualteacher.outputs import write_json, write_text, writes_under
+from dualteacher.plots import plot_miou_vs_time
+from dualteacher.study.train import train
 
 PROBE_WARMUP, PROBE_STEPS = 2, 8
 BASELINE = "supervised"  # the method every other one is paired against
@@ -101,7 +110,7 @@ def paired_difference(values: list[float], reference: list[float]) -> dict:
     std = _std(d)
     ci = None
     if std is not None:
-        from scipy.stats import t
+        from scipy.stats import t  # here, not at the top: scipy.stats is slow to import
 
         half = float(t.ppf(0.975, n - 1)) * std / math.sqrt(n)
         ci = [mean - half, mean + half]
@@ -264,8 +273,6 @@ def _select_info(bundle, cfg: Config) -> dict:
 
 def _check_runs(cfg: Config, methods: list[str], seeds: list[int]) -> None:
     """Every method name, and the config of every run, before the first run trains."""
-    from dualteacher.methods import METHODS
-
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ConfigError(
@@ -281,8 +288,6 @@ def _check_runs(cfg: Config, methods: list[str], seeds: list[int]) -> None:
 
 def _check_data(bundle, methods: list[str], cfg: Config) -> None:
     """Methods that train on unlabelled images need some: said before any run starts."""
-    from dualteacher.methods import METHODS
-
     if bundle.unlabeled is not None and len(bundle.unlabeled) > 0:
         return
     needs = [m for m in methods if METHODS[m].uses_unlabeled]
@@ -304,13 +309,6 @@ def _train_in_parallel(todo: list[tuple[str, Config]], jobs: int, out_dir: Path)
 
     A worker writes what ``train`` prints to ``RUN_DIR/train.log``; a failed run is reported
     with the end of its log once the others have finished (their work is kept either way)."""
-    import os
-    import subprocess
-    import sys
-    import time
-
-    import torch
-
     threads = max(1, (os.cpu_count() or 1) // jobs)
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     # Longest first, so that no slot idles at the end while one long run trains alone.
@@ -333,7 +331,7 @@ def _train_in_parallel(todo: list[tuple[str, Config]], jobs: int, out_dir: Path)
             if gpus >= jobs:  # one GPU per slot; with fewer GPUs the runs share them
                 env["CUDA_VISIBLE_DEVICES"] = str(slot)
             log = open(run_dir / RUN_LOG, "w")  # noqa: SIM115 - closed when the worker ends
-            cmd = [sys.executable, "-m", "dualteacher.compare", "--run-one", str(run_dir)]
+            cmd = [sys.executable, "-m", "dualteacher.study.compare", "--run-one", str(run_dir)]
             cmd += ["--index-dir", str(out_dir)]
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
             running[slot] = (name, run_dir, proc, log)
@@ -365,16 +363,12 @@ def _train_in_parallel(todo: list[tuple[str, Config]], jobs: int, out_dir: Path)
 def _relative_cost(cfg: Config) -> float:
     """A rough run cost for ordering: steps (or epochs), x3 for methods that also pass
     unlabelled images through a teacher and the student (2-3x a supervised step on the demo)."""
-    from dualteacher.methods import METHODS
-
     steps = cfg.train.steps if cfg.train.epochs is None else cfg.train.epochs
     return steps * (3.0 if METHODS[cfg.method.name].uses_unlabeled else 1.0)
 
 
 def _run_one(run_dir: Path, index_dir: Path) -> None:
     """Worker of ``--jobs``: train the run configured in ``RUN_DIR/compare_run.yaml``."""
-    from dualteacher.config import load_config
-
     cfg = load_config(run_dir / RUN_CONFIG)
     bundle = build_data(cfg.data, index=run_index(index_dir))
     _train_keeping_figures(cfg, bundle)
@@ -615,8 +609,6 @@ def _md_diff(d: dict) -> str:
 
 
 def _plot(runs: dict[str, list[TrainResult]], path: Path) -> None:
-    from dualteacher.plots import plot_miou_vs_time
-
     curves = {
         method: [[(h["time"], h["miou_student"]) for h in r.history] for r in rs]
         for method, rs in runs.items()
@@ -627,7 +619,7 @@ def _plot(runs: dict[str, list[TrainResult]], path: Path) -> None:
 if __name__ == "__main__":  # the worker process of ``compare(..., jobs=N)``
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m dualteacher.compare")
+    ap = argparse.ArgumentParser(prog="python -m dualteacher.study.compare")
     ap.add_argument("--run-one", type=Path, required=True, help="run directory to train")
     ap.add_argument("--index-dir", type=Path, required=True, help="comparison output directory")
     args = ap.parse_args()

@@ -31,7 +31,7 @@ import torch.nn as nn
 
 from dualteacher.config import IGNORE_INDEX, Config
 from dualteacher.data.base import strong_key
-from dualteacher.engine.device import backend_settings
+from dualteacher.device import backend_settings
 from dualteacher.engine.distributed import autocast, synchronize
 from dualteacher.engine.run import build_training
 from dualteacher.errors import ConfigError

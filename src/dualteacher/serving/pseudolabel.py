@@ -28,9 +28,10 @@ from PIL import Image
 
 from dualteacher.config import IGNORE_INDEX
 from dualteacher.errors import ConfigError, DataError
-from dualteacher.label_next import ImageSet, logit_batches
 from dualteacher.outputs import save_image, write_text, writes_under
-from dualteacher.predict import IMAGE_EXTENSIONS
+from dualteacher.plots import label_colors
+from dualteacher.serving.inputs import IMAGE_EXTENSIONS, ImageSet, logit_batches
+from dualteacher.serving.segmenter import load_segmenter
 
 IGNORE = IGNORE_INDEX  # mask value of pixels below the confidence threshold
 
@@ -72,9 +73,6 @@ def pseudolabel(
         model: ``student``, ``teacher_a``, ``teacher_b``, ``teacher`` (what the checkpoint has).
         overwrite: replace masks that ``out_dir/masks/`` already holds.
     """
-    from dualteacher.engine.trainer import build_model_from_checkpoint
-    from dualteacher.plots import label_colors
-
     if not 0 < conf <= 1:
         raise ConfigError(
             f"--conf {conf}: the confidence threshold is a probability in (0, 1], e.g. 0.95"
@@ -98,8 +96,7 @@ def pseudolabel(
             f"{out / 'masks'}): pseudolabel does not overwrite masks, which may hold your "
             "corrections. Choose another --out, or pass --overwrite"
         )
-    trained = build_model_from_checkpoint(checkpoint, overrides, device)
-    nets = trained.models(model)
+    trained = load_segmenter(checkpoint, overrides, model, device)
     num_classes = len(trained.classes)
     if num_classes >= IGNORE:
         raise ConfigError(
@@ -119,7 +116,7 @@ def pseudolabel(
     )
     kept = total = 0
     for batch in logit_batches(
-        trained, nets, image_set, None, batch_size, workers, result.failed, progress, "pseudolabel"
+        trained, image_set, None, batch_size, workers, result.failed, progress, "pseudolabel"
     ):
         prob, pred = torch.softmax(batch.logits[model], 1).max(1)  # (B, H, W) each
         keep = prob >= conf

@@ -14,13 +14,14 @@ export directory holds one of its models:
   settings, validation metrics, the training config, and each file's size and SHA-256;
 - ``README.md``: a short model card.
 
-``dualteacher predict DIR ...`` and ``dualteacher.load_exported(DIR)`` read it (``inference``).
+``dualteacher predict DIR ...`` and ``dualteacher.load_exported(DIR)`` read it
+(``serving.export_format``, ``serving.segmenter``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import importlib.util
 import io
 import json
 import math
@@ -31,17 +32,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_model
 
 from dualteacher import __version__
-from dualteacher.config import Config, to_dict
+from dualteacher.checkpoint import load_checkpoint
+from dualteacher.config import Config, load_config, to_dict
 from dualteacher.errors import CheckpointError, ConfigError
 from dualteacher.models import MODELS, SegModel
 from dualteacher.outputs import check_inside_out, writes_under
+from dualteacher.plots import label_colors
+from dualteacher.serving.export_format import FILES, FORMAT, FORMATS, VERSION, file_sha256
+from dualteacher.serving.segmenter import ONNX_EXTRA_HINT, OnnxModel
+from dualteacher.serving.trained import build_model_from_checkpoint
 
-FORMAT = "dualteacher-export"
-VERSION = 1
-FILES = {"safetensors": "model.safetensors", "onnx": "model.onnx"}
-FORMATS = tuple(FILES)
 # Opset 18: run by ONNX Runtime >= 1.14 on CPU; has LayerNormalization as one op (SegFormer,
 # DINOv2; ONNX Runtime's fused kernel) and Resize with antialiasing (DINOv2's
 # position-embedding resampling).
@@ -80,10 +83,6 @@ def export_checkpoint(
     """Export the model ``model`` (``student``, ``teacher_a``, ...) of a checkpoint to
     ``out_dir``. ``overrides`` (``eval.mode=sliding``, ...) change the stored inference
     settings."""
-    from dualteacher.config import load_config
-    from dualteacher.engine.checkpoint import load_checkpoint
-    from dualteacher.engine.run import build_model_from_checkpoint
-
     formats = parse_formats(formats)
     if model == "all" or "," in model:
         raise ConfigError(f"--model {model}: an export holds one model; name one (e.g. student)")
@@ -142,8 +141,6 @@ def export_model(
         check_inside_out(tmp)  # written by safetensors / torch.onnx, which follow links
         try:
             if fmt == "safetensors":
-                from safetensors.torch import save_model
-
                 save_model(net, str(tmp), metadata={"format": "pt", "producer": FORMAT})
             else:
                 onnx_info = export_onnx(net, tmp)
@@ -151,7 +148,7 @@ def export_model(
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
-        files[fmt] = {"name": path.name, "bytes": path.stat().st_size, "sha256": _sha256(path)}
+        files[fmt] = {"name": path.name, "bytes": path.stat().st_size, "sha256": file_sha256(path)}
         written.append(path)
     info = _model_info(net, cfg, classes, palette, name, metrics, source, files, onnx_info)
     for name in ("README.md", "model.json"):
@@ -200,14 +197,10 @@ def _require_onnx() -> None:
         )
     missing = [m for m in ("onnx", "onnxruntime") if not _importable(m)]
     if missing:
-        from dualteacher.inference import ONNX_EXTRA_HINT
-
         raise ConfigError(f"--format onnx needs {', '.join(missing)}: {ONNX_EXTRA_HINT}")
 
 
 def _importable(module: str) -> bool:
-    import importlib.util
-
     return importlib.util.find_spec(module) is not None
 
 
@@ -271,6 +264,7 @@ def _register_bicubic_aa() -> None:
     timm's ViT uses to resample DINOv2's position embeddings to the input's patch grid: ONNX
     ``Resize`` with the attributes onnxscript (torch's newer exporter) uses for the same op:
     Keys cubic ``a = -0.5`` and out-of-bounds taps dropped, as PyTorch's antialiased kernel."""
+    # Here, not at the top: torch.onnx loads the exporter (slow), needed only for --format onnx.
     from torch.onnx import register_custom_op_symbolic, symbolic_helper
 
     # Traced as _upsample_bicubic2d_aa.vec(input, output_size, align_corners, scale_factors)
@@ -310,8 +304,6 @@ def check_onnx(net: SegModel, path: Path, sizes=None) -> list[dict[str, Any]]:
     """ONNX Runtime against PyTorch on seeded random inputs: per size, the largest absolute
     logit difference, the largest absolute logit (for scale) and the share of pixels whose
     argmax agrees."""
-    from dualteacher.inference import OnnxModel
-
     session = OnnxModel(path, torch.device("cpu"))
     gen = torch.Generator().manual_seed(1)
     out = []
@@ -375,17 +367,7 @@ def _finite(v) -> float | None:
     return round(v, 4) if math.isfinite(v) else None
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _model_info(net, cfg, classes, palette, name, metrics, source, files, onnx_info) -> dict:
-    from dualteacher.plots import label_colors
-
     lut = label_colors(palette, len(classes))
     d = net.size_divisor
     info = {
@@ -427,108 +409,6 @@ def _model_info(net, cfg, classes, palette, name, metrics, source, files, onnx_i
     if onnx_info is not None:
         info["onnx"] = onnx_info
     return info
-
-
-def read_export(path: str | Path, runtime: str = "torch") -> dict[str, Any]:
-    """``model.json`` of an export directory, with the file ``runtime`` needs checked against
-    its recorded size and SHA-256. Anything else is a one-line ``CheckpointError``."""
-    path = Path(path)
-    meta = path / "model.json"
-    again = "export the checkpoint again (dualteacher export CKPT --out DIR)"
-    if not meta.is_file():
-        raise CheckpointError(
-            f"{path} is not a dualteacher export (no model.json): give a checkpoint (.pt) or "
-            "a directory written by `dualteacher export CKPT --out DIR`"
-        )
-    try:
-        info = json.loads(meta.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{meta} is damaged ({e}); {again}") from None
-    if not isinstance(info, dict) or info.get("format") != FORMAT:
-        raise CheckpointError(
-            f"{meta} is not a dualteacher export (no '{FORMAT}' marker): give a directory "
-            "written by `dualteacher export CKPT --out DIR`"
-        )
-    version = info.get("version", 0)
-    if not isinstance(version, int) or isinstance(version, bool):
-        raise CheckpointError(f"{meta}: version {version!r} is no export version; {again}")
-    if version > VERSION:
-        raise CheckpointError(
-            f"{path} was written by a newer dualteacher (export version {info['version']}); "
-            "upgrade the package to read it"
-        )
-    missing = [
-        k for k in ("config", "classes", "palette", "exported_model", "files") if k not in info
-    ]
-    if missing:
-        raise CheckpointError(f"{meta} lacks {', '.join(missing)}; {again}")
-    if not isinstance(info["files"], dict):
-        raise CheckpointError(f"{meta}: files must map formats to their files; {again}")
-    fmt = "onnx" if runtime == "onnx" else "safetensors"
-    entry = info["files"].get(fmt)
-    if entry is None:
-        other = "--runtime onnx" if fmt == "safetensors" else "--runtime torch"
-        raise CheckpointError(
-            f"{path} has no {FILES[fmt]} (exported with --format "
-            f"{','.join(info['files'])}): use {other}, or {again} --format safetensors,onnx"
-        )
-    file = _export_file(path, meta, fmt, entry, again)
-    if not file.is_file():
-        raise CheckpointError(f"{file} is missing; {again}")
-    # The hash is checked before the file is handed to safetensors or ONNX Runtime: a parser
-    # only ever sees the bytes that were exported.
-    if file.stat().st_size != entry["bytes"] or _sha256(file) != entry["sha256"]:
-        raise CheckpointError(
-            f"{file} is damaged or was replaced (its size or SHA-256 differs from model.json); "
-            f"{again}"
-        )
-    return info
-
-
-def _export_file(path: Path, meta: Path, fmt: str, entry, again: str) -> Path:
-    """The file ``model.json``'s ``files.<fmt>`` names, refused (one line naming model.json and
-    the field) unless it lies inside the export folder: a plain name, no ``..``, not absolute,
-    and not a link that resolves outside. An export from someone else must not make us read,
-    hash or load a file elsewhere on this machine."""
-    key = f"files.{fmt}"
-    if (
-        not isinstance(entry, dict)
-        or not isinstance(entry.get("name"), str)
-        or not isinstance(entry.get("bytes"), int)
-        or not isinstance(entry.get("sha256"), str)
-    ):
-        raise CheckpointError(
-            f"{meta}: {key} must record the file's name, bytes and sha256; {again}"
-        )
-    name = entry["name"]
-    rel = Path(name)
-    if not name or rel.is_absolute() or ".." in rel.parts or rel.drive or rel == Path("."):
-        raise CheckpointError(
-            f"{meta}: {key}.name {name!r} leads outside the export folder (an export names "
-            f"its files inside it, e.g. {FILES[fmt]}); {again}"
-        )
-    file = path / rel
-    real = file.resolve()
-    if not real.is_relative_to(path.resolve()):
-        raise CheckpointError(
-            f"{meta}: {key}.name {name!r} is a link to {real}, outside the export folder "
-            f"{path}; copy the file into the folder, or {again}"
-        )
-    return file
-
-
-def load_weights(net: SegModel, path: Path) -> None:
-    """Load ``model.safetensors`` into ``net``; a file of another model is a clear error."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_model
-
-    try:
-        load_model(net, str(path), strict=True)
-    except (SafetensorError, RuntimeError, OSError) as e:
-        detail = "; ".join(ln.strip() for ln in str(e).strip().splitlines()[:3])
-        raise CheckpointError(
-            f"cannot load {path} into {net.name} ({detail[:300]}); export the checkpoint again"
-        ) from None
 
 
 def model_card(info: dict[str, Any]) -> str:
@@ -631,16 +511,11 @@ def model_card(info: dict[str, Any]) -> str:
 
 
 __all__ = [
-    "FILES",
-    "FORMAT",
-    "OPSET",
     "ExportResult",
     "check_onnx",
     "export_checkpoint",
     "export_model",
     "format_export",
-    "load_weights",
     "model_card",
     "parse_formats",
-    "read_export",
 ]

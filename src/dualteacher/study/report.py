@@ -20,9 +20,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dualteacher.engine.evaluate import evaluate_run, format_table, predict_logits
+from dualteacher.config import to_dict
+from dualteacher.engine.distributed import is_main_process
+from dualteacher.engine.evaluate import evaluate_run, format_table
+from dualteacher.engine.run import Run, build_run
 from dualteacher.metrics import SegMetrics
 from dualteacher.outputs import write_json, write_text, writes_under
+from dualteacher.plots import label_colors, plot_confusion, plot_samples
+from dualteacher.serving.segmenter import Segmenter
 
 
 def _cell(v: float) -> str:
@@ -45,8 +50,12 @@ def format_markdown(metrics: dict[str, SegMetrics], classes: list[str], header: 
     return "\n".join(lines) + "\n"
 
 
-def _sample_rows(run, models: dict[str, torch.nn.Module], num: int) -> list[dict]:
-    """``num`` validation images spread evenly over the set, with every model's prediction."""
+def _sample_rows(run: Run, models: dict[str, torch.nn.Module], num: int) -> list[dict]:
+    """``num`` validation images spread evenly over the set, with every model's prediction
+    (run as ``predict`` runs them: a ``serving.segmenter.Segmenter``)."""
+    for model in models.values():
+        model.eval()
+    segmenter = Segmenter(models, run.cfg, run.bundle.classes, run.bundle.palette, run.device)
     val = run.val_set
     n = len(val)
     if n == 0 or num <= 0:
@@ -58,9 +67,8 @@ def _sample_rows(run, models: dict[str, torch.nn.Module], num: int) -> list[dict
         raw = val.source.load(i)
         image = item["image"].unsqueeze(0).to(run.device)  # (1, 3, H, W) normalised
         preds = {}
-        for name, model in models.items():
-            model.eval()
-            logits = predict_logits(model, image, run.cfg.eval, run.bundle.num_classes)
+        for name in models:
+            logits = segmenter.logits(image, name)
             preds[name] = logits.argmax(1)[0].cpu().numpy().astype(np.int64)
         mask = item["mask"].numpy() if "mask" in item else np.full(raw.image.shape[:2], 255)
         rows.append({"name": raw.name, "image": raw.image, "mask": mask, "preds": preds})
@@ -79,11 +87,6 @@ def write_report(
 
     Returns the metrics per model (as ``evaluate_checkpoint`` would).
     """
-    from dualteacher.config import to_dict
-    from dualteacher.engine.distributed import is_main_process
-    from dualteacher.engine.run import build_run
-    from dualteacher.plots import label_colors, plot_confusion, plot_samples
-
     run = build_run(checkpoint=checkpoint, overrides=overrides)
     metrics = evaluate_run(run, models, source=str(checkpoint))
     if not is_main_process():  # under torchrun every rank scored its share; rank 0 writes
