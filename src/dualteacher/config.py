@@ -130,6 +130,16 @@ class DualTeacherMode(StrEnum):
     clean = "clean"  # the same algorithm with the quirks the docs/methods.md table lists fixed
 
 
+class MixLoss(StrEnum):
+    """How the CutMix / ClassMix terms use the teacher's confidence (``docs/method.md``)."""
+
+    # official (ReCo's loss): every pixel's CE against the teacher's argmax, weighted by the
+    # share of confident pixels of its image (CutMix) or batch (ClassMix)
+    weighted = "weighted"
+    # CE on the confident pixels only, averaged over all valid pixels (UniMatch / the IC term)
+    masked = "masked"
+
+
 @dataclass
 class DualTeacherConfig:
     mode: DualTeacherMode = DualTeacherMode.faithful
@@ -140,6 +150,9 @@ class DualTeacherConfig:
     ic_weight: float = 0.2  # weight of the IC (strong-view consistency) term
     switch_every: int = 1  # epochs per shift
     cutmix_beta: float = 4.0  # box area ratio lam ~ Beta(a, a)
+    # weighted (official): a confident background outweighs the image's uncertain objects, and
+    # their wrong pseudo-labels are trained too; masked: only confident pixels are trained.
+    mix_loss: MixLoss = MixLoss.weighted
 
 
 @dataclass

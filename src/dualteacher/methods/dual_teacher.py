@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from dualteacher.config import Config, DualTeacherConfig, DualTeacherMode
+from dualteacher.config import Config, DualTeacherConfig, DualTeacherMode, MixLoss
 from dualteacher.data.transforms import denormalize
 from dualteacher.errors import ConfigError
 from dualteacher.methods.base import Batch, Method, StepInfo, phase
@@ -262,13 +262,16 @@ class DualTeacher(Method):
         loss_x = self.supervised_loss(logits_x, y)
         valid = pl_mix != self.ignore_index
         confident = (conf_w >= self.conf_thresh) & valid
+        mask_ratio = confident.sum() / valid.sum().clamp(min=1)
+        if self.dt.mix_loss == MixLoss.masked:
+            loss_mix = masked_ce(logits_u, pl_mix, confident, valid, self.ignore_index)
+            return loss_x, loss_mix, mask_ratio
         # Per image: weight = its share of confident pixels; loss = mean of the weighted CE
         # over the pixels with CE > 0 (ReCo's `compute_unsupervised_loss`).
         weight = confident.flatten(1).sum(1) / valid.flatten(1).sum(1).clamp(min=1)  # (B,)
         ce = F.cross_entropy(logits_u, pl_mix, reduction="none", ignore_index=self.ignore_index)
         weighted = (weight.view(-1, 1, 1) * ce)[ce > 0]
         loss_mix = weighted.mean() if weighted.numel() else ce.sum() * 0
-        mask_ratio = confident.sum() / valid.sum().clamp(min=1)
         return loss_x, loss_mix, mask_ratio
 
     def _classmix_branch(self, x, y, x_s, conf, pl):
@@ -286,6 +289,9 @@ class DualTeacher(Method):
         valid = pl_cm != self.ignore_index  # all pixels in faithful (padding_in_unsup)
         confident = (conf_cm >= self.conf_thresh) & valid
         weight = confident.sum() / valid.sum().clamp(min=1)  # one scalar for the batch
+        if self.dt.mix_loss == MixLoss.masked:
+            loss_mix = masked_ce(logits_u, pl_cm, confident, valid, self.ignore_index)
+            return loss_x, loss_mix, weight
         ce = F.cross_entropy(logits_u, pl_cm, reduction="none", ignore_index=self.ignore_index)
         loss_mix = (weight * ce).sum() / valid.sum().clamp(min=1)  # official: mean over pixels
         return loss_x, loss_mix, weight
