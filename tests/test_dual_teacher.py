@@ -12,6 +12,7 @@ reference with that one flag flipped gives another answer.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass, fields, replace
 
@@ -432,6 +433,18 @@ def test_masked_mix_loss_trains_only_the_confident_pixels(k, draws):
     # the rest of the step is the clean step's
     for other in ("loss_x", "loss_ic", "mask_ratio"):
         torch.testing.assert_close(out[other], weighted[other], msg=other)
+
+
+@pytest.mark.parametrize(("step", "weight"), [(0, math.exp(-5)), (5, math.exp(-1.25)), (12, 1.0)])
+def test_rampup_scales_the_unsupervised_terms(step, weight, draws):
+    """method.dual_teacher.rampup_steps=10: loss = loss_x + w(step) (mix + 0.2 ic), with the
+    sigmoid ramp w = exp(-5 (1 - step/10)^2), 1 from step 10 on."""
+    method = make_method("clean", "method.dual_teacher.rampup_steps=10")
+    out = method.training_step(*make_batches(), StepInfo(step=step, epoch_steps=4))
+    k = out["active_teacher"]
+    unsup = out[f"loss_{BRANCHES[k]}"] + 0.2 * out["loss_ic"]
+    torch.testing.assert_close(out["loss"], out["loss_x"] + weight * unsup)
+    assert out[f"loss_{BRANCHES[k]}"] > 0 and out["loss_ic"] > 0
 
 
 @pytest.mark.parametrize(("mode", "k"), [(m, k) for m in MODES for k in (0, 1)])

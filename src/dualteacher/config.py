@@ -153,6 +153,10 @@ class DualTeacherConfig:
     # weighted (official): a confident background outweighs the image's uncertain objects, and
     # their wrong pseudo-labels are trained too; masked: only confident pixels are trained.
     mix_loss: MixLoss = MixLoss.weighted
+    # > 0: the unsupervised terms (CutMix / ClassMix and IC) ramp up over this many steps,
+    # weight exp(-5 (1 - step / rampup_steps)^2) (Laine & Aila 2017, Mean Teacher), so that
+    # early, near-random teachers do not drown the labelled signal; 0 (official): full weight.
+    rampup_steps: int = 0
 
 
 @dataclass
@@ -371,6 +375,7 @@ VALUE_RANGES: dict[str, Range] = {
     "method.dual_teacher.ic_weight": NON_NEGATIVE,
     "method.dual_teacher.switch_every": COUNT,
     "method.dual_teacher.cutmix_beta": POSITIVE,
+    "method.dual_teacher.rampup_steps": NON_NEGATIVE,
     "method.mean_teacher.unsup_weight": NON_NEGATIVE,
     "method.fixmatch.cutmix_p": PROBABILITY,
     "method.unimatch.strong_weight": NON_NEGATIVE,

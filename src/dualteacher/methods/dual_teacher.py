@@ -23,6 +23,7 @@ behaviours neither mode reproduces.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -157,6 +158,12 @@ def reco_augment(x, pl, conf, mean, std, pil_8bit: bool):
     return torch.stack(out_x), torch.stack(out_pl), torch.stack(out_conf)
 
 
+def rampup_weight(step: int, rampup_steps: int) -> float:
+    """Sigmoid-shaped ramp from ~0.007 at step 0 to 1 at ``rampup_steps`` (and after)."""
+    t = min(step / rampup_steps, 1.0)
+    return math.exp(-5.0 * (1.0 - t) ** 2)
+
+
 class DualTeacher(Method):
     name = "dual_teacher"
 
@@ -225,7 +232,10 @@ class DualTeacher(Method):
         logits_s = self.student_forward(x_s)
         loss_ic = masked_ce(logits_s, pl, conf >= self.conf_thresh, valid_ic, self.ignore_index)
 
-        loss = loss_x + loss_mix + self.dt.ic_weight * loss_ic
+        unsup = loss_mix + self.dt.ic_weight * loss_ic
+        if self.dt.rampup_steps:
+            unsup = unsup * rampup_weight(info.step, self.dt.rampup_steps)
+        loss = loss_x + unsup
         return {
             "loss": loss,
             "loss_x": loss_x,
