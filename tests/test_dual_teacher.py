@@ -12,6 +12,7 @@ reference with that one flag flipped gives another answer.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass, fields, replace
 
@@ -402,6 +403,48 @@ def test_step_is_the_official_algorithm_with_the_modes_quirks(mode, k, draws):
     if f.ic_second_teacher_forward:  # dropout: the two teacher forwards differ
         other = reference_step(replace(f, ic_second_teacher_forward=False), k, calls, bx, bu, draws)
         assert not torch.allclose(other["loss_ic"], exp["loss_ic"])
+
+
+@pytest.mark.parametrize("k", [0, 1])
+def test_masked_mix_loss_trains_only_the_confident_pixels(k, draws):
+    """method.dual_teacher.mix_loss=masked: the CutMix / ClassMix term is the CE of the
+    confident pixels over all valid ones (the IC term's loss), not the official weighting of
+    every pixel by its image's (CutMix) or batch's (ClassMix) share of confident pixels."""
+    method = make_method("clean", "method.dual_teacher.mix_loss=masked")
+    draws.force("shuffled_partners", lambda b, device="cpu": torch.arange(b).roll(1))
+    bx, bu = make_batches()
+    calls = record_forwards(method)
+    out = method.training_step(bx, bu, StepInfo(step=4 * k + 1, epoch_steps=4))
+    weighted = reference_step(EXPECTED_FLAGS["clean"], k, calls, bx, bu, draws)
+    (pair,) = [c for c in calls["student"] if len(c.input) == 2 * B]
+    logits_u = pair.output[B:]
+    if k == 0:
+        _, pl_m, conf_m = draws.out("reco_augment")
+    else:
+        keep, perm = draws.out("classmix_mask"), draws.out("classmix_partners")
+        conf, pl = _pseudo(calls["teacher_b"][0], ~bu["ignore"])
+        conf_m, pl_m = mix(keep, conf, conf[perm]), mix(keep, pl, pl[perm])
+    valid = pl_m != 255
+    ce = F.cross_entropy(logits_u, pl_m, reduction="none", ignore_index=255)
+    expected = (ce * ((conf_m >= 0.95) & valid)).sum() / valid.sum()
+    key = f"loss_{BRANCHES[k]}"
+    torch.testing.assert_close(out[key], expected)
+    assert not torch.allclose(out[key], weighted[key])  # the two choices differ here
+    # the rest of the step is the clean step's
+    for other in ("loss_x", "loss_ic", "mask_ratio"):
+        torch.testing.assert_close(out[other], weighted[other], msg=other)
+
+
+@pytest.mark.parametrize(("step", "weight"), [(0, math.exp(-5)), (5, math.exp(-1.25)), (12, 1.0)])
+def test_rampup_scales_the_unsupervised_terms(step, weight, draws):
+    """method.dual_teacher.rampup_steps=10: loss = loss_x + w(step) (mix + 0.2 ic), with the
+    sigmoid ramp w = exp(-5 (1 - step/10)^2), 1 from step 10 on."""
+    method = make_method("clean", "method.dual_teacher.rampup_steps=10")
+    out = method.training_step(*make_batches(), StepInfo(step=step, epoch_steps=4))
+    k = out["active_teacher"]
+    unsup = out[f"loss_{BRANCHES[k]}"] + 0.2 * out["loss_ic"]
+    torch.testing.assert_close(out["loss"], out["loss_x"] + weight * unsup)
+    assert out[f"loss_{BRANCHES[k]}"] > 0 and out["loss_ic"] > 0
 
 
 @pytest.mark.parametrize(("mode", "k"), [(m, k) for m in MODES for k in (0, 1)])

@@ -130,6 +130,16 @@ class DualTeacherMode(StrEnum):
     clean = "clean"  # the same algorithm with the quirks the docs/methods.md table lists fixed
 
 
+class MixLoss(StrEnum):
+    """How the CutMix / ClassMix terms use the teacher's confidence (``docs/method.md``)."""
+
+    # official (ReCo's loss): every pixel's CE against the teacher's argmax, weighted by the
+    # share of confident pixels of its image (CutMix) or batch (ClassMix)
+    weighted = "weighted"
+    # CE on the confident pixels only, averaged over all valid pixels (UniMatch / the IC term)
+    masked = "masked"
+
+
 @dataclass
 class DualTeacherConfig:
     mode: DualTeacherMode = DualTeacherMode.faithful
@@ -140,6 +150,13 @@ class DualTeacherConfig:
     ic_weight: float = 0.2  # weight of the IC (strong-view consistency) term
     switch_every: int = 1  # epochs per shift
     cutmix_beta: float = 4.0  # box area ratio lam ~ Beta(a, a)
+    # weighted (official): a confident background outweighs the image's uncertain objects, and
+    # their wrong pseudo-labels are trained too; masked: only confident pixels are trained.
+    mix_loss: MixLoss = MixLoss.weighted
+    # > 0: the unsupervised terms (CutMix / ClassMix and IC) ramp up over this many steps,
+    # weight exp(-5 (1 - step / rampup_steps)^2) (Laine & Aila 2017, Mean Teacher), so that
+    # early, near-random teachers do not drown the labelled signal; 0 (official): full weight.
+    rampup_steps: int = 0
 
 
 @dataclass
@@ -358,6 +375,7 @@ VALUE_RANGES: dict[str, Range] = {
     "method.dual_teacher.ic_weight": NON_NEGATIVE,
     "method.dual_teacher.switch_every": COUNT,
     "method.dual_teacher.cutmix_beta": POSITIVE,
+    "method.dual_teacher.rampup_steps": NON_NEGATIVE,
     "method.mean_teacher.unsup_weight": NON_NEGATIVE,
     "method.fixmatch.cutmix_p": PROBABILITY,
     "method.unimatch.strong_weight": NON_NEGATIVE,

@@ -23,6 +23,7 @@ behaviours neither mode reproduces.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -32,7 +33,7 @@ import torch.nn.functional as F
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from dualteacher.config import Config, DualTeacherConfig, DualTeacherMode
+from dualteacher.config import Config, DualTeacherConfig, DualTeacherMode, MixLoss
 from dualteacher.data.transforms import denormalize
 from dualteacher.errors import ConfigError
 from dualteacher.methods.base import Batch, Method, StepInfo, phase
@@ -157,6 +158,12 @@ def reco_augment(x, pl, conf, mean, std, pil_8bit: bool):
     return torch.stack(out_x), torch.stack(out_pl), torch.stack(out_conf)
 
 
+def rampup_weight(step: int, rampup_steps: int) -> float:
+    """Sigmoid-shaped ramp from ~0.007 at step 0 to 1 at ``rampup_steps`` (and after)."""
+    t = min(step / rampup_steps, 1.0)
+    return math.exp(-5.0 * (1.0 - t) ** 2)
+
+
 class DualTeacher(Method):
     name = "dual_teacher"
 
@@ -225,7 +232,10 @@ class DualTeacher(Method):
         logits_s = self.student_forward(x_s)
         loss_ic = masked_ce(logits_s, pl, conf >= self.conf_thresh, valid_ic, self.ignore_index)
 
-        loss = loss_x + loss_mix + self.dt.ic_weight * loss_ic
+        unsup = loss_mix + self.dt.ic_weight * loss_ic
+        if self.dt.rampup_steps:
+            unsup = unsup * rampup_weight(info.step, self.dt.rampup_steps)
+        loss = loss_x + unsup
         return {
             "loss": loss,
             "loss_x": loss_x,
@@ -262,13 +272,16 @@ class DualTeacher(Method):
         loss_x = self.supervised_loss(logits_x, y)
         valid = pl_mix != self.ignore_index
         confident = (conf_w >= self.conf_thresh) & valid
+        mask_ratio = confident.sum() / valid.sum().clamp(min=1)
+        if self.dt.mix_loss == MixLoss.masked:
+            loss_mix = masked_ce(logits_u, pl_mix, confident, valid, self.ignore_index)
+            return loss_x, loss_mix, mask_ratio
         # Per image: weight = its share of confident pixels; loss = mean of the weighted CE
         # over the pixels with CE > 0 (ReCo's `compute_unsupervised_loss`).
         weight = confident.flatten(1).sum(1) / valid.flatten(1).sum(1).clamp(min=1)  # (B,)
         ce = F.cross_entropy(logits_u, pl_mix, reduction="none", ignore_index=self.ignore_index)
         weighted = (weight.view(-1, 1, 1) * ce)[ce > 0]
         loss_mix = weighted.mean() if weighted.numel() else ce.sum() * 0
-        mask_ratio = confident.sum() / valid.sum().clamp(min=1)
         return loss_x, loss_mix, mask_ratio
 
     def _classmix_branch(self, x, y, x_s, conf, pl):
@@ -286,6 +299,9 @@ class DualTeacher(Method):
         valid = pl_cm != self.ignore_index  # all pixels in faithful (padding_in_unsup)
         confident = (conf_cm >= self.conf_thresh) & valid
         weight = confident.sum() / valid.sum().clamp(min=1)  # one scalar for the batch
+        if self.dt.mix_loss == MixLoss.masked:
+            loss_mix = masked_ce(logits_u, pl_cm, confident, valid, self.ignore_index)
+            return loss_x, loss_mix, weight
         ce = F.cross_entropy(logits_u, pl_cm, reduction="none", ignore_index=self.ignore_index)
         loss_mix = (weight * ce).sum() / valid.sum().clamp(min=1)  # official: mean over pixels
         return loss_x, loss_mix, weight
