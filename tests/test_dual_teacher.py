@@ -435,6 +435,18 @@ def test_masked_mix_loss_trains_only_the_confident_pixels(k, draws):
         torch.testing.assert_close(out[other], weighted[other], msg=other)
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_the_loss_is_summed_in_the_official_order_bit_for_bit(mode, draws):
+    """loss = (loss_x + loss_mix) + 0.2 loss_ic exactly: float sums depend on their order, and
+    another order changes the last bit, then every later step (the README numbers with it)."""
+    method = make_method(mode)
+    for step in (1, 5):  # teacher A's CutMix shift, then teacher B's ClassMix shift
+        out = method.training_step(*make_batches(), StepInfo(step=step, epoch_steps=4))
+        k = out["active_teacher"]
+        official = out["loss_x"] + out[f"loss_{BRANCHES[k]}"] + 0.2 * out["loss_ic"]
+        assert torch.equal(out["loss"], official)
+
+
 @pytest.mark.parametrize(("step", "weight"), [(0, math.exp(-5)), (5, math.exp(-1.25)), (12, 1.0)])
 def test_rampup_scales_the_unsupervised_terms(step, weight, draws):
     """method.dual_teacher.rampup_steps=10: loss = loss_x + w(step) (mix + 0.2 ic), with the

@@ -232,10 +232,11 @@ class DualTeacher(Method):
         logits_s = self.student_forward(x_s)
         loss_ic = masked_ce(logits_s, pl, conf >= self.conf_thresh, valid_ic, self.ignore_index)
 
-        unsup = loss_mix + self.dt.ic_weight * loss_ic
         if self.dt.rampup_steps:
-            unsup = unsup * rampup_weight(info.step, self.dt.rampup_steps)
-        loss = loss_x + unsup
+            w = rampup_weight(info.step, self.dt.rampup_steps)
+            loss = loss_x + w * (loss_mix + self.dt.ic_weight * loss_ic)
+        else:  # this order of additions: the official loss, bit for bit (float sums differ)
+            loss = loss_x + loss_mix + self.dt.ic_weight * loss_ic
         return {
             "loss": loss,
             "loss_x": loss_x,
