@@ -1,0 +1,152 @@
+"""Issue 27: reruns and shared folders. A command never reads its own outputs (present or
+earlier), never deletes what it did not write, and its results are tied to their budget."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dualteacher.cli import main
+from dualteacher.config import load_config
+from dualteacher.engine.trainer import train
+
+from .conftest import TINY
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dt")
+    train(load_config("demo", [*TINY, "train.steps=2", f"train.out_dir={root}"]))
+    return root / "latest.pt"
+
+
+def _images(folder: Path, names=("a.png", "b.png", "c.png"), size=(32, 24)) -> list[Path]:
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for n in names:
+        p = folder / n
+        Image.fromarray(rng.integers(0, 255, (*size[::-1], 3), dtype=np.uint8)).save(p)
+        paths.append(p)
+    return paths
+
+
+def _one_line_error(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2, err
+    assert "\n" not in err and err.startswith("error: "), err  # one line, no traceback
+    return err
+
+
+# ---------------------------------------------------------------- own outputs never inputs
+@pytest.mark.parametrize("inside", ["pseudo", "."])
+def test_pseudolabel_twice_into_a_folder_inside_its_inputs(ckpt, tmp_path, capsys, inside):
+    folder = tmp_path / "imgs"
+    _images(folder)
+    out = folder / inside
+    argv = ["pseudolabel", str(ckpt), "--images", str(folder), "--out", str(out), "--conf", "0.5"]
+    main(argv)
+    first = sorted(p.relative_to(out / "masks").as_posix() for p in (out / "masks").rglob("*"))
+    assert first == ["a.png", "b.png", "c.png"]
+    capsys.readouterr()
+    main([*argv, "--overwrite"])
+    printed = capsys.readouterr().out
+    assert "wrote 3 pseudo-label(s)" in printed
+    again = sorted(p.relative_to(out / "masks").as_posix() for p in (out / "masks").rglob("*"))
+    assert again == first  # no masks/pseudo/masks/..., no mask of a mask
+
+
+@pytest.mark.parametrize("inside", ["next", "."])
+def test_suggest_twice_never_ranks_its_own_contact_sheet(ckpt, tmp_path, inside):
+    folder = tmp_path / "imgs"
+    _images(folder, [f"i{k}.png" for k in range(4)])
+    out = folder / inside
+    argv = ["suggest", str(ckpt), "--images", str(folder), "--top", "3", "--out", str(out)]
+    for _ in range(2):
+        main(argv)
+        with open(out / "ranking.csv") as f:
+            names = sorted(r["name"] for r in csv.DictReader(f))
+        assert names == ["i0", "i1", "i2", "i3"]
+    assert (out / "contact_sheet.png").is_file()
+
+
+def test_pseudolabel_same_stem_names_carry_the_extension(ckpt, tmp_path, capsys):
+    folder = tmp_path / "imgs"
+    _images(folder, ["x.png", "y.png"])
+    Image.open(folder / "x.png").save(folder / "x.jpg")
+    out = tmp_path / "pl"
+    main(["pseudolabel", str(ckpt), "--images", str(folder), "--out", str(out)])
+    printed = capsys.readouterr().out
+    masks = sorted(p.name for p in (out / "masks").iterdir())
+    assert masks == ["x.jpg.png", "x.png.png", "y.png"]
+    assert "x.jpg" in printed and "pseudolabels.tsv" in printed
+    rows = (out / "pseudolabels.tsv").read_text().splitlines()
+    assert rows[0] == "image\tmask\tconfidence"
+    mapping = {Path(r.split("\t")[0]).name: Path(r.split("\t")[1]).name for r in rows[1:]}
+    assert mapping == {"x.jpg": "x.jpg.png", "x.png": "x.png.png", "y.png": "y.png"}
+
+
+# ------------------------------------------------------------- --out at an existing file
+VERBS = [
+    ["train", "demo"],
+    ["eval", "CKPT", "--report"],
+    ["predict", "CKPT", "IMG"],
+    ["export", "CKPT"],
+    ["compare", "demo", "--methods", "supervised"],
+    ["suggest", "CKPT"],
+    ["pseudolabel", "CKPT", "--images", "IMG"],
+    ["demo-data"],
+    ["demo"],
+    ["splits", "--root", "IMGDIR", "--dataset", "folder", "--labeled", "1"],
+]
+
+
+@pytest.mark.parametrize("below", [False, True], ids=["file", "below_a_file"])
+@pytest.mark.parametrize("verb", VERBS, ids=[v[0] for v in VERBS])
+def test_out_at_an_existing_file_is_one_line(ckpt, tmp_path, capsys, verb, below):
+    img = _images(tmp_path / "imgs", ["a.png"])[0]
+    file = tmp_path / "taken.txt"
+    file.write_text("mine")
+    target = file / "sub" if below else file
+    names = {"CKPT": str(ckpt), "IMG": str(img), "IMGDIR": str(img.parent)}
+    argv = [names.get(a, a) for a in verb]
+    if argv[-1] != "--report":
+        argv.append("--out")
+    err = _one_line_error([*argv, str(target)], capsys)
+    assert "is a file" in err and str(file) in err
+    assert file.read_text() == "mine"
+
+
+# ---------------------------------------------------------------- results tied to budget
+def _compare(out: Path, steps: int, *extra: str) -> None:
+    main(["compare", "demo", *TINY, "--methods", "supervised", "--steps", str(steps),
+          "--out", str(out), *extra])  # fmt: skip
+
+
+@pytest.mark.parametrize("second", [2, 6], ids=["smaller", "larger"])
+def test_compare_rerun_with_another_budget_is_refused_then_fresh(tmp_path, capsys, second):
+    import json
+
+    out = tmp_path / "cmp"
+    _compare(out, 4)
+    run = out / "supervised"
+    (run / "my_notes.txt").write_text("mine")  # a user's file in the run folder
+    assert json.loads((out / "summary.json").read_text())["results"][0]["steps"] == 4
+    capsys.readouterr()
+    err = _one_line_error(["compare", "demo", *TINY, "--methods", "supervised", "--steps",
+                           str(second), "--out", str(out)], capsys)  # fmt: skip
+    assert str(run) in err and "train.steps=4" in err and f"train.steps={second}" in err
+    assert "--fresh" in err
+    assert json.loads((out / "summary.json").read_text())["budget"] == {"steps": 4}
+    _compare(out, second, "--fresh")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["budget"] == {"steps": second}
+    assert summary["results"][0]["steps"] == second  # redone, neither reused nor extended
+    assert (run / "my_notes.txt").read_text() == "mine"  # not compare's: never deleted
+    _compare(out, second)  # the same budget again: reused
