@@ -150,3 +150,29 @@ def test_compare_rerun_with_another_budget_is_refused_then_fresh(tmp_path, capsy
     assert summary["results"][0]["steps"] == second  # redone, neither reused nor extended
     assert (run / "my_notes.txt").read_text() == "mine"  # not compare's: never deleted
     _compare(out, second)  # the same budget again: reused
+
+
+# ------------------------------------------------------------------------------- export
+def test_export_into_a_folder_with_user_files(ckpt, tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    user = {"README.md": "my readme", "model.onnx": "my onnx", "notes.txt": "my notes"}
+    for name, text in user.items():
+        (out / name).write_text(text)
+    err = _one_line_error(["export", str(ckpt), "--out", str(out)], capsys)
+    assert str(out) in err and "--force" in err
+    assert {p.name: p.read_text() for p in out.iterdir()} == user  # nothing written or deleted
+
+    # an earlier export's folder: reused; a file it did not write is never deleted
+    exp = tmp_path / "exp"
+    main(["export", str(ckpt), "--out", str(exp)])
+    (exp / "model.onnx").write_text("my onnx")
+    (exp / "notes.txt").write_text("my notes")
+    capsys.readouterr()
+    main(["export", str(ckpt), "--out", str(exp)])
+    assert (exp / "model.onnx").read_text() == "my onnx"
+    assert (exp / "notes.txt").read_text() == "my notes"
+    assert (exp / "model.safetensors").is_file()
+
+    main(["export", str(ckpt), "--out", str(out), "--force"])  # said, not silent
+    assert (out / "notes.txt").read_text() == "my notes" and (out / "model.json").is_file()
