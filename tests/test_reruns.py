@@ -176,3 +176,46 @@ def test_export_into_a_folder_with_user_files(ckpt, tmp_path, capsys):
 
     main(["export", str(ckpt), "--out", str(out), "--force"])  # said, not silent
     assert (out / "notes.txt").read_text() == "my notes" and (out / "model.json").is_file()
+
+
+# ----------------------------------------------------------------------------- messages
+def test_a_run_or_export_folder_where_a_checkpoint_is_meant(ckpt, tmp_path, capsys):
+    run = ckpt.parent
+    img = _images(tmp_path / "imgs", ["a.png"])[0]
+    for argv in (
+        ["eval", str(run)],
+        ["export", str(run), "--out", str(tmp_path / "e1")],
+        ["suggest", str(run), "--images", str(img), "--out", str(tmp_path / "s")],
+        ["pseudolabel", str(run), "--images", str(img), "--out", str(tmp_path / "p")],
+        ["predict", str(run), str(img), "--out", str(tmp_path / "pr")],
+    ):
+        err = _one_line_error(argv, capsys)
+        assert "is a directory" in err and f"did you mean {run / 'best.pt'}" in err, argv
+    exp = tmp_path / "exp"
+    main(["export", str(ckpt), "--out", str(exp)])
+    capsys.readouterr()
+    for argv in (["eval", str(exp)], ["export", str(exp), "--out", str(tmp_path / "e2")]):
+        err = _one_line_error(argv, capsys)
+        assert "is a directory" in err and "an export" in err and "source" in err, argv
+
+
+def test_ctrl_c_in_compare_says_rerun_the_same_compare(tmp_path, capsys, monkeypatch):
+    import os
+    import signal
+
+    from dualteacher.methods.supervised import Supervised
+
+    step_fn = Supervised.training_step
+
+    def interrupt(self, batch_x, batch_u, info):
+        if info.step == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return step_fn(self, batch_x, batch_u, info)
+
+    monkeypatch.setattr(Supervised, "training_step", interrupt)
+    with pytest.raises(SystemExit) as e:
+        _compare(tmp_path / "cmp", 4)
+    assert e.value.code == 130
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("interrupted: supervised: stopped by SIGINT")
+    assert "Rerun the same compare command" in err and "dualteacher train" not in err

@@ -49,7 +49,13 @@ from dualteacher.config import Config, check_values, load_config, to_yaml
 from dualteacher.data import build_data, run_index
 from dualteacher.engine.run import run_length
 from dualteacher.engine.trainer import TrainResult, measure_step_seconds
-from dualteacher.errors import ConfigError, DataError, DualTeacherError, RunsFailed
+from dualteacher.errors import (
+    ConfigError,
+    DataError,
+    DualTeacherError,
+    RunsFailed,
+    TrainingStopped,
+)
 from dualteacher.methods import METHODS
 from dualteacher.outputs import write_json, write_text, writes_under
 from dualteacher.plots import plot_miou_vs_time
@@ -234,7 +240,21 @@ def compare(
     for spec, name, run_cfg in todo:
         # after parallel training, each finished run is only validated here
         print(f"\n=== {name} ===")
-        runs.setdefault(spec.label, []).append(_train_keeping_figures(run_cfg, bundle))
+        try:
+            result = _train_keeping_figures(run_cfg, bundle)
+        except TrainingStopped as e:
+            if e.label != "interrupted":
+                raise
+            # the run's own hint names `dualteacher train`; this run belongs to the compare
+            what = str(e).split(" written. ")[0]
+            raise TrainingStopped(
+                f"{name}: {what}{' written' if ' written. ' in str(e) else ''}. Rerun the same "
+                "compare command (same config, --methods, budget and --out) to resume: "
+                "finished runs are reused, this one continues from its checkpoint",
+                exit_code=e.exit_code,
+                label=e.label,
+            ) from None
+        runs.setdefault(spec.label, []).append(result)
 
     results = [_summarise(s, runs[s.label], seeds, planned[s.label]) for s in specs]
     _add_paired_differences(results, specs)
