@@ -219,3 +219,20 @@ def test_ctrl_c_in_compare_says_rerun_the_same_compare(tmp_path, capsys, monkeyp
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("interrupted: supervised: stopped by SIGINT")
     assert "Rerun the same compare command" in err and "dualteacher train" not in err
+
+
+@pytest.mark.parametrize("verb", ["predict", "suggest", "pseudolabel"])
+def test_unreadable_images_exit_2_on_every_serving_verb(ckpt, tmp_path, capsys, verb):
+    folder = tmp_path / "imgs"
+    _images(folder, ["a.png", "b.png"])
+    (folder / "broken.png").write_bytes(b"not a png")
+    out = ["--out", str(tmp_path / "o")]
+    argv = {
+        "predict": ["predict", str(ckpt), str(folder), *out],
+        "suggest": ["suggest", str(ckpt), "--images", str(folder), "--top", "1", *out],
+        "pseudolabel": ["pseudolabel", str(ckpt), "--images", str(folder), *out],
+    }[verb]
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert "broken.png" in capsys.readouterr().err

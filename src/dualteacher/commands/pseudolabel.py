@@ -14,6 +14,7 @@ from dualteacher.commands._options import (
     add_serving,
     split_images,
 )
+from dualteacher.errors import INPUT_EXIT
 
 
 def add_parser(sub) -> None:
@@ -86,5 +87,5 @@ def run(args: argparse.Namespace) -> int:
         print(f"skipped {len(result.skipped)} non-image file(s) in folders")
     if result.failed:
         print(format_failures(PredictResult(failed=result.failed)), file=sys.stderr)
-        return 1
+        return INPUT_EXIT  # some inputs could not be read: the user's input, as in predict
     return 0
