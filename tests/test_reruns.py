@@ -236,3 +236,13 @@ def test_unreadable_images_exit_2_on_every_serving_verb(ckpt, tmp_path, capsys, 
         main(argv)
     assert e.value.code == 2
     assert "broken.png" in capsys.readouterr().err
+
+
+def test_export_model_on_a_supervised_run_does_not_offer_all(tmp_path, capsys):
+    root = tmp_path / "sup"
+    train(load_config("demo", [*TINY, "train.steps=1", "method.name=supervised",
+                               f"train.out_dir={root}"]))  # fmt: skip
+    capsys.readouterr()
+    argv = ["export", str(root / "latest.pt"), "--model", "teacher", "--out", str(tmp_path / "e")]
+    err = _one_line_error(argv, capsys)
+    assert "student" in err and "'all'" not in err

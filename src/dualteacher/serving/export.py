@@ -88,7 +88,7 @@ def export_checkpoint(
     if model == "all" or "," in model:
         raise ConfigError(f"--model {model}: an export holds one model; name one (e.g. student)")
     trained = build_model_from_checkpoint(checkpoint, overrides, device="cpu")
-    net = trained.models(model)[model]
+    net = trained.models(model, single=True)[model]
     state = load_checkpoint(checkpoint)  # the training record: history, best, step
     # The config as trained (model.pretrained included, which rebuilding the model drops),
     # with the overrides of the inference settings.
