@@ -246,3 +246,13 @@ def test_export_model_on_a_supervised_run_does_not_offer_all(tmp_path, capsys):
     argv = ["export", str(root / "latest.pt"), "--model", "teacher", "--out", str(tmp_path / "e")]
     err = _one_line_error(argv, capsys)
     assert "student" in err and "'all'" not in err
+
+
+def test_splits_fraction_that_rounds_to_zero_says_the_rounding(tmp_path, capsys):
+    root = tmp_path / "data"
+    main(["demo-data", "--out", str(root), "data.demo.num_labeled=8", "data.demo.num_unlabeled=4",
+          "data.demo.num_val=2", "data.demo.image_size=32"])  # fmt: skip
+    capsys.readouterr()
+    argv = ["splits", "--root", str(root), "--dataset", "folder", "--fraction", "0.01"]
+    err = _one_line_error([*argv, "--out", str(tmp_path / "s")], capsys)
+    assert "rounds to 0" in err and "--labeled" in err
