@@ -256,3 +256,18 @@ def test_splits_fraction_that_rounds_to_zero_says_the_rounding(tmp_path, capsys)
     argv = ["splits", "--root", str(root), "--dataset", "folder", "--fraction", "0.01"]
     err = _one_line_error([*argv, "--out", str(tmp_path / "s")], capsys)
     assert "rounds to 0" in err and "--labeled" in err
+
+
+def test_check_lists_every_image_name_clash(tmp_path, capsys):
+    root = tmp_path / "data"
+    main(["demo-data", "--out", str(root), "data.demo.num_labeled=4", "data.demo.num_unlabeled=4",
+          "data.demo.num_val=2", "data.demo.image_size=32"])  # fmt: skip
+    unl = sorted((root / "unlabeled").iterdir())
+    for p in unl[:2]:
+        Image.open(p).save(p.with_suffix(".bmp"))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(["check", "demo", "data.name=folder", f"data.root={root}"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert all(p.with_suffix(".bmp").name in err for p in unl[:2]), err
