@@ -271,3 +271,21 @@ def test_check_lists_every_image_name_clash(tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert all(p.with_suffix(".bmp").name in err for p in unl[:2]), err
+
+
+# ---------------------------------------------------------------- dataset image formats
+def test_folder_dataset_reads_webp_and_gif_in_unlabeled(tmp_path):
+    from dualteacher.data import build_data
+
+    root = tmp_path / "data"
+    main(["demo-data", "--out", str(root), "data.demo.num_labeled=4", "data.demo.num_unlabeled=4",
+          "data.demo.num_val=2", "data.demo.image_size=32"])  # fmt: skip
+    unl = sorted((root / "unlabeled").iterdir())
+    for p, ext in zip(unl[:2], (".webp", ".gif")):
+        Image.open(p).save(p.with_suffix(ext))
+        p.unlink()
+    bundle = build_data(load_config("demo", ["data.name=folder", f"data.root={root}"]).data)
+    assert len(bundle.unlabeled) == 4
+    names = {Path(e.image).suffix for e in bundle.unlabeled.entries}
+    assert {".webp", ".gif"} <= names
+    assert bundle.unlabeled.load(0).image.shape[-1] == 3

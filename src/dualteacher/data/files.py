@@ -34,7 +34,8 @@ from dualteacher.data.base import Sample, SegSource
 from dualteacher.data.index import Entry, EntryTable, scan
 from dualteacher.errors import BadSampleError, DataError
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+# every type predict, suggest and pseudolabel read (serving.inputs): a dataset folder reads them too
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm")
 INVALID = -1  # look-up table value of a raw mask value that is neither a class nor ignore
 # PIL modes of single-channel masks; "P" (palette) is read as its indices, never as colours.
 MASK_MODES = ("P", "L", "1", "I", "I;16", "I;16B", "I;16L")

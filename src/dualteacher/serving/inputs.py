@@ -23,12 +23,12 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from dualteacher.config import MAX_IMAGE_PIXELS
-from dualteacher.data.files import decode_image
+from dualteacher.data.files import IMAGE_EXTS, decode_image
 from dualteacher.errors import BadSampleError, WriteError
 from dualteacher.outputs import check_inside_out, default_fix, describe_os_error
 from dualteacher.serving.segmenter import Segmenter
 
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".gif"}
+IMAGE_EXTENSIONS = set(IMAGE_EXTS)  # the types a dataset folder reads, the same list
 _GLOB_CHARS = set("*?[")
 
 
