@@ -289,3 +289,16 @@ def test_folder_dataset_reads_webp_and_gif_in_unlabeled(tmp_path):
     names = {Path(e.image).suffix for e in bundle.unlabeled.entries}
     assert {".webp", ".gif"} <= names
     assert bundle.unlabeled.load(0).image.shape[-1] == 3
+
+
+def test_check_reports_alpha_and_colour_mode_conversions(tmp_path, capsys):
+    root = tmp_path / "data"
+    main(["demo-data", "--out", str(root), "data.demo.num_labeled=4", "data.demo.num_unlabeled=4",
+          "data.demo.num_val=2", "data.demo.image_size=32"])  # fmt: skip
+    first = sorted((root / "train" / "images").iterdir())[0]
+    Image.open(first).convert("RGBA").save(first)
+    capsys.readouterr()
+    main(["check", "demo", "data.name=folder", f"data.root={root}"])
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert "RGBA converted to RGB, alpha dropped" in text and first.name in text
