@@ -302,3 +302,50 @@ def test_check_reports_alpha_and_colour_mode_conversions(tmp_path, capsys):
     out = capsys.readouterr()
     text = out.out + out.err
     assert "RGBA converted to RGB, alpha dropped" in text and first.name in text
+
+
+# ------------------------------------------------------------------------------ figures
+def _capture_figures(monkeypatch) -> list:
+    import dualteacher.plots as plots
+
+    figs = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figs.append(fig))
+    return figs
+
+
+def test_curves_draw_per_shift_losses_as_lines(tmp_path, monkeypatch):
+    from dualteacher.plots import plot_training_curves
+
+    figs = _capture_figures(monkeypatch)
+    rows = []
+    for step in range(1, 21):
+        row = {"step": step, "loss": 1.0 / step, "loss_sup": 0.5 / step}
+        row["loss_cutmix" if step % 2 else "loss_classmix"] = 0.3  # alternate rows
+        rows.append(row)
+    plot_training_curves(rows, tmp_path / "curves.png")
+    lines = {ln.get_label(): ln for ln in figs[0].axes[0].lines}
+    for key in ("loss_cutmix", "loss_classmix"):
+        y = np.asarray(lines[key].get_ydata(), dtype=float)
+        finite = ~np.isnan(y)
+        assert (finite[1:] & finite[:-1]).any(), key  # two adjacent points: a visible line
+
+
+def test_miou_vs_time_legend_promises_only_what_is_drawn(tmp_path, monkeypatch):
+    from dualteacher.plots import plot_miou_vs_time
+
+    figs = _capture_figures(monkeypatch)
+    plot_miou_vs_time({"supervised": [[(1.0, 10.0)], [(1.2, 12.0)]]}, tmp_path / "m.png")
+    ax = figs[0].axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    drawn_band = any(c.__class__.__name__ == "PolyCollection" and len(c.get_paths()[0]) > 3
+                     for c in ax.collections)  # fmt: skip
+    assert not any("band" in label for label in labels) or drawn_band, labels
+
+
+def test_predict_writes_a_legend_beside_the_colour_pngs(ckpt, tmp_path):
+    img = _images(tmp_path / "imgs", ["a.png"])[0]
+    out = tmp_path / "pred"
+    main(["predict", str(ckpt), str(img), "--out", str(out)])
+    assert (out / "a_color.png").is_file()
+    legend = Image.open(out / "legend.png")
+    assert legend.size[0] > 50 and legend.size[1] > 50

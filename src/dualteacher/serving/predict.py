@@ -10,7 +10,8 @@ files there are skipped and counted) and glob patterns (``"photos/**/*.jpg"``). 
 - ``NAME_overlay.png``: the image blended with the colours.
 
 With several ``--models`` each gets a sub-folder ``DIR/<model>/``. ``DIR/classes.json`` lists
-the class ids, names and colours. Inference follows the checkpoint's ``eval`` settings (whole
+the class ids, names and colours, and ``DIR/legend.png`` shows them (a swatch per class).
+Inference follows the checkpoint's ``eval`` settings (whole
 image, sliding window or resize; override e.g. ``eval.mode=sliding``), images are normalised as
 in training. Images are read as training reads them (EXIF orientation applied, as viewers show
 them; 16-bit and float images scaled to 8 bits by their value range; see
@@ -45,7 +46,7 @@ from dualteacher.outputs import (
     write_text,
     writes_under,
 )
-from dualteacher.plots import colorize, label_colors, overlay
+from dualteacher.plots import colorize, label_colors, overlay, plot_legend
 from dualteacher.serving.inputs import (
     MANIFEST,
     OUTPUT_SUFFIXES,
@@ -130,6 +131,9 @@ def predict(
             indent=1,
         ),
     )
+    # the colours of the _color / _overlay PNGs, as a picture (classes.json has them as data)
+    plot_legend(trained.classes, lut, out_dir / "legend.png")
+    record_outputs(out_dir / MANIFEST, [out_dir / "legend.png"])
     outs = {n: out_dir / n if len(nets) > 1 else out_dir for n in nets}
     inputs_resolved = {it.path.resolve() for it in items}
     loader = DataLoader(
