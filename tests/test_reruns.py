@@ -349,3 +349,35 @@ def test_predict_writes_a_legend_beside_the_colour_pngs(ckpt, tmp_path):
     assert (out / "a_color.png").is_file()
     legend = Image.open(out / "legend.png")
     assert legend.size[0] > 50 and legend.size[1] > 50
+
+
+# ------------------------------------------------------------------------ hostile matrix
+SERVING = {
+    "predict": (lambda ck, imgs, out: ["predict", ck, imgs, "--out", out], "wrote {n} prediction"),
+    "suggest": (
+        lambda ck, imgs, out: ["suggest", ck, "--images", imgs, "--top", "1", "--out", out],
+        "ranked {n} image",
+    ),
+    "pseudolabel": (
+        lambda ck, imgs, out: ["pseudolabel", ck, "--images", imgs, "--out", out, "--overwrite"],
+        "wrote {n} pseudo-label",
+    ),
+}
+
+
+@pytest.mark.parametrize("other", list(SERVING))
+@pytest.mark.parametrize("verb", list(SERVING))
+def test_serving_verbs_inside_their_inputs_and_another_verbs_folder(
+    ckpt, tmp_path, capsys, verb, other
+):
+    folder = tmp_path / "imgs"
+    _images(folder, ["a.png", "b.png"])
+    shared = folder / "shared"  # inside the inputs, holding another verb's outputs first
+    (argv_of, said), (other_argv, _) = SERVING[verb], SERVING[other]
+    main(other_argv(str(ckpt), str(folder), str(shared)))
+    before = {p: p.read_bytes() for p in shared.rglob("*") if p.is_file()}
+    for _ in range(2):
+        capsys.readouterr()
+        main(argv_of(str(ckpt), str(folder), str(shared)))
+        assert said.format(n=2) in capsys.readouterr().out  # only a.png and b.png, every time
+    assert all(p.exists() for p in before)  # nothing of the other verb deleted
