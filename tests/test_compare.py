@@ -148,7 +148,8 @@ def test_compare_rerun_keeps_the_measured_figures_of_finished_runs(tmp_path, mon
     main([*args, "--steps", "2"])
     assert row()["peak_memory_mb"] == first["peak_memory_mb"] > 50
     assert row()["seconds"] == first["seconds"]
-    main([*args, "--steps", "3"])  # a longer budget trains on: measured again
+    # another budget is refused (issue 27); --fresh trains it again: measured again
+    main([*args, "--steps", "3", "--fresh"])
     assert row()["steps"] == 3 and row()["peak_memory_mb"] == 1.0
 
 

@@ -114,6 +114,7 @@ def test_predict_on_a_full_disk(checkpoint, tmp_path, capsys, full_disk):
     _one_error_line(code, err, tmp_path / "p" / "photo_overlay.png")
     _no_partial_files(tmp_path)
     assert sorted(p.name for p in (tmp_path / "p").glob("*.png")) == [
+        "legend.png",
         "photo.png",
         "photo_color.png",
     ]

@@ -208,7 +208,7 @@ def test_suggest_images_folder_with_unreadable_file(dt_ckpt, tmp_path, capsys):
     argv = ["suggest", str(dt_ckpt), "--images", str(folder), "data.name=folder"]
     with pytest.raises(SystemExit) as e:
         main([*argv, "data.root=/nonexistent", "--top", "2", "--out", str(out)])
-    assert e.value.code == 1
+    assert e.value.code == 2  # unreadable inputs: exit 2, as in predict
     err = capsys.readouterr().err
     assert "1 input(s) failed" in err and "broken.png" in err
     rows = _read_csv(out / "ranking.csv")
@@ -315,7 +315,7 @@ def test_pseudolabel_bad_inputs(dt_ckpt, tmp_path, capsys):
     (folder / "bad.jpg").write_bytes(b"\xff\xd8 truncated")
     with pytest.raises(SystemExit) as e:
         main([*base, "--images", str(folder)])
-    assert e.value.code == 1
+    assert e.value.code == 2
     assert "bad.jpg" in capsys.readouterr().err
     assert (tmp_path / "o/masks/img0.png").is_file()  # the good image is still written
 

@@ -69,6 +69,7 @@ def test_predict_folder_with_corrupt_file(checkpoint, image_folder, tmp_path, ca
         "a.png",
         "a_color.png",
         "a_overlay.png",
+        "legend.png",  # the classes and their colours (issue 27)
         "sub/b.png",
         "sub/b_color.png",
         "sub/b_overlay.png",
@@ -125,13 +126,13 @@ def test_predict_leaves_out_its_outputs_and_never_overwrites_one(checkpoint, tmp
     assert indexes == {"a.png", "z.png", "z_overlay_2.png"}
     assert Image.open(out / "z_overlay.png").mode == "RGB"  # z's overlay
     assert Image.open(out / "z_overlay_2.png").mode == "P"  # z_overlay's class ids
-    assert len(list(out.glob("*.png"))) == 9  # 3 files for each of the 3 photos
+    assert len(list(out.glob("*.png"))) == 10  # 3 files for each of the 3 photos, legend.png
     if where == "inside":  # the output folder is left out as such (e.g. an older version's)
         (out / ".dualteacher_predict").unlink()
     before = sorted(p for p in photos.rglob("*") if p.name != ".dualteacher_predict")
     # predicting the folder again reads the same three photos, not the outputs
     second = predict(checkpoint, [str(photos)], out, progress=False)
     assert {p.relative_to(out).as_posix() for p in second.written} == indexes
-    assert len(second.previous_outputs) == 9 and not second.failed
+    assert len(second.previous_outputs) == 10 and not second.failed  # legend.png too
     after = sorted(p for p in photos.rglob("*") if p.name != ".dualteacher_predict")
     assert after == before  # no pred/pred/, no a_2.png

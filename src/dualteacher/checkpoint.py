@@ -353,6 +353,12 @@ def _checkpoint_file(path: str | Path) -> Path:
     path = Path(path)
     if path.is_dir():
         hint = next((path / n for n in ("best.pt", "latest.pt") if (path / n).is_file()), None)
+        if hint is None and (path / "model.json").is_file():
+            raise CheckpointError(
+                f"{path} is a directory (an export, {path / 'model.json'}), not a checkpoint "
+                "file: this command needs the checkpoint the export was made from (model.json's "
+                '"source"); predict takes the export folder itself'
+            )
         raise CheckpointError(
             f"{path} is a directory, not a checkpoint file"
             + (

@@ -13,6 +13,7 @@ import traceback
 
 from dualteacher import __version__
 from dualteacher.commands import COMMANDS
+from dualteacher.commands._options import check_out_folders
 from dualteacher.errors import INPUT_EXIT, DualTeacherError
 
 EPILOG = """examples:
@@ -79,6 +80,7 @@ def main(argv: list[str] | None = None) -> None:
             )
         getattr(args, target).extend(extra)
     try:
+        check_out_folders(args)
         code = args.func(args)
         if "torch.distributed" in sys.modules:  # commands that never load torch skip this
             # Here, not at the top: it loads torch, which the light commands never need.

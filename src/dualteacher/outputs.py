@@ -69,6 +69,25 @@ def writes_under(param: str) -> Callable:
     return decorate
 
 
+def check_out_folder(path: str | Path, flag: str = "--out") -> None:
+    """Raise ``WriteError`` (one line, status 2) when the output folder ``path`` cannot be a
+    folder: it is an existing file, or one of its parents is."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise WriteError(
+            f"{flag} {path} is a file, not a folder: give a new folder (or one this command "
+            "wrote before); the file is left as it is"
+        )
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise WriteError(
+                    f"{flag} {path}: its parent {parent} is a file, not a folder: give a "
+                    "folder path whose parents are folders"
+                )
+            break
+
+
 def check_inside_out(path: str | Path) -> None:
     """Raise ``WriteError`` when ``path`` lies under the current output folder as written but
     leads outside it once links are followed (of its folders, or the file itself)."""

@@ -166,6 +166,11 @@ def plot_training_curves(
     ax = axes["loss"]
     for i, key in enumerate(loss_keys):
         x, y = series(train_rows, key)
+        if np.isnan(y).any():
+            # a per-shift series (``loss_cutmix`` only while teacher A is active, logged on
+            # alternate rows): drawn over its own steps, else no two points would be adjacent
+            # and no line would show
+            x, y = x[~np.isnan(y)], y[~np.isnan(y)]
         if len(x) > 40:  # raw values faintly, smoothed on top
             ax.plot(x, y, color=f"C{i}", lw=0.6, alpha=0.3)
             y = _smooth(y)
@@ -332,6 +337,20 @@ def plot_samples(
 
 
 # ---------------------------------------------------------------------------------- compare
+def plot_legend(classes: Sequence[str], lut: np.ndarray, path: str | Path) -> None:
+    """The classes and their colours as a picture (``predict`` writes it beside its colour
+    PNGs): one swatch and name per class."""
+    plt = _pyplot()
+    from matplotlib.patches import Patch  # matplotlib: when drawing only (module docstring)
+
+    rows = max(1, len(classes))
+    fig = plt.figure(figsize=(3.2, 0.26 * rows + 0.3), dpi=100)
+    handles = [Patch(color=np.asarray(lut[i][:3]) / 255) for i in range(len(classes))]
+    labels = [f"{i} {name}" for i, name in enumerate(classes)]
+    fig.legend(handles, labels, loc="center", frameon=False, fontsize=9)
+    _save(fig, path)
+
+
 def plot_miou_vs_time(curves: dict[str, list[list[tuple[float, float]]]], path: str | Path):
     """Validation mIoU of the student against training wall-clock: ``curves[method]`` holds one
     list of ``(seconds, mIoU)`` points per seed. One seed: its line. Several: the mean over
@@ -347,8 +366,13 @@ def plot_miou_vs_time(curves: dict[str, list[list[tuple[float, float]]]], path: 
         if len(runs) > 1 and len({len(p) for p in runs}) == 1:
             arr = np.array(runs, dtype=float)  # (seeds, validations, 2)
             t, m = arr[..., 0].mean(0), arr[..., 1]
-            ax.fill_between(t, m.min(0), m.max(0), color=color, alpha=0.2, lw=0)
-            label = f"{method} (mean, band: range over {len(runs)} seeds)"
+            if len(t) > 1:  # a band needs two validations; the legend says what is drawn
+                ax.fill_between(t, m.min(0), m.max(0), color=color, alpha=0.2, lw=0)
+                label = f"{method} (mean, band: range over {len(runs)} seeds)"
+            else:
+                ax.errorbar(t, m.mean(0), yerr=[m.mean(0) - m.min(0), m.max(0) - m.mean(0)],
+                            color=color, lw=0, elinewidth=1.2, capsize=3)  # fmt: skip
+                label = f"{method} (mean, bar: range over {len(runs)} seeds)"
             ax.plot(t, m.mean(0), color=color, marker="o", ms=3, lw=1.8, label=label)
             continue
         for j, pts in enumerate(runs):

@@ -92,6 +92,25 @@ def add_serving(p: argparse.ArgumentParser, number: type = int, device: str = DE
     p.add_argument("--workers", type=number, default=0, help=WORKERS_HELP)
 
 
+# options that name an output folder, on every command that has them (``upgrade-checkpoint``'s
+# --out is a file: it sets ``out_is_file``)
+OUT_FOLDER_OPTIONS = {"out": "--out", "report": "--report"}
+
+
+def check_out_folders(args: argparse.Namespace) -> None:
+    """One check of the output folders for every verb, before the command runs: an existing
+    file, or a path below a file, is a one-line error (``outputs.check_out_folder``)."""
+    # Here, not at the top: outputs loads PIL; `dualteacher --help` stays fast.
+    from dualteacher.outputs import check_out_folder
+
+    for dest, flag in OUT_FOLDER_OPTIONS.items():
+        value = getattr(args, dest, None)
+        if isinstance(value, str | Path) and not (
+            dest == "out" and getattr(args, "out_is_file", False)
+        ):
+            check_out_folder(value, flag)
+
+
 def with_rescan(args: argparse.Namespace) -> list[str]:
     """The overrides, with ``data.rescan=true`` for ``--rescan``."""
     return [*args.overrides, *(["data.rescan=true"] * args.rescan)]

@@ -46,6 +46,12 @@ def add_parser(sub) -> None:
         help="runs trained at the same time, one process each, CPUs (and GPUs) shared out "
         "(default 1; not with --minutes)",
     )
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="redo the runs in --out that were planned for another budget (deletes only the "
+        "files compare wrote in their folders)",
+    )
     add_rescan(p)
     p.set_defaults(func=run)
 
@@ -59,4 +65,13 @@ def run(args: argparse.Namespace) -> None:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     seeds = list(range(args.seeds)) if args.seeds else None
     out = args.out or f"runs/compare_{Path(args.config).stem}"
-    compare(cfg, methods, out, seeds, steps=args.steps, minutes=args.minutes, jobs=args.jobs)
+    compare(
+        cfg,
+        methods,
+        out,
+        seeds,
+        steps=args.steps,
+        minutes=args.minutes,
+        jobs=args.jobs,
+        fresh=args.fresh,
+    )

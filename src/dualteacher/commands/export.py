@@ -32,6 +32,12 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--model", default="student", help="student (default) or a teacher: teacher_a, ..."
     )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="write into a folder that holds other files (model.*, README.md and model.json "
+        "there are replaced; nothing else is touched)",
+    )
     p.set_defaults(func=run)
 
 
@@ -41,6 +47,11 @@ def run(args: argparse.Namespace) -> None:
     from dualteacher.serving.export import export_checkpoint, format_export
 
     result = export_checkpoint(
-        args.checkpoint, args.out, args.format, model=args.model, overrides=args.overrides
+        args.checkpoint,
+        args.out,
+        args.format,
+        model=args.model,
+        overrides=args.overrides,
+        force=args.force,
     )
     print(format_export(result))

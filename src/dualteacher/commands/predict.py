@@ -81,8 +81,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"skipped {len(result.skipped)} non-image file(s) in folders")
     if result.previous_outputs:
         print(
-            f"left out {len(result.previous_outputs)} file(s) written by an earlier predict "
-            f"(e.g. {result.previous_outputs[0]})"
+            f"left out {len(result.previous_outputs)} file(s) written by an earlier predict, "
+            f"suggest or pseudolabel (e.g. {result.previous_outputs[0]})"
         )
     if result.failed:
         print(format_failures(result), file=sys.stderr)

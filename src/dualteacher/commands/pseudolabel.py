@@ -14,6 +14,7 @@ from dualteacher.commands._options import (
     add_serving,
     split_images,
 )
+from dualteacher.errors import INPUT_EXIT
 
 
 def add_parser(sub) -> None:
@@ -71,9 +72,20 @@ def run(args: argparse.Namespace) -> int:
         f"({100 * result.kept:.1f} % of the pixels at confidence >= {args.conf}, the rest 255 = "
         f"ignore); confidence maps in {out / 'confidence'}"
     )
+    if result.renamed:
+        print(
+            f"{len(result.renamed)} image(s) share a name with another but for the extension: "
+            f"their masks keep it (e.g. {result.renamed[0][0]} -> {result.renamed[0][1]}); "
+            f"{result.mapping} maps every image to its mask"
+        )
+    if result.previous:
+        print(
+            f"left out {len(result.previous)} file(s) written by an earlier run "
+            f"(e.g. {result.previous[0]})"
+        )
     if result.skipped:
         print(f"skipped {len(result.skipped)} non-image file(s) in folders")
     if result.failed:
         print(format_failures(PredictResult(failed=result.failed)), file=sys.stderr)
-        return 1
+        return INPUT_EXIT  # some inputs could not be read: the user's input, as in predict
     return 0

@@ -12,7 +12,7 @@ from dualteacher.commands._options import (
     add_serving,
     split_images,
 )
-from dualteacher.errors import ConfigError
+from dualteacher.errors import INPUT_EXIT, ConfigError
 
 
 def add_parser(sub) -> None:
@@ -89,5 +89,5 @@ def run(args: argparse.Namespace) -> int:
     print(format_summary(result))
     if result.failed:
         print(format_failures(PredictResult(failed=result.failed)), file=sys.stderr)
-        return 1
+        return INPUT_EXIT  # some inputs could not be read: the user's input, as in predict
     return 0

@@ -25,7 +25,7 @@ def add_parser(sub) -> None:
         "only for files you made yourself",
     )
     p.add_argument("--out", help="where to write the converted file (default: in place)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, out_is_file=True)
 
 
 def run(args: argparse.Namespace) -> None:

@@ -34,7 +34,8 @@ from dualteacher.data.base import Sample, SegSource
 from dualteacher.data.index import Entry, EntryTable, scan
 from dualteacher.errors import BadSampleError, DataError
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+# every type predict, suggest and pseudolabel read (serving.inputs): a dataset folder reads them too
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm")
 INVALID = -1  # look-up table value of a raw mask value that is neither a class nor ignore
 # PIL modes of single-channel masks; "P" (palette) is read as its indices, never as colours.
 MASK_MODES = ("P", "L", "1", "I", "I;16", "I;16B", "I;16L")
@@ -123,6 +124,8 @@ class DecodedImage:
     orientation: int = 1
     stored_size: tuple[int, int] = (0, 0)
     depth: str = ""
+    # how an 8-bit file that is not RGB was converted ("RGBA: alpha dropped"; "" for RGB)
+    converted: str = ""
 
     @property
     def turned(self) -> str:
@@ -157,12 +160,14 @@ def decode_image(path: Path, max_pixels: int | None = MAX_IMAGE_PIXELS) -> Decod
                 orientation = im.getexif().get(EXIF_ORIENTATION, 1)
                 stored = (im.height, im.width)
                 array, depth = _pixels(im, path, bits)
+                converted = "" if depth else _conversion(im)
         except UnidentifiedImageError:
             if Path(path).suffix.lower() not in (".tif", ".tiff"):
                 raise
             # e.g. float RGB: not for Pillow
             array, orientation, depth = _tiff_fallback(path, max_pixels)
             stored = array.shape[:2]
+            converted = ""
     except FileNotFoundError:
         raise BadSampleError(
             path, "image file is missing", "restore it, or remove it from the split file"
@@ -177,7 +182,15 @@ def decode_image(path: Path, max_pixels: int | None = MAX_IMAGE_PIXELS) -> Decod
         array = np.array(Image.fromarray(array).transpose(ORIENTATION[orientation][0]))
     else:
         orientation = 1
-    return DecodedImage(array, orientation, stored, depth)
+    return DecodedImage(array, orientation, stored, depth, converted)
+
+
+def _conversion(im: Image.Image) -> str:
+    """What converting an 8-bit image to RGB does ("" for RGB)."""
+    alpha = "A" in im.getbands() or "transparency" in im.info
+    if im.mode == "RGB" and not alpha:
+        return ""
+    return f"{im.mode} converted to RGB" + (", alpha dropped" if alpha else "")
 
 
 def _pixels(im: Image.Image, path: Path, bits: int) -> tuple[np.ndarray, str]:
@@ -336,6 +349,8 @@ def image_notes(decoded: DecodedImage) -> tuple[tuple[str, str], ...]:
         notes.append(("depth", decoded.depth))
     if decoded.orientation != 1:
         notes.append(("orientation", f"EXIF orientation {decoded.orientation}: {decoded.turned}"))
+    if decoded.converted:
+        notes.append(("mode", decoded.converted))
     return tuple(notes)
 
 

@@ -3,7 +3,7 @@
 Layout::
 
     ROOT/classes.yaml          class names (and optional colours, ignore value)
-    ROOT/train/images/a.jpg    .jpg .jpeg .png .bmp .tif .tiff, sub-folders allowed
+    ROOT/train/images/a.jpg    .jpg .jpeg .png .bmp .tif .tiff .webp .gif .ppm, sub-folders
     ROOT/train/masks/a.png     same name, single-channel PNG of class ids (mode L or P)
     ROOT/val/images/...        validation images, every one with a mask
     ROOT/val/masks/...

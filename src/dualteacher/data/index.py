@@ -489,6 +489,7 @@ def scan_folder(
     watched: list[tuple[str, int]] = []
     seen: set[tuple[int, int]] = set()
     stack = [""]
+    clashes: list[str] = []  # every pair of images of one name, listed together at the end
     while stack:
         sub = stack.pop()
         path = os.path.join(base, sub) if sub else base
@@ -511,11 +512,17 @@ def scan_folder(
                     files.append(n)
         files.sort()
         if exts is not None:
-            _no_two_of_one_name(path, files, folder)
+            clashes += _two_of_one_name(path, files)
         if files:
             prefix = sub.replace(os.sep, "/") + "/" if sub else ""
             builder.add_folder(path + os.sep, files, prefix)
         stack.extend(os.path.join(sub, d) if sub else d for d in sorted(dirs, reverse=True))
+    if clashes:
+        raise DataError(
+            "; ".join(f"{c} have the same name" for c in clashes)
+            + f": keep one image per name in {folder}"
+            + (f" ({len(clashes)} pairs)" if len(clashes) > 1 else "")
+        )
     racy = start - int(RACY_SECONDS * 1e9)
     return builder.build(), watched, all(m < racy for _, m in watched)
 
@@ -527,15 +534,18 @@ def _is_dir(e: os.DirEntry) -> bool:
         return False
 
 
-def _no_two_of_one_name(path: str, files: list[str], folder: Path) -> None:
+def _two_of_one_name(path: str, files: list[str]) -> list[str]:
+    """``"a.jpg and a.png"`` for every two files of one name in the folder ``path``."""
     if len({f[: f.rfind(".")] for f in files}) == len(files):  # every file has an extension
-        return
+        return []
     first: dict[str, str] = {}
+    clashes = []
     for f, s in zip(files, map(file_stem, files)):
         if s in first:
-            a, b = os.path.join(path, first[s]), os.path.join(path, f)
-            raise DataError(f"{a} and {b} have the same name: keep one image per name in {folder}")
-        first[s] = f
+            clashes.append(f"{os.path.join(path, first[s])} and {os.path.join(path, f)}")
+        else:
+            first[s] = f
+    return clashes
 
 
 class ScanIndex:

@@ -263,6 +263,14 @@ def draw_split(
     if fraction is not None and not 0 < fraction <= 1:
         raise DataError(f"the fraction must be in (0, 1], got {fraction}")
     if not 0 < count <= n:
+        if fraction is not None:
+            raise DataError(
+                f"--fraction {fraction} of {n} candidates is {fraction * n:g} images, which "
+                f"rounds to {count}: cannot draw {count} labelled images. Give a larger "
+                f"fraction (at least {0.5 / n:.3g}) or a count with --labeled"
+                if n
+                else f"cannot draw labelled images from {n} candidates"
+            )
         raise DataError(f"cannot draw {count} labelled images from {n} candidates")
     ordered = sorted(candidates, key=lambda e: e.name)
     perm = np.random.default_rng(seed).permutation(n)

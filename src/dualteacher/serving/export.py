@@ -79,6 +79,7 @@ def export_checkpoint(
     formats: str | tuple[str, ...] = ("safetensors",),
     model: str = "student",
     overrides: list[str] | tuple[str, ...] = (),
+    force: bool = False,
 ) -> ExportResult:
     """Export the model ``model`` (``student``, ``teacher_a``, ...) of a checkpoint to
     ``out_dir``. ``overrides`` (``eval.mode=sliding``, ...) change the stored inference
@@ -87,7 +88,7 @@ def export_checkpoint(
     if model == "all" or "," in model:
         raise ConfigError(f"--model {model}: an export holds one model; name one (e.g. student)")
     trained = build_model_from_checkpoint(checkpoint, overrides, device="cpu")
-    net = trained.models(model)[model]
+    net = trained.models(model, single=True)[model]
     state = load_checkpoint(checkpoint)  # the training record: history, best, step
     # The config as trained (model.pretrained included, which rebuilding the model drops),
     # with the overrides of the inference settings.
@@ -102,7 +103,49 @@ def export_checkpoint(
         name=model,
         metrics=training_metrics(state, model, trained.classes),
         source=str(checkpoint),
+        force=force,
     )
+
+
+EXPORT_NAMES = ("model.json", "README.md", *FILES.values())  # what an export writes
+
+
+def _earlier_export_files(out: Path, formats: tuple[str, ...], force: bool) -> set[str]:
+    """The names of the files an earlier export listed in ``out/model.json`` (with its
+    README.md and model.json): the only files an export replaces or removes. Refuses (unless
+    ``force``) a non-empty folder that is no export, and files in the export's names that the
+    earlier export did not write."""
+    if not out.is_dir():
+        return set()
+    present = sorted(p.name for p in out.iterdir())
+    if not present:
+        return set()
+    listed: set[str] | None = None
+    try:
+        info = json.loads((out / "model.json").read_text())
+        if isinstance(info, dict) and info.get("format") == FORMAT:
+            listed = {f["name"] for f in info.get("files", {}).values()}
+            listed |= {"model.json", "README.md"}
+    except (OSError, ValueError, TypeError, KeyError):
+        listed = None
+    if force:
+        return set(EXPORT_NAMES)
+    if listed is None:
+        shown = ", ".join(present[:5]) + (", ..." if len(present) > 5 else "")
+        raise ConfigError(
+            f"--out {out} holds files no export wrote ({shown}): give a new or empty folder "
+            "(or an earlier export's), or pass --force to write the export's files there "
+            f"({', '.join(EXPORT_NAMES)} are then replaced; nothing else is touched)"
+        )
+    targets = {"model.json", "README.md", *(FILES[f] for f in formats)}
+    foreign = sorted(n for n in targets & set(present) if n not in listed)
+    if foreign:
+        raise ConfigError(
+            f"--out {out}: {', '.join(foreign)} there is not a file of the earlier export "
+            "(its model.json does not list it): move it away, give another --out, or pass "
+            "--force to replace it"
+        )
+    return listed
 
 
 @writes_under("out_dir")
@@ -117,14 +160,22 @@ def export_model(
     name: str = "student",
     metrics: dict | None = None,
     source: str | None = None,
+    force: bool = False,
 ) -> ExportResult:
-    """Write ``net`` (a ``SegModel`` built from ``cfg.model``) as an export directory."""
+    """Write ``net`` (a ``SegModel`` built from ``cfg.model``) as an export directory.
+
+    ``out_dir`` is a new or empty folder, or one an earlier export wrote (its ``model.json``
+    lists its files): only the files that list names are replaced or removed. A folder holding
+    other files in the export's names (``model.*``, ``README.md``), or a non-empty folder that is
+    no export, is refused unless ``force`` (then those names are replaced; nothing else is
+    touched)."""
     formats = parse_formats(formats)
     if "onnx" in formats:
         _require_onnx()
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a directory for the export")
+    ours = _earlier_export_files(out, formats, force)
     out.mkdir(parents=True, exist_ok=True)
     # Without model.json the directory is no export: a crash below leaves nothing half-valid.
     (out / "model.json").unlink(missing_ok=True)
@@ -135,7 +186,8 @@ def export_model(
     for fmt in FORMATS:
         path = out / FILES[fmt]
         if fmt not in formats:
-            path.unlink(missing_ok=True)  # a file of an earlier export would not match
+            if path.name in ours:  # a file of the earlier export would not match
+                path.unlink(missing_ok=True)
             continue
         tmp = path.with_name(f".{path.name}.tmp")
         check_inside_out(tmp)  # written by safetensors / torch.onnx, which follow links

@@ -38,6 +38,11 @@ def read_export(path: str | Path, runtime: str = "torch") -> dict[str, Any]:
     meta = path / "model.json"
     again = "export the checkpoint again (dualteacher export CKPT --out DIR)"
     if not meta.is_file():
+        run = next((path / n for n in ("best.pt", "latest.pt") if (path / n).is_file()), None)
+        if run is not None:  # a run directory given where its checkpoint is meant
+            raise CheckpointError(
+                f"{path} is a directory, not a checkpoint file: did you mean {run}?"
+            )
         raise CheckpointError(
             f"{path} is not a dualteacher export (no model.json): give a checkpoint (.pt) or "
             "a directory written by `dualteacher export CKPT --out DIR`"

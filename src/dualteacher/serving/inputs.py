@@ -23,16 +23,21 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from dualteacher.config import MAX_IMAGE_PIXELS
-from dualteacher.data.files import decode_image
-from dualteacher.errors import BadSampleError
+from dualteacher.data.files import IMAGE_EXTS, decode_image
+from dualteacher.errors import BadSampleError, WriteError
+from dualteacher.outputs import check_inside_out, default_fix, describe_os_error
 from dualteacher.serving.segmenter import Segmenter
 
-IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".gif"}
+IMAGE_EXTENSIONS = set(IMAGE_EXTS)  # the types a dataset folder reads, the same list
 _GLOB_CHARS = set("*?[")
 
 
 OUTPUT_SUFFIXES = (".png", "_color.png", "_overlay.png")  # the files of one input
 MANIFEST = ".dualteacher_predict"  # in DIR: the outputs written there, one relative path a line
+# the same list, written by ``suggest`` and ``pseudolabel``: every serving command's outputs
+# (present or earlier) are never its inputs
+OUTPUTS_MANIFEST = ".dualteacher_outputs"
+MANIFESTS = (MANIFEST, OUTPUTS_MANIFEST)
 
 
 @dataclass
@@ -42,12 +47,30 @@ class _Input:
 
 
 def _previous_outputs(folder: Path) -> set[Path]:
-    """Files a predict run listed in ``folder``'s manifest (resolved paths)."""
-    manifest = folder / MANIFEST
-    if not manifest.is_file():
-        return set()
-    lines = manifest.read_text(errors="replace").splitlines()
-    return {(folder / ln).resolve() for ln in lines if ln.strip()}
+    """Files a serving command (predict, suggest, pseudolabel) listed in ``folder``'s
+    manifests (resolved paths)."""
+    found: set[Path] = set()
+    for name in MANIFESTS:
+        manifest = folder / name
+        if manifest.is_file():
+            lines = manifest.read_text(errors="replace").splitlines()
+            found |= {(folder / ln).resolve() for ln in lines if ln.strip()}
+    return found
+
+
+def record_outputs(manifest: Path, paths: Sequence[Path]) -> None:
+    """List ``paths`` in the output folder's manifest, so that a later serving command whose
+    input folder holds this one leaves them out."""
+    lines = "".join(Path(p).relative_to(manifest.parent).as_posix() + "\n" for p in paths)
+    check_inside_out(manifest)  # appended to in place: a link must not lead elsewhere
+    try:
+        manifest.parent.mkdir(parents=True, exist_ok=True)
+        with open(manifest, "a") as f:
+            f.write(lines)
+    except OSError as e:
+        raise WriteError(
+            f"could not write {manifest}: {describe_os_error(e)}. {default_fix(manifest)}."
+        ) from None
 
 
 def _walk(folder: Path, out_dir: Path | None) -> tuple[list[Path], list[Path]]:
@@ -68,7 +91,7 @@ def _walk(folder: Path, out_dir: Path | None) -> tuple[list[Path], list[Path]]:
         known |= _previous_outputs(here)
         for name in sorted(filenames):
             f = here / name
-            if name == MANIFEST:
+            if name in MANIFESTS:
                 continue
             (previous if f.resolve() in known else files).append(f)
     return files, previous
@@ -80,14 +103,16 @@ def _output_keys(name: str) -> set[str]:
 
 
 def collect_inputs(
-    inputs: list[str], out_dir: str | Path | None = None
+    inputs: list[str], out_dir: str | Path | None = None, keep_extension: bool = False
 ) -> tuple[list[_Input], list[tuple[str, str]], list[Path], list[Path]]:
     """Expand files, folders and globs into a list of images whose outputs do not collide.
 
     Returns ``(images, failed, skipped, previous)``: ``failed`` holds inputs that match
     nothing, ``skipped`` the non-image files found inside folders, ``previous`` the outputs of
-    earlier predict runs found there (``out_dir`` itself when inside an input folder, and files
-    listed in a predict manifest), which are left out.
+    earlier serving runs found there (``out_dir`` itself when inside an input folder, and files
+    listed in a manifest), which are left out. ``keep_extension``: inputs whose names differ
+    only by their extension (``x.jpg``, ``x.png``) are all named with it (``x.jpg``, ``x.png``)
+    instead of ``x``, ``x_2``.
     """
     out = Path(out_dir) if out_dir is not None else None
     found: list[_Input] = []
@@ -125,6 +150,16 @@ def collect_inputs(
             failed.append((arg, "no such file or folder"))
     # The same file twice is predicted once. Names whose outputs would collide (two files
     # called "img", or "z" and "z_overlay": z_overlay.png) get _2, _3, ...
+    if keep_extension:
+        stems: dict[str, set[Path]] = {}
+        for item in found:
+            stems.setdefault(item.name.casefold(), set()).add(item.path.resolve())
+        found = [
+            _Input(it.path, it.name + it.path.suffix)
+            if len(stems[it.name.casefold()]) > 1 and it.path.suffix
+            else it
+            for it in found
+        ]
     unique: list[_Input] = []
     seen_paths: set[Path] = set()
     taken: set[str] = set()
@@ -187,14 +222,21 @@ class ImageSet(Dataset):
 
     def __init__(self, refs: list[ImageRef], source=None):
         self.refs, self.source = refs, source
+        self.previous: list[Path] = []  # earlier outputs left out of the inputs
         # files given by name: data.max_image_pixels of the command's config (logit_batches)
         self.max_pixels: int | None = MAX_IMAGE_PIXELS
 
     @classmethod
-    def from_inputs(cls, inputs: Sequence[str]) -> tuple[ImageSet, list, list]:
-        """Files, folders and globs as ``predict`` takes them -> (images, failed, skipped)."""
-        items, failed, skipped, *_ = collect_inputs(list(inputs))
-        return cls([ImageRef(it.name, it.path) for it in items]), failed, skipped
+    def from_inputs(
+        cls, inputs: Sequence[str], out_dir: str | Path | None = None, keep_extension=False
+    ) -> tuple[ImageSet, list, list]:
+        """Files, folders and globs as ``predict`` takes them -> (images, failed, skipped),
+        leaving out ``out_dir`` and earlier outputs as ``predict`` does (``collect_inputs``;
+        the left-out files are ``images.previous``)."""
+        items, failed, skipped, previous = collect_inputs(list(inputs), out_dir, keep_extension)
+        image_set = cls([ImageRef(it.name, it.path) for it in items])
+        image_set.previous = previous
+        return image_set, failed, skipped
 
     @classmethod
     def from_source(cls, source) -> ImageSet:

@@ -10,7 +10,8 @@ files there are skipped and counted) and glob patterns (``"photos/**/*.jpg"``). 
 - ``NAME_overlay.png``: the image blended with the colours.
 
 With several ``--models`` each gets a sub-folder ``DIR/<model>/``. ``DIR/classes.json`` lists
-the class ids, names and colours. Inference follows the checkpoint's ``eval`` settings (whole
+the class ids, names and colours, and ``DIR/legend.png`` shows them (a swatch per class).
+Inference follows the checkpoint's ``eval`` settings (whole
 image, sliding window or resize; override e.g. ``eval.mode=sliding``), images are normalised as
 in training. Images are read as training reads them (EXIF orientation applied, as viewers show
 them; 16-bit and float images scaled to 8 bits by their value range; see
@@ -39,17 +40,20 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from dualteacher.errors import ConfigError, WriteError
+from dualteacher.errors import ConfigError
 from dualteacher.outputs import (
-    check_inside_out,
-    default_fix,
-    describe_os_error,
     save_image,
     write_text,
     writes_under,
 )
-from dualteacher.plots import colorize, label_colors, overlay
-from dualteacher.serving.inputs import MANIFEST, OUTPUT_SUFFIXES, ImageFiles, collect_inputs
+from dualteacher.plots import colorize, label_colors, overlay, plot_legend
+from dualteacher.serving.inputs import (
+    MANIFEST,
+    OUTPUT_SUFFIXES,
+    ImageFiles,
+    collect_inputs,
+    record_outputs,
+)
 from dualteacher.serving.segmenter import load_segmenter
 
 
@@ -79,20 +83,6 @@ def _save_outputs(
     for im, path in zip(images, paths):
         save_image(im, path)
     return paths
-
-
-def _record(manifest: Path, paths: list[Path]) -> None:
-    """List ``paths`` in the output folder's manifest, so that a later predict whose input
-    folder holds this one leaves them out."""
-    lines = "".join(p.relative_to(manifest.parent).as_posix() + "\n" for p in paths)
-    check_inside_out(manifest)  # appended to in place: a link must not lead elsewhere
-    try:
-        with open(manifest, "a") as f:
-            f.write(lines)
-    except OSError as e:
-        raise WriteError(
-            f"could not write {manifest}: {describe_os_error(e)}. {default_fix(manifest)}."
-        ) from None
 
 
 @writes_under("out_dir")
@@ -141,6 +131,9 @@ def predict(
             indent=1,
         ),
     )
+    # the colours of the _color / _overlay PNGs, as a picture (classes.json has them as data)
+    plot_legend(trained.classes, lut, out_dir / "legend.png")
+    record_outputs(out_dir / MANIFEST, [out_dir / "legend.png"])
     outs = {n: out_dir / n if len(nets) > 1 else out_dir for n in nets}
     inputs_resolved = {it.path.resolve() for it in items}
     loader = DataLoader(
@@ -172,7 +165,7 @@ def predict(
                 pred = trained.logits(x, name).argmax(1).cpu().numpy()
                 for s, p in zip(group, pred):
                     paths = _save_outputs(outs[name], s["item"].name, s["image"], p, lut, alpha)
-                    _record(out_dir / MANIFEST, paths)
+                    record_outputs(out_dir / MANIFEST, paths)
                     if name == next(iter(nets)):
                         result.written.append(paths[0])
             bar.update(len(group))

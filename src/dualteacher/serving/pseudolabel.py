@@ -9,7 +9,15 @@ globs, as ``predict`` takes them; the checkpoint's ``eval`` settings). For an im
   ``IGNORE`` (255, the folder dataset's default ``ignore_index``) where the model's top softmax
   probability is below ``conf``;
 - ``DIR/confidence/NAME.png``: that probability as 8-bit grey, ``round(255 p)``;
-- ``DIR/classes.yaml``: the classes, colours and ignore value, as the folder dataset reads it.
+- ``DIR/classes.yaml``: the classes, colours and ignore value, as the folder dataset reads it;
+- ``DIR/pseudolabels.tsv``: which input each mask belongs to (``image``, ``mask``,
+  ``confidence``, tab-separated, one row per image of this run).
+
+Names are unique: inputs whose names differ only by their extension (``x.jpg`` and ``x.png``)
+both keep it (``masks/x.jpg.png``, ``masks/x.png.png``), and the TSV maps each image to its
+mask. The outputs are listed in ``DIR/.dualteacher_outputs``; input folders leave out ``DIR``
+when it lies inside them and every file such a list names, so labelling a folder again never
+reads its own earlier masks or confidence maps.
 
 Existing masks are never overwritten (they may hold corrections) unless ``overwrite``. An image
 that cannot be read is reported and skipped; the others are still written.
@@ -30,7 +38,13 @@ from dualteacher.config import IGNORE_INDEX
 from dualteacher.errors import ConfigError, DataError
 from dualteacher.outputs import save_image, write_text, writes_under
 from dualteacher.plots import label_colors
-from dualteacher.serving.inputs import IMAGE_EXTENSIONS, ImageSet, logit_batches
+from dualteacher.serving.inputs import (
+    IMAGE_EXTENSIONS,
+    OUTPUTS_MANIFEST,
+    ImageSet,
+    logit_batches,
+    record_outputs,
+)
 from dualteacher.serving.segmenter import load_segmenter
 
 IGNORE = IGNORE_INDEX  # mask value of pixels below the confidence threshold
@@ -41,6 +55,9 @@ class PseudoLabelResult:
     written: list[Path] = field(default_factory=list)  # the masks written
     failed: list[tuple[str, str]] = field(default_factory=list)  # (input, reason)
     skipped: list[Path] = field(default_factory=list)  # non-image files in input folders
+    previous: list[Path] = field(default_factory=list)  # earlier outputs left out of the inputs
+    renamed: list[tuple[Path, Path]] = field(default_factory=list)  # (image, mask) not NAME.png
+    mapping: Path | None = None  # DIR/pseudolabels.tsv
     kept: float = 0.0  # share of all pixels at or above conf (the rest are IGNORE)
 
 
@@ -79,8 +96,8 @@ def pseudolabel(
         )
     if "," in model or model == "all":
         raise ConfigError(f"--model {model}: give one model name, e.g. student or teacher_a")
-    image_set, failed, skipped = ImageSet.from_inputs(images)
-    result = PseudoLabelResult(failed=failed, skipped=skipped)
+    image_set, failed, skipped = ImageSet.from_inputs(images, out_dir, keep_extension=True)
+    result = PseudoLabelResult(failed=failed, skipped=skipped, previous=image_set.previous)
     if len(image_set) == 0:
         reasons = "; ".join(f"{a}: {r}" for a, r in failed) or "no image files"
         raise DataError(
@@ -114,7 +131,9 @@ def pseudolabel(
             {"classes": classes, "ignore_index": IGNORE}, sort_keys=False, default_flow_style=None
         ),
     )
+    record_outputs(out / OUTPUTS_MANIFEST, [out / "classes.yaml"])
     kept = total = 0
+    rows = []
     for batch in logit_batches(
         trained, image_set, None, batch_size, workers, result.failed, progress, "pseudolabel"
     ):
@@ -125,9 +144,20 @@ def pseudolabel(
         kept += int(keep.sum())
         total += keep.numel()
         for k, i in enumerate(batch.indices):
-            name = image_set.refs[i].name
-            save_index_png(ids[k], lut, out / "masks" / f"{name}.png")
-            save_image(Image.fromarray(confidence[k]), out / "confidence" / f"{name}.png")
-            result.written.append(out / "masks" / f"{name}.png")
+            ref = image_set.refs[i]
+            mask, conf_map = (out / sub / f"{ref.name}.png" for sub in ("masks", "confidence"))
+            save_index_png(ids[k], lut, mask)
+            save_image(Image.fromarray(confidence[k]), conf_map)
+            record_outputs(out / OUTPUTS_MANIFEST, [mask, conf_map])
+            result.written.append(mask)
+            rows.append((ref.path, mask, conf_map))
+            if ref.path is not None and mask.stem != ref.path.stem:
+                result.renamed.append((ref.path, mask))
     result.kept = kept / total if total else 0.0
+    result.mapping = out / "pseudolabels.tsv"
+    write_text(
+        result.mapping,
+        "image\tmask\tconfidence\n" + "".join(f"{a}\t{b}\t{c}\n" for a, b, c in rows),
+    )
+    record_outputs(out / OUTPUTS_MANIFEST, [result.mapping])
     return result

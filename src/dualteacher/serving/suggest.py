@@ -60,7 +60,13 @@ from dualteacher.errors import (
 )
 from dualteacher.outputs import write_json, write_text, writes_under
 from dualteacher.plots import label_colors, plot_samples
-from dualteacher.serving.inputs import IMAGE_EXTENSIONS, ImageSet, logit_batches
+from dualteacher.serving.inputs import (
+    IMAGE_EXTENSIONS,
+    OUTPUTS_MANIFEST,
+    ImageSet,
+    logit_batches,
+    record_outputs,
+)
 from dualteacher.serving.segmenter import Segmenter, load_segmenter
 
 FORMULA = (
@@ -220,7 +226,7 @@ def suggest(
         raise ConfigError(f"--top {top}: give the number of images to suggest, at least 1")
     w = _check_weights(weights)
     if images is not None:
-        image_set, failed, skipped = ImageSet.from_inputs(images)
+        image_set, failed, skipped = ImageSet.from_inputs(images, out_dir)
         if len(image_set) == 0:
             reasons = "; ".join(f"{a}: {r}" for a, r in failed) or "no image files"
             raise DataError(
@@ -327,6 +333,9 @@ def suggest(
         "eval": trained.cfg.eval.mode.value,
     }
     write_json(out / "suggest.json", summary)
+    # listed, so that a later suggest (or predict, pseudolabel) never ranks its own outputs
+    names = ("ranking.csv", "top.txt", "contact_sheet.png", "suggest.json")
+    record_outputs(out / OUTPUTS_MANIFEST, [out / n for n in names])
     return result
 
 

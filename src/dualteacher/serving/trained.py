@@ -27,15 +27,17 @@ class TrainedModels:
     palette: list[tuple[int, int, int]]
     step: int
 
-    def models(self, names: str = "student") -> dict[str, torch.nn.Module]:
-        """``student``, ``all`` or comma-separated names -> models in eval mode, by name."""
+    def models(self, names: str = "student", single: bool = False) -> dict[str, torch.nn.Module]:
+        """``student``, ``all`` or comma-separated names -> models in eval mode, by name.
+        ``single``: the caller takes one model (``export``): the error offers no ``all``."""
         available = self.method.eval_models()
         wanted = list(available) if names == "all" else [n for n in names.split(",") if n]
         unknown = [n for n in wanted if n not in available]
         if unknown or not wanted:
             raise ConfigError(
                 f"no model named {', '.join(unknown) or repr(names)} in this checkpoint; "
-                f"it has: {', '.join(available)} (or 'all')"
+                f"it has: {', '.join(available)}"
+                + (": name one of them" if single else " (or 'all')")
             )
         return {n: available[n].eval() for n in wanted}
 

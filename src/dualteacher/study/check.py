@@ -84,6 +84,11 @@ NOTE_ADVICE = {
         "carry an EXIF orientation (e.g. phone photos); they are read turned as viewers show "
         "them, in training, eval and predict alike, so their masks must match the turned image"
     ),
+    "mode": (
+        "are not plain RGB (alpha, grey, palette or CMYK); they are converted to RGB, an alpha "
+        "channel dropped (transparent pixels keep their stored colour), the same way in "
+        "training, eval and predict"
+    ),
 }
 
 

@@ -49,7 +49,13 @@ from dualteacher.config import Config, check_values, load_config, to_yaml
 from dualteacher.data import build_data, run_index
 from dualteacher.engine.run import run_length
 from dualteacher.engine.trainer import TrainResult, measure_step_seconds
-from dualteacher.errors import ConfigError, DataError, DualTeacherError, RunsFailed
+from dualteacher.errors import (
+    ConfigError,
+    DataError,
+    DualTeacherError,
+    RunsFailed,
+    TrainingStopped,
+)
 from dualteacher.methods import METHODS
 from dualteacher.outputs import write_json, write_text, writes_under
 from dualteacher.plots import plot_miou_vs_time
@@ -147,6 +153,7 @@ def compare(
     minutes: float | None = None,
     runs_dir: str | Path | None = None,
     jobs: int = 1,
+    fresh: bool = False,
 ) -> dict:
     """Train every method for every seed with ``cfg``; write and return the summary.
 
@@ -164,6 +171,8 @@ def compare(
             (default: the CPUs divided by ``jobs``) and, when there are enough GPUs, its own GPU.
             Results do not depend on it beyond thread-count rounding; the seconds do: runs
             that share a machine time each other's contention.
+        fresh: redo the runs whose directory holds a run planned for another budget (see
+            ``check_budget``), deleting only the files compare and its training wrote there.
     """
     if steps is not None and minutes is not None:
         raise ConfigError("give a step budget or a time budget (--steps or --minutes), not both")
@@ -222,13 +231,30 @@ def compare(
             if minutes is not None:
                 kw["max_minutes"] = planned[spec.label]["minutes"]
             todo.append((spec, name, _with(cfg, spec.method, seed, runs_dir / name, **kw)))
+    # every run's budget against the one its directory was planned for, before any trains
+    for *_, run_cfg in todo:
+        check_budget(run_cfg, fresh, minutes is not None)
     if jobs > 1:
         _train_in_parallel([(name, c) for _, name, c in todo], jobs, out_dir)
     runs: dict[str, list[TrainResult]] = {}
     for spec, name, run_cfg in todo:
         # after parallel training, each finished run is only validated here
         print(f"\n=== {name} ===")
-        runs.setdefault(spec.label, []).append(_train_keeping_figures(run_cfg, bundle))
+        try:
+            result = _train_keeping_figures(run_cfg, bundle)
+        except TrainingStopped as e:
+            if e.label != "interrupted":
+                raise
+            # the run's own hint names `dualteacher train`; this run belongs to the compare
+            what = str(e).split(" written. ")[0]
+            raise TrainingStopped(
+                f"{name}: {what}{' written' if ' written. ' in str(e) else ''}. Rerun the same "
+                "compare command (same config, --methods, budget and --out) to resume: "
+                "finished runs are reused, this one continues from its checkpoint",
+                exit_code=e.exit_code,
+                label=e.label,
+            ) from None
+        runs.setdefault(spec.label, []).append(result)
 
     results = [_summarise(s, runs[s.label], seeds, planned[s.label]) for s in specs]
     _add_paired_differences(results, specs)
@@ -297,6 +323,85 @@ def _check_data(bundle, methods: list[str], cfg: Config) -> None:
             f"the unlabelled set of data.name={cfg.data.name} is empty, but {', '.join(needs)} "
             f"train(s) on unlabelled images: {hint}; nothing was trained"
         )
+
+
+BUDGET_FILE = "compare_budget.json"  # per run directory: the budget it was planned for
+BUDGET_KEYS = ("train.steps", "train.epochs", "train.max_minutes", "optim.schedule_steps")
+
+
+def run_budget(cfg: Config, by_time: bool) -> dict:
+    """The budget and schedule a run is planned for, as resolved. With a time budget the step
+    count comes from a timing probe (it varies from one probe to the next): the minutes are
+    the budget then."""
+    values = {
+        "train.steps": cfg.train.steps,
+        "train.epochs": cfg.train.epochs,
+        "train.max_minutes": cfg.train.max_minutes,
+        "optim.schedule_steps": cfg.optim.schedule_steps,
+    }
+    if by_time:
+        values.pop("train.steps")
+    return values
+
+
+def _describe(budget: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in budget.items() if v is not None) or "the config's"
+
+
+def _started(run_dir: Path) -> bool:
+    """Whether a run has trained in ``run_dir`` (a checkpoint or its figures are there)."""
+    return any(run_dir.glob("*.pt")) or (run_dir / RESULT_FILE).is_file()
+
+
+# what a compare run writes in its directory (train's outputs and compare's own): the only
+# files ``--fresh`` deletes
+RUN_OUTPUTS = ("*.pt", "config.yaml", "metrics.jsonl", "curves.png", "result.json",
+               "compare_run.yaml", "train.log", "data_index.npz", ".*.tmp")  # fmt: skip
+RUN_OUTPUT_DIRS = ("tb",)  # TensorBoard's event files
+
+
+def _run_outputs(run_dir: Path) -> list[Path]:
+    found = {f for pattern in RUN_OUTPUTS for f in run_dir.glob(pattern) if f.is_file()}
+    for d in RUN_OUTPUT_DIRS:
+        if (run_dir / d).is_dir() and not (run_dir / d).is_symlink():
+            found |= {f for f in (run_dir / d).rglob("events.out.tfevents.*") if f.is_file()}
+    return sorted(found)
+
+
+def check_budget(cfg: Config, fresh: bool, by_time: bool) -> None:
+    """A run directory's results belong to the budget it was planned for (``BUDGET_FILE``).
+
+    A run planned for this budget is reused (or resumed); one planned for another is refused
+    with one line naming both, since resuming it would extend (or cut) a finished schedule and
+    report it as a run of the new length; ``fresh`` redoes it instead, deleting only the files
+    a compare run writes there (``RUN_OUTPUTS``), never anything else in the folder."""
+    run_dir = Path(cfg.train.out_dir)
+    record_path = run_dir / BUDGET_FILE
+    budget = run_budget(cfg, by_time)
+    record = None
+    if record_path.is_file():
+        try:
+            record = json.loads(record_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            record = None
+    if record is not None and record.get("budget") == budget:
+        return
+    if record is not None and _started(run_dir):
+        if not fresh:
+            raise ConfigError(
+                f"{run_dir} holds a run planned for {_describe(record.get('budget') or {})}, "
+                f"not for this compare's {_describe(budget)}: its results belong to that "
+                "budget. Use another --out, rerun with the same budget, or pass --fresh to "
+                "redo those runs (only the files compare wrote there are deleted)"
+            )
+        removed = _run_outputs(run_dir)
+        for f in removed:
+            f.unlink()
+        for d in RUN_OUTPUT_DIRS:
+            if (run_dir / d).is_dir() and not any((run_dir / d).iterdir()):
+                (run_dir / d).rmdir()
+        print(f"--fresh: removed {len(removed)} file(s) of the earlier run in {run_dir}")
+    write_json(record_path, {"budget": budget})
 
 
 RESULT_FILE = "result.json"  # per run directory: the figures measured while it trained
