@@ -297,8 +297,13 @@ def test_check_names_unreadable_annotations_and_counts_pixels(tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 2
     counts = out[out.index("class pixel counts") :].splitlines()
-    val = sum(int((trees.tool_mask(i) == 0).sum()) for i in (3, 4))  # v0, v1
-    assert counts[2].split() == ["background", f"{expected[0]:,}", f"{val:,}"]
+    val = np.bincount(np.concatenate([trees.tool_mask(i).ravel() for i in (3, 4)]))  # v0, v1
+    rows = [["class", "labeled", "val"]]
+    rows += [
+        [c, f"{n:,}", f"{v:,}"] for c, n, v in zip(["background", "cat", "dog"], expected, val)
+    ]
+    rows += [["(ignore)", "0", "0"]]
+    assert [line.split() for line in counts[1:6]] == rows
     assert f"[labeled] {problem}" in out
 
 
