@@ -306,6 +306,9 @@ TREES: dict[str, Callable[[Path], list[str]]] = {
     "cityscapes": lambda tmp: _labelled_split("cityscapes", trees.make_cityscapes(tmp), tmp),
     "ade20k": lambda tmp: _labelled_split("ade20k", trees.make_ade20k(tmp), tmp),
     "folder": lambda tmp: [f"data.root={trees.make_folder(tmp)}"],
+    "coco": lambda tmp: [f"data.root={trees.make_coco(tmp)}"],
+    "cvat": lambda tmp: [f"data.root={trees.make_cvat(tmp)}"],
+    "labelstudio": lambda tmp: [f"data.root={trees.make_labelstudio(tmp)}"],
 }
 
 

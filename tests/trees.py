@@ -7,6 +7,9 @@ values are known to the tests.
 
 from __future__ import annotations
 
+import io
+import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -143,4 +146,100 @@ def make_folder(root: Path, n_train: int = 4, n_unlabeled: int = 3) -> Path:
         save_mask(data / "val" / "masks" / f"v{i}.png", halves(2, 1))
     for i in range(n_unlabeled):
         save_rgb(data / "unlabeled" / f"u{i}.jpg", image(60 + i, 40, 40))
+    return data
+
+
+# ------------------------------------------------------------------- annotation tools' exports
+# One tree per format, written with the formats' own encoders (pycocotools, Label Studio's
+# converter) in the layout of data/annotated.py: ROOT/train.*, ROOT/val.*, ROOT/images/ (one
+# image no export names: unlabelled) and ROOT/unlabeled/. Classes background, cat, dog; each
+# labelled image: a cat on the left half, a dog square on the right (class 0 elsewhere).
+TOOL_TRAIN = [f"t{i}" for i in range(3)]
+TOOL_VAL = ["v0", "v1"]
+
+
+def tool_mask(i: int) -> np.ndarray:
+    """What every format's tiny tree labels image ``i``: cat left half, dog square, class 0."""
+    mask = np.zeros((H, W), np.uint8)
+    mask[:, : W // 2] = 1
+    mask[4 + i : 14 + i, W // 2 + 4 : W // 2 + 14] = 2
+    return mask
+
+
+def _tool_images(data: Path) -> list[tuple[str, np.ndarray]]:
+    for i, name in enumerate(TOOL_TRAIN + TOOL_VAL + ["extra"]):
+        save_rgb(data / "images" / f"{name}.png", image(70 + i))
+    save_rgb(data / "unlabeled" / "u0.jpg", image(80, 40, 40))
+    return [(n, tool_mask(i)) for i, n in enumerate(TOOL_TRAIN + TOOL_VAL)]
+
+
+def make_coco(root: Path) -> Path:
+    """train.json / val.json: the cat as a polygon, the dog as a compressed RLE (pycocotools)."""
+    from pycocotools import mask as mask_api  # the tool's own encoder, as the tests need it
+
+    data = root / "coco"
+    pairs = _tool_images(data)
+    cats = [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}]
+    for split, names in (("train", TOOL_TRAIN), ("val", TOOL_VAL)):
+        images, anns = [], []
+        for k, (name, mask) in enumerate(p for p in pairs if p[0] in names):
+            images.append({"id": k + 1, "file_name": f"{name}.png", "width": W, "height": H})
+            cat = [0, 0, W // 2, 0, W // 2, H, 0, H]  # the left half, pixel edges
+            rle = mask_api.encode(np.asfortranarray(mask == 2, dtype=np.uint8))
+            dog = {"size": [H, W], "counts": rle["counts"].decode()}
+            anns += [
+                {"id": 2 * k + 1, "image_id": k + 1, "category_id": 1, "segmentation": [cat]},
+                {"id": 2 * k + 2, "image_id": k + 1, "category_id": 2, "segmentation": dog},
+            ]
+        doc = {"images": images, "annotations": anns, "categories": cats}
+        (data / f"{split}.json").write_text(json.dumps(doc))
+    return data
+
+
+def make_cvat(root: Path) -> Path:
+    """train.zip (as CVAT exports it) and val/ (the same export, extracted)."""
+    data = root / "cvat"
+    pairs = _tool_images(data)
+    colours = np.array([[0, 0, 0], [250, 50, 83], [51, 221, 255]], np.uint8)
+    labelmap = "# label:color_rgb:parts:actions\nbackground:0,0,0::\ncat:250,50,83::\n"
+    labelmap += "dog:51,221,255::\n"
+    for split, names in (("train", TOOL_TRAIN), ("val", TOOL_VAL)):
+        listed = "".join(f"{n}\n" for n in names).encode()
+        files = {"labelmap.txt": labelmap.encode(), "ImageSets/Segmentation/default.txt": listed}
+        for name, mask in pairs:
+            if name in names:
+                buf = io.BytesIO()
+                Image.fromarray(colours[mask]).save(buf, format="PNG")
+                files[f"SegmentationClass/{name}.png"] = buf.getvalue()
+        if split == "train":
+            with zipfile.ZipFile(data / "train.zip", "w") as z:
+                for member, content in files.items():
+                    z.writestr(member, content)
+        else:
+            for member, content in files.items():
+                (data / split / member).parent.mkdir(parents=True, exist_ok=True)
+                (data / split / member).write_bytes(content)
+    return data
+
+
+def make_labelstudio(root: Path) -> Path:
+    """train.json / val.json: brush results encoded by Label Studio's converter; uploaded
+    file names carry Label Studio's 8-character prefix."""
+    from label_studio_converter import brush  # the tool's own encoder, as the tests need it
+
+    data = root / "labelstudio"
+    pairs = _tool_images(data)
+    for split, names in (("train", TOOL_TRAIN), ("val", TOOL_VAL)):
+        tasks = []
+        for k, (name, mask) in enumerate(p for p in pairs if p[0] in names):
+            result = [
+                {"id": f"r{c}", "type": "brushlabels", "from_name": "tag", "to_name": "image",
+                 "original_width": W, "original_height": H, "image_rotation": 0,
+                 "value": {"format": "rle", "brushlabels": [label],
+                           "rle": brush.mask2rle((mask == c).astype(np.uint8) * 255)}}
+                for c, label in ((1, "cat"), (2, "dog"))
+            ]  # fmt: skip
+            tasks.append({"id": k + 1, "data": {"image": f"/data/upload/1/0a1b2c3d-{name}.png"},
+                          "annotations": [{"id": k + 1, "result": result}]})  # fmt: skip
+        (data / f"{split}.json").write_text(json.dumps(tasks))
     return data

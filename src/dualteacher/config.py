@@ -56,6 +56,25 @@ class StrongAugConfig:
 
 
 @dataclass
+class AnnotationsConfig:
+    """``data.name=coco | cvat | labelstudio``: annotation tools' exports (docs/data.md)."""
+
+    # The labelled and validation exports, relative to data.root: a COCO or Label Studio JSON
+    # file, a CVAT "Segmentation mask 1.1" zip or its extracted folder. None: train.json /
+    # val.json (coco, labelstudio), train(.zip) / val(.zip) (cvat).
+    train: str | None = None
+    val: str | None = None
+    # Folder of the images the exports name, relative to data.root. Its images that no export
+    # names are unlabelled, with those of data.root/unlabeled/ (as data.name=folder).
+    images: str = "images"
+    # Class names in class-id order. None: the order stated in docs/data.md (COCO: background,
+    # then categories by id; CVAT: its label map; Label Studio: background, then labels sorted).
+    classes: list[str] | None = None
+    # The label (category, brush label) whose regions are ignore (255), never trained on.
+    ignore_label: str = "ignore"
+
+
+@dataclass
 class DataConfig:
     name: str = "demo"  # registered dataset: see `dualteacher.data.DATASETS`
     root: str | None = None  # dataset root on disk (unused by the demo)
@@ -107,6 +126,7 @@ class DataConfig:
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     strong: StrongAugConfig = field(default_factory=StrongAugConfig)
     demo: DemoDataConfig = field(default_factory=DemoDataConfig)
+    annotations: AnnotationsConfig = field(default_factory=AnnotationsConfig)
 
 
 # -------------------------------------------------------------------------------------- model

@@ -92,6 +92,29 @@ def add_serving(p: argparse.ArgumentParser, number: type = int, device: str = DE
     p.add_argument("--workers", type=number, default=0, help=WORKERS_HELP)
 
 
+# the annotation tools' import formats (serving.tool_export.FORMATS; here too so that --help
+# does not import the serving code)
+TOOL_FORMATS = ("coco", "cvat", "labelstudio")
+
+
+def add_tool_format(p: argparse.ArgumentParser, what: str) -> None:
+    """``--format`` and ``--image-prefix`` of the commands that write pre-annotations."""
+    p.add_argument(
+        "--format",
+        choices=TOOL_FORMATS,
+        help=f"also write {what} as pre-annotations in an annotation tool's import format: "
+        "OUT/coco.json (COCO RLE), OUT/cvat.zip (CVAT Segmentation mask 1.1), "
+        "OUT/labelstudio.json (Label Studio tasks with scored predictions)",
+    )
+    p.add_argument(
+        "--image-prefix",
+        default="",
+        metavar="PREFIX",
+        help="put before each image's relative name in the export (e.g. Label Studio's "
+        "/data/local-files/?d=photos/); default none",
+    )
+
+
 # options that name an output folder, on every command that has them (``upgrade-checkpoint``'s
 # --out is a file: it sets ``out_is_file``)
 OUT_FOLDER_OPTIONS = {"out": "--out", "report": "--report"}

@@ -12,6 +12,7 @@ from dualteacher.commands._options import (
     add_command,
     add_overrides,
     add_serving,
+    add_tool_format,
     split_images,
 )
 from dualteacher.errors import INPUT_EXIT
@@ -42,6 +43,7 @@ def add_parser(sub) -> None:
         "--model", default="student", help="student (default), teacher_a, teacher_b, teacher"
     )
     p.add_argument("--overwrite", action="store_true", help="replace masks already in OUT/masks")
+    add_tool_format(p, "every pseudo-label")
     add_serving(p)
     p.set_defaults(func=run)
 
@@ -65,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         workers=args.workers,
         progress=sys.stderr.isatty(),
+        fmt=args.format,
+        image_prefix=args.image_prefix,
     )
     out = Path(args.out)
     print(
@@ -72,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
         f"({100 * result.kept:.1f} % of the pixels at confidence >= {args.conf}, the rest 255 = "
         f"ignore); confidence maps in {out / 'confidence'}"
     )
+    if result.export is not None:
+        print(f"pre-annotations for {args.format}: {result.export}")
     if result.renamed:
         print(
             f"{len(result.renamed)} image(s) share a name with another but for the extension: "

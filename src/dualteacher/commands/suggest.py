@@ -10,6 +10,7 @@ from dualteacher.commands._options import (
     add_command,
     add_overrides,
     add_serving,
+    add_tool_format,
     split_images,
 )
 from dualteacher.errors import INPUT_EXIT, ConfigError
@@ -54,6 +55,7 @@ def add_parser(sub) -> None:
     p.add_argument(
         "--weights", default="1,1,1", help="w_d,w_u,w_r of the combined score (default 1,1,1)"
     )
+    add_tool_format(p, "the top --top images with the student's masks and scores")
     add_serving(p)
     p.set_defaults(func=run)
 
@@ -85,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         workers=args.workers,
         progress=sys.stderr.isatty(),
+        fmt=args.format,
+        image_prefix=args.image_prefix,
     )
     print(format_summary(result))
     if result.failed:

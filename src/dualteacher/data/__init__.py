@@ -2,7 +2,9 @@
 
 - ``demo``: generated in memory (``data.demo``);
 - ``voc``, ``cityscapes``, ``ade20k``: the benchmarks as distributed, at ``data.root``;
-- ``folder``: the user's own images and masks at ``data.root`` (``data/folder.py``).
+- ``folder``: the user's own images and masks at ``data.root`` (``data/folder.py``);
+- ``coco``, ``cvat``, ``labelstudio``: annotation tools' exports at ``data.root``
+  (``data/annotated.py``).
 
 ``build_data`` also checks that the labelled and validation sets are not empty, that their
 files exist (one ``stat`` each) and the headers of the validation files (images that are no
@@ -21,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from dualteacher.config import DataConfig
-from dualteacher.data import ade20k, cityscapes, folder, voc
+from dualteacher.data import ade20k, annotated, cityscapes, folder, voc
 from dualteacher.data.base import ArraySource, DataBundle, SegSource
 from dualteacher.data.files import FileSource
 from dualteacher.data.index import INDEX_NAME, ScanIndex, release_free_memory, using_index
@@ -51,9 +53,14 @@ DATASETS: dict[str, Callable[[DataConfig], DataBundle]] = {
     "cityscapes": cityscapes.build,
     "ade20k": ade20k.build,
     "folder": folder.build,
+    # annotation tools' exports (data/annotated.py)
+    "coco": annotated.build,
+    "cvat": annotated.build,
+    "labelstudio": annotated.build,
 }
 
-# (labelled candidates, other unlabelled images) of a dataset, for `dualteacher splits`
+# (labelled candidates, other unlabelled images) of a dataset, for `dualteacher splits`; the
+# annotation tools' datasets have none: their exports say which images are labelled.
 SPLIT_POOLS = {
     "voc": voc.split_pool,
     "cityscapes": cityscapes.split_pool,

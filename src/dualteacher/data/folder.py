@@ -184,7 +184,8 @@ def layout(cfg: DataConfig) -> FolderLayout:
     return FolderLayout(_root(cfg))
 
 
-def _unlabeled_dir(root: Path) -> EntryTable:
+def unlabeled_dir(root: Path) -> EntryTable:
+    """The images of ``ROOT/unlabeled/``, named ``unlabeled/<name>``."""
     return scan_images(root / "unlabeled").renamed("unlabeled/")
 
 
@@ -194,7 +195,7 @@ def build(cfg: DataConfig) -> DataBundle:
     classes, palette, ignore = read_classes(root / "classes.yaml")
     lay = FolderLayout(root)
     train_x, train_u, problems = lay.scan_split("train")
-    extra_u = _unlabeled_dir(root)
+    extra_u = unlabeled_dir(root)
     if cfg.labeled:
         labeled, lab_origin = read_split(cfg.labeled, cfg, lay, True, "data.labeled"), cfg.labeled
     else:
@@ -246,4 +247,4 @@ def split_pool(cfg: DataConfig, blended: bool = False) -> tuple[EntryTable, Entr
     """(labelled candidates, other unlabelled images) for ``dualteacher splits``."""
     root = _root(cfg)
     train_x, train_u, _ = FolderLayout(root).scan_split("train")
-    return train_x, train_u + _unlabeled_dir(root)
+    return train_x, train_u + unlabeled_dir(root)

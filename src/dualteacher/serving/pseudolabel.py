@@ -11,7 +11,10 @@ globs, as ``predict`` takes them; the checkpoint's ``eval`` settings). For an im
 - ``DIR/confidence/NAME.png``: that probability as 8-bit grey, ``round(255 p)``;
 - ``DIR/classes.yaml``: the classes, colours and ignore value, as the folder dataset reads it;
 - ``DIR/pseudolabels.tsv``: which input each mask belongs to (``image``, ``mask``,
-  ``confidence``, tab-separated, one row per image of this run).
+  ``confidence``, tab-separated, one row per image of this run);
+- with ``fmt``, every mask as a pre-annotation for an annotation tool (``coco.json``,
+  ``cvat.zip`` or ``labelstudio.json``; ``serving.tool_export``), scored by its mean
+  confidence.
 
 Names are unique: inputs whose names differ only by their extension (``x.jpg`` and ``x.png``)
 both keep it (``masks/x.jpg.png``, ``masks/x.png.png``), and the TSV maps each image to its
@@ -46,6 +49,7 @@ from dualteacher.serving.inputs import (
     record_outputs,
 )
 from dualteacher.serving.segmenter import load_segmenter
+from dualteacher.serving.tool_export import FORMATS, ToolExport, export_name
 
 IGNORE = IGNORE_INDEX  # mask value of pixels below the confidence threshold
 
@@ -58,6 +62,7 @@ class PseudoLabelResult:
     previous: list[Path] = field(default_factory=list)  # earlier outputs left out of the inputs
     renamed: list[tuple[Path, Path]] = field(default_factory=list)  # (image, mask) not NAME.png
     mapping: Path | None = None  # DIR/pseudolabels.tsv
+    export: Path | None = None  # the pseudo-labels for an annotation tool (``fmt``)
     kept: float = 0.0  # share of all pixels at or above conf (the rest are IGNORE)
 
 
@@ -82,6 +87,8 @@ def pseudolabel(
     batch_size: int | None = None,
     workers: int = 0,
     progress: bool = True,
+    fmt: str | None = None,
+    image_prefix: str = "",
 ) -> PseudoLabelResult:
     """Write pseudo-labels of ``images``; see the module docstring.
 
@@ -89,11 +96,16 @@ def pseudolabel(
         conf: pixels whose top probability is below it become ``IGNORE``; in (0, 1].
         model: ``student``, ``teacher_a``, ``teacher_b``, ``teacher`` (what the checkpoint has).
         overwrite: replace masks that ``out_dir/masks/`` already holds.
+        fmt: also write every mask as a pre-annotation for an annotation tool, ``coco``,
+            ``cvat`` or ``labelstudio`` (``serving.tool_export``), its score the image's mean
+            top probability, each image named ``image_prefix`` + its relative name.
     """
     if not 0 < conf <= 1:
         raise ConfigError(
             f"--conf {conf}: the confidence threshold is a probability in (0, 1], e.g. 0.95"
         )
+    if fmt is not None and fmt not in FORMATS:
+        raise ConfigError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
     if "," in model or model == "all":
         raise ConfigError(f"--model {model}: give one model name, e.g. student or teacher_a")
     image_set, failed, skipped = ImageSet.from_inputs(images, out_dir, keep_extension=True)
@@ -132,6 +144,10 @@ def pseudolabel(
         ),
     )
     record_outputs(out / OUTPUTS_MANIFEST, [out / "classes.yaml"])
+    export = None
+    if fmt is not None:
+        version = f"dualteacher {trained.cfg.method.name} step {trained.step} ({model})"
+        export = ToolExport(fmt, out, trained.classes, lut, version)
     kept = total = 0
     rows = []
     for batch in logit_batches(
@@ -153,6 +169,9 @@ def pseudolabel(
             rows.append((ref.path, mask, conf_map))
             if ref.path is not None and mask.stem != ref.path.stem:
                 result.renamed.append((ref.path, mask))
+            if export is not None:
+                score = float(prob[k].mean())
+                export.add(export_name(ref, image_prefix), ids[k], score, None)
     result.kept = kept / total if total else 0.0
     result.mapping = out / "pseudolabels.tsv"
     write_text(
@@ -160,4 +179,6 @@ def pseudolabel(
         "image\tmask\tconfidence\n" + "".join(f"{a}\t{b}\t{c}\n" for a, b, c in rows),
     )
     record_outputs(out / OUTPUTS_MANIFEST, [result.mapping])
+    if export is not None:
+        result.export = export.close()
     return result

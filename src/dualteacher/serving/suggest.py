@@ -32,7 +32,9 @@ instead; ``suggest.json`` says which.
 
 Written to DIR: ``ranking.csv`` (rank, name, path, every score, combined; every image once),
 ``top.txt`` (the top K paths, or names for generated images), ``contact_sheet.png`` (the top
-K, at most ``MAX_SHEET_ROWS``: image and each model's prediction) and ``suggest.json``.
+K, at most ``MAX_SHEET_ROWS``: image and each model's prediction) and ``suggest.json``; with
+``fmt``, the top K with the student's masks and their combined score as pre-annotations for
+an annotation tool (``serving.tool_export``: ``coco.json``, ``cvat.zip``, ``labelstudio.json``).
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ from dualteacher.serving.inputs import (
     record_outputs,
 )
 from dualteacher.serving.segmenter import Segmenter, load_segmenter
+from dualteacher.serving.tool_export import FORMATS, ToolExport, export_name
 
 FORMULA = (
     "combined = (w_d R(sym_kl) + w_u R(uncertainty) + w_r R(rarity)) / (w_d + w_u + w_r), "
@@ -179,6 +182,7 @@ class SuggestResult:
     skipped: list[Path] = field(default_factory=list)  # non-image files in input folders
     top_k: int = 0  # rows in top.txt: min(top, ranked images)
     sheet: list[dict] = field(default_factory=list)  # the contact sheet's rows, as drawn
+    export: Path | None = None  # the pre-annotations for an annotation tool (--format)
 
     @property
     def top(self) -> list[dict]:
@@ -212,6 +216,8 @@ def suggest(
     batch_size: int | None = None,
     workers: int = 0,
     progress: bool = True,
+    fmt: str | None = None,
+    image_prefix: str = "",
 ) -> SuggestResult:
     """Rank unlabelled images for labelling; see the module docstring.
 
@@ -221,10 +227,15 @@ def suggest(
             unlabelled set of the checkpoint's config (with ``overrides``, e.g. ``data.root``).
         overrides: ``key=value`` changes of the stored config.
         weights: ``(w_d, w_u, w_r)`` of the combined score.
+        fmt: also write the top images with the student's masks as pre-annotations for an
+            annotation tool, ``coco``, ``cvat`` or ``labelstudio`` (``serving.tool_export``),
+            each image named ``image_prefix`` + its relative name.
     """
     if top < 1:
         raise ConfigError(f"--top {top}: give the number of images to suggest, at least 1")
     w = _check_weights(weights)
+    if fmt is not None and fmt not in FORMATS:
+        raise ConfigError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
     if images is not None:
         image_set, failed, skipped = ImageSet.from_inputs(images, out_dir)
         if len(image_set) == 0:
@@ -266,6 +277,8 @@ def suggest(
                 "DIR, or an unlabelled split with data.unlabeled=FILE"
             )
         image_set, failed, skipped = ImageSet.from_source(source), [], []
+    if fmt is not None and len(image_set):
+        export_name(image_set.refs[0], image_prefix)  # generated images: refused before work
 
     reference = ""
     frequencies = None
@@ -315,6 +328,10 @@ def suggest(
     _write_csv(out / "ranking.csv", rows)
     write_text(out / "top.txt", "".join(f"{r['path'] or r['name']}\n" for r in result.top))
     _write_sheet(trained, pair, student, image_set, rows, index, order, result, batch_size)
+    if fmt is not None:
+        result.export = _write_export(
+            trained, student, image_set, index, order, result, batch_size, fmt, image_prefix
+        )
     summary = {
         "checkpoint": str(checkpoint),
         "step": trained.step,
@@ -383,6 +400,29 @@ def _write_sheet(
     plot_samples(samples, trained.classes, lut, result.out_dir / "contact_sheet.png")
 
 
+def _write_export(
+    trained: Segmenter, student, image_set, index, order, result, batch_size, fmt, image_prefix
+) -> Path:
+    """The top K images with the student's masks and their combined score, for a tool."""
+    positions = [int(index[j]) for j in order[: result.top_k]]
+    names = {i: export_name(image_set.refs[i], image_prefix) for i in positions}
+    export = ToolExport(
+        fmt,
+        result.out_dir,
+        trained.classes,
+        label_colors(trained.palette, len(trained.classes)),
+        f"dualteacher {trained.cfg.method.name} step {trained.step} ({student})",
+    )
+    masks: dict[int, np.ndarray] = {}
+    for batch in logit_batches(trained, image_set, positions, batch_size, progress=False, desc=fmt):
+        for k, i in enumerate(batch.indices):
+            masks[i] = batch.logits[student][k].argmax(0).to(torch.uint8).cpu().numpy()
+    for row, i in zip(result.top, positions):
+        if i in masks:  # unreadable on the second read: left out
+            export.add(names[i], masks[i], row["combined"], row["rank"])
+    return export.close()
+
+
 def format_summary(result: SuggestResult) -> str:
     """What ``dualteacher suggest`` prints at the end."""
     out = result.out_dir
@@ -397,4 +437,6 @@ def format_summary(result: SuggestResult) -> str:
         + (f" (first {MAX_SHEET_ROWS} shown)" if result.top_k > MAX_SHEET_ROWS else ""),
         f"score: {what}student uncertainty, rarity from the {result.rarity_reference}",
     ]
+    if result.export is not None:
+        lines.append(f"pre-annotations of the top {result.top_k}: {result.export}")
     return "\n".join(lines)

@@ -145,6 +145,12 @@ def format_report(report: CheckReport) -> str:
             lines.append(f"{c:<{width}}{cells}")
         ignore = "".join(f"  {_pct(s.pixels[k], float(s.pixels.sum()))}" for s in scored)
         lines.append(f"{ignore_label:<{width}}{ignore}")
+        # the counts too: a share hides how few pixels a rare class has (a tool's export
+        # with one small object of a class reads as 0.01 %)
+        lines += ["", "class pixel counts"]
+        lines.append(f"{'class':<{width}}" + "".join(f"{s.name:>14}" for s in scored))
+        for i, c in enumerate([*report.classes, "(ignore)"]):
+            lines.append(f"{c:<{width}}" + "".join(f"{int(s.pixels[i]):>14,}" for s in scored))
     for w in report.warnings:
         lines.append(f"warning: {w}")
     problems = [(s.name, p) for s in report.sets for p in s.problems]
