@@ -252,12 +252,16 @@ def test_compare_jobs_trains_the_same_runs_in_worker_processes(tmp_path, capsys)
 
 def test_compare_jobs_reports_a_failed_worker_and_keeps_the_others(tmp_path):
     from dualteacher.errors import RunsFailed
-    from dualteacher.study.compare import compare
+    from dualteacher.study.compare import BUDGET_FILE, compare, run_budget
 
     cfg = load_config("demo", [*TINY, "train.threads=1"])
     out = tmp_path / "cmp"
     (out / "supervised").mkdir(parents=True)
     (out / "supervised" / "latest.pt").write_bytes(b"not a checkpoint")
+    # recorded as planned for this budget, so that its worker tries (and fails) to resume it
+    # (without the record, compare refuses the unreadable run before any worker starts)
+    budget = run_budget(load_config("demo", [*TINY, "train.steps=2"]), by_time=False)
+    (out / "supervised" / BUDGET_FILE).write_text(json.dumps({"budget": budget}))
     with pytest.raises(RunsFailed) as err:
         compare(cfg, ["supervised", "dual_teacher"], out, steps=2, jobs=2)
     text = str(err.value)

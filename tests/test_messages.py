@@ -39,6 +39,26 @@ def test_a_validation_mask_of_the_wrong_size_stops_before_the_first_step(tmp_pat
     assert not (out / "metrics.jsonl").exists()  # before: found at the first validation
 
 
+def test_validation_label_values_stop_before_the_first_step_check_lists_each(tmp_path, capsys):
+    root = trees.make_folder(tmp_path)  # 3 classes, ignore 255
+    v0, v1 = root / "val" / "masks" / "v0.png", root / "val" / "masks" / "v1.png"
+    trees.save_mask(v0, trees.halves(0, 7))
+    bad = trees.halves(1, 255)
+    bad[0, 0] = 9  # one pixel: the whole mask is read, not a sample of it
+    trees.save_mask(v1, bad)
+    out = tmp_path / "run"
+    code, _, err = cli(capsys, "train", "demo", *RUN, f"data.root={root}", "--out", out)
+    assert code == 2 and "Traceback" not in err
+    # both files, each with its values (255 is the ignore index, not a bad value) and the fix
+    assert f"{v0}: label values 7 are not classes" in err
+    assert f"{v1}: label values 9 are not classes" in err and "re-export it" in err
+    assert not (out / "metrics.jsonl").exists()  # before: found at the first validation
+    code, report = cli(capsys, "check", "demo", "data.name=folder", f"data.root={root}")[:2]
+    assert code == 2
+    assert f"[val] {v0}: label values 7 are not classes" in report
+    assert f"[val] {v1}: label values 9 are not classes" in report
+
+
 def test_a_corrupt_validation_image_gets_the_validation_hint_and_status_2_everywhere(
     tmp_path, capsys
 ):

@@ -152,6 +152,39 @@ def test_compare_rerun_with_another_budget_is_refused_then_fresh(tmp_path, capsy
     _compare(out, second)  # the same budget again: reused
 
 
+def test_compare_runs_of_an_older_compare_without_a_budget_record(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "cmp"
+    _compare(out, 4)
+    run = out / "supervised"
+    record = run / "compare_budget.json"
+    record.unlink()  # as an older compare left it
+    trained = (run / "latest.pt").stat().st_mtime_ns
+    # the same budget, read from the run's own checkpoint: reused (not retrained), now recorded
+    _compare(out, 4)
+    assert (run / "latest.pt").stat().st_mtime_ns == trained
+    assert json.loads(record.read_text())["budget"]["train.steps"] == 4
+    # another budget: refused, naming the run, both budgets and where the old one was read
+    record.unlink()
+    capsys.readouterr()
+    err = _one_line_error(["compare", "demo", *TINY, "--methods", "supervised", "--steps", "2",
+                           "--out", str(out)], capsys)  # fmt: skip
+    assert str(run) in err and "train.steps=4" in err and "train.steps=2" in err
+    assert "as its latest.pt records" in err and "--fresh" in err
+    # nothing left to read the budget from: refused, never adopted unseen
+    for f in run.glob("*.pt"):
+        f.write_bytes(b"not a checkpoint")
+    (run / "config.yaml").unlink()
+    capsys.readouterr()
+    err = _one_line_error(["compare", "demo", *TINY, "--methods", "supervised", "--steps", "4",
+                           "--out", str(out)], capsys)  # fmt: skip
+    assert str(run) in err and "recorded no budget" in err and "--fresh" in err
+    assert not record.exists()
+    _compare(out, 4, "--fresh")  # redone
+    assert json.loads((out / "summary.json").read_text())["results"][0]["steps"] == 4
+
+
 # ------------------------------------------------------------------------------- export
 def test_export_into_a_folder_with_user_files(ckpt, tmp_path, capsys):
     out = tmp_path / "mine"

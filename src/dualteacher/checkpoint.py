@@ -19,6 +19,7 @@ step-numbered checkpoints ``step_0000200.pt`` (``latest.pt`` is a hard link to t
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import random
@@ -247,6 +248,16 @@ def find_resume_checkpoint(
         print(f"note: {latest} replaced by a link to {best[0].name}", file=sys.stderr)
         best = (latest, best[1])
     return best
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, read in 1 MiB blocks (a checkpoint recorded as a run's
+    source, an export's files)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _file_step(path: Path) -> int | None:

@@ -290,6 +290,10 @@ class TrainConfig:
     # Resuming with a config that changes the training (optim.*, method.*, augmentation, ...)
     # is an error unless this is true (e.g. to continue with a lower optim.lr).
     resume_with_changes: bool = False
+    # A checkpoint whose weights start this run (student and teachers; a fresh schedule from
+    # step 0, a new optimizer): continuing a trained model when new labels arrive. Recorded in
+    # the run's checkpoints; a resumed run continues from its own checkpoint, not from this.
+    init_from: str | None = None
     tensorboard: bool = True
     progress: bool = True  # tqdm progress bar
     # Wall-clock budget of the training steps (validation excluded), in minutes: the loop stops
@@ -672,10 +676,10 @@ def _apply_split(cfg: Config, where) -> None:
 
 
 def with_absolute_paths(cfg: Config) -> Config:
-    """``cfg`` with a relative ``data.root``, and relative split files and ``model.pretrained``
-    files that exist from the working folder, made absolute: a run stores them so, and its
-    checkpoints evaluate and resume from any folder. (Moving the data later is fine: give the
-    new ``data.root``; see ``data.fingerprint``.)"""
+    """``cfg`` with a relative ``data.root``, and relative split files, ``model.pretrained``
+    and ``train.init_from`` files that exist from the working folder, made absolute: a run
+    stores them so, and its checkpoints evaluate and resume from any folder. (Moving the data
+    later is fine: give the new ``data.root``; see ``data.fingerprint``.)"""
 
     def absolute(value: str | None, must_exist: bool) -> str | None:
         if not value or value in ("hub", "bundled"):
@@ -698,7 +702,8 @@ def with_absolute_paths(cfg: Config) -> Config:
         ),
     )
     model = replace(cfg.model, pretrained=absolute(cfg.model.pretrained, must_exist=True))
-    return replace(cfg, data=data, model=model)
+    train = replace(cfg.train, init_from=absolute(cfg.train.init_from, must_exist=True))
+    return replace(cfg, data=data, model=model, train=train)
 
 
 def without_pretrained(cfg: Config) -> Config:

@@ -29,6 +29,12 @@ def add_parser(sub) -> None:
         help="run directory (default: train.out_dir, or runs/<data>_<method> where <data> is "
         "the data.root folder's name or data.name)",
     )
+    p.add_argument(
+        "--init-from",
+        metavar="CKPT",
+        help="start from this checkpoint's weights (student and teachers) with a fresh schedule "
+        "in a new run directory, e.g. after new labels arrived (train.init_from=CKPT)",
+    )
     add_rescan(p)
     p.set_defaults(func=run)
 
@@ -42,6 +48,8 @@ def run(args: argparse.Namespace) -> None:
     overrides = with_rescan(args)
     if args.out:
         overrides.append(f"train.out_dir={args.out}")
+    if args.init_from:
+        overrides.append(f"train.init_from={args.init_from}")
     cfg = load_config(args.config, overrides)
     if cfg.train.out_dir is None:
         cfg.train.out_dir = default_out_dir(cfg)

@@ -156,9 +156,9 @@ def verify_bundle(bundle: DataBundle, cfg: DataConfig) -> None:
         else:
             problems += missing
     if not problems:
-        # validation (and selection) files are never skipped: find what their headers tell
-        # before training
-        problems = [p for s in scored if hasattr(s, "header_problems") for p in s.header_problems()]
+        # validation (and selection) files are never skipped: find what their headers and
+        # masks tell before training
+        problems = [p for s in scored if hasattr(s, "start_problems") for p in s.start_problems()]
     if problems:
         shown = "\n  ".join(str(p) for p in problems[:MAX_LISTED])
         more = (

@@ -446,8 +446,14 @@ class FileSource(SegSource):
         raw = read_mask(e.mask, self.max_pixels)
         if raw.shape != image.shape[:2]:
             raise mask_size_error(e.mask, raw.shape[:2], e.image, decoded)
-        labels = map_labels(raw, self.lut_for(e.mask), e.mask, self.classes_hint)
-        return Sample(image, labels, e.name, notes)
+        return Sample(image, self.labels(e, raw), e.name, notes)
+
+    def labels(self, entry: Entry, raw: np.ndarray | None = None) -> np.ndarray:
+        """Train ids of ``entry``'s mask (``raw``: its values, when already read); label
+        values that are not classes raise ``BadSampleError`` naming the file and the values."""
+        if raw is None:
+            raw = read_mask(entry.mask, self.max_pixels)
+        return map_labels(raw, self.lut_for(entry.mask), entry.mask, self.classes_hint)
 
     def file_problems(self, indices: Iterable[int] | None = None) -> list[BadSampleError]:
         """Files of this set (of the samples ``indices``; None: all) that do not exist (one
@@ -461,11 +467,12 @@ class FileSource(SegSource):
                 out.append(BadSampleError(e.mask, f"mask of {e.image.name} is missing"))
         return out
 
-    def header_problems(self) -> list[BadSampleError]:
-        """What reading only the files' headers finds (no pixel is decoded: about a
-        millisecond a sample): files that are not images, and masks whose size is not their
-        image's as viewers show it. Training checks the validation set so before its first
-        step, instead of failing at the first validation."""
+    def start_problems(self) -> list[BadSampleError]:
+        """What training checks in its validation (and selection) set before its first step,
+        instead of failing at the first validation: files that are not images and masks whose
+        size is not their image's as viewers show it (from the headers: no image pixel is
+        decoded), and masks with label values that are not classes (each mask is decoded and
+        mapped as ``load`` does: a few milliseconds a mask)."""
         out = []
         for i, e in enumerate(self.entries):
             try:
@@ -474,6 +481,8 @@ class FileSource(SegSource):
                     shown = size[::-1] if orientation in (5, 6, 7, 8) else size
                     if _header(e.mask, max_pixels=self.max_pixels)[0] != shown:
                         self.load(i)  # confirm by reading it (a PNG's EXIF may follow its pixels)
+                    else:
+                        self.labels(e)
             except BadSampleError as err:
                 out.append(err)
         return out

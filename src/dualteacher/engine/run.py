@@ -35,6 +35,7 @@ from dualteacher.data.base import EvalSet
 from dualteacher.data.fingerprint import data_changes, data_fingerprint
 from dualteacher.data.loaders import build_train_loaders
 from dualteacher.device import check_amp, select_device
+from dualteacher.engine import init_from
 from dualteacher.engine.distributed import (
     DistInfo,
     broadcast_object,
@@ -342,13 +343,19 @@ def build_training(
         resume_dir: resume from the checkpoint of this run directory, if there is one (see
             ``agree_on_checkpoint``); the config must be the one it was written with. Its
             ``data_index.npz`` caches the folder scans (``data.index`` names another file).
+            Without a checkpoint there, ``train.init_from`` starts the run from another
+            run's weights with a fresh schedule (``engine.init_from``).
         verbose: print what ``model.pretrained`` loaded.
     """
     device, dist = _setup_process(cfg, training=True)
     resume = agree_on_checkpoint(resume_dir, dist) if resume_dir is not None else None
+    source = None  # train.init_from of a new run: (checkpoint, record)
     if resume is not None:  # before building anything: a wrong run directory fails fast
+        cfg = init_from.adopt_recorded_source(resume[1], cfg, resume[0])
         check_compatible(resume[1], cfg, None, resume[0])
         check_resume_config(resume[1], cfg, resume[0])
+    elif cfg.train.init_from:  # read and checked before the data: a wrong file fails fast
+        source = init_from.read_source(cfg)
     if num_classes is None:
         if bundle is None:  # folder scans cached in the run directory, for a resumed run
             index = run_index(resume_dir) if resume_dir is not None else None
@@ -357,15 +364,17 @@ def build_training(
         classes, palette = bundle.classes, bundle.palette
     else:
         bundle, classes, palette = None, [f"class_{i}" for i in range(num_classes)], []
+    if source is not None:
+        init_from.check_classes(source[1], classes, cfg.data.name)
     fingerprint = data_fingerprint(bundle) if bundle is not None else None
     if resume is not None:
         check_compatible(resume[1], cfg, bundle, resume[0])
         if fingerprint is not None:  # the same data, wherever it lies now (not data.root)
             changes = data_changes(resume[1].get("data"), fingerprint)
             check_resume_config(resume[1], cfg, resume[0], changes)
-    method = _build_method(
-        without_pretrained(cfg) if resume is not None else cfg, num_classes, device, verbose
-    )
+    loaded = resume is not None or source is not None  # model.pretrained is never read then
+    method = _build_method(without_pretrained(cfg) if loaded else cfg, num_classes, device, verbose)
+    record = init_from.load_source(method, cfg, *source) if source is not None else None
     optim_cfg, lr_line = scaled_optim_config(cfg, dist.world_size)
     optimizer = build_optimizer(method.student, optim_cfg)
     epoch_steps, total = run_length(cfg, bundle, dist.world_size)
@@ -373,6 +382,7 @@ def build_training(
     scaler = grad_scaler(device, cfg.train.amp)
     state = TrainState(cfg, classes, palette, method, optimizer, scheduler, scaler, device)
     state.data = fingerprint
+    state.init_from = record  # a resumed run restores its own record from the checkpoint
     if resume is not None:
         state.load_state_dict(resume[1], resume[0])
         reseed_rank(cfg.train.seed, dist, state.step)

@@ -51,6 +51,8 @@ class TrainState:
         self.bad_files: list[str] = []
         self.loss_ref: float | None = None  # the loss level of the last good checkpoint
         self.data: dict | None = None  # data.fingerprint of the run's data
+        # train.init_from: the checkpoint whose weights started the run (engine.init_from)
+        self.init_from: dict | None = None
 
     def counters(self) -> dict[str, int]:
         """For the metrics rows."""
@@ -76,6 +78,7 @@ class TrainState:
                 "loss_ref": self.loss_ref,
             },
             "data": self.data,
+            "init_from": self.init_from,
             "grad_scaler": self.scaler.state_dict() if self.scaler else None,
         }
 
@@ -92,4 +95,5 @@ class TrainState:
         self.bad_samples = guard.get("bad_samples", 0)
         self.bad_files = list(guard.get("bad_files", []))
         self.loss_ref = guard.get("loss_ref")
+        self.init_from = ckpt.get("init_from")
         set_rng_state(ckpt["rng"], self.device)

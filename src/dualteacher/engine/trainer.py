@@ -43,6 +43,7 @@ from dualteacher.engine.guard import (
     check_writable,
     save_after_fault,
 )
+from dualteacher.engine.init_from import describe as init_source_line
 from dualteacher.engine.memory import peak_memory_mb, reset_peak_memory
 from dualteacher.engine.run import (
     Run,
@@ -257,6 +258,8 @@ def _loop(
         out_dir.mkdir(parents=True, exist_ok=True)
         write_text(out_dir / "config.yaml", to_yaml(cfg))
         print(run.lr_line)
+        if run.resumed_from is None and state.init_from is not None:
+            print(init_source_line(state.init_from))
         if run.resumed_from is not None:
             ranks = f"; every one of the {dist.world_size} ranks loaded it" if dist.enabled else ""
             print(f"resuming {out_dir} from step {state.step} ({run.resumed_from.name}){ranks}")

@@ -6,7 +6,6 @@ Written by ``serving.export``; read by ``serving.segmenter.load_exported``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import safetensors.torch
 from safetensors import SafetensorError
 
+from dualteacher.checkpoint import file_sha256
 from dualteacher.errors import CheckpointError
 from dualteacher.models import SegModel
 
@@ -21,14 +21,6 @@ FORMAT = "dualteacher-export"
 VERSION = 1
 FILES = {"safetensors": "model.safetensors", "onnx": "model.onnx"}
 FORMATS = tuple(FILES)
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_export(path: str | Path, runtime: str = "torch") -> dict[str, Any]:

@@ -44,12 +44,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+import yaml
 
+from dualteacher.checkpoint import find_resume_checkpoint
 from dualteacher.config import Config, check_values, load_config, to_yaml
 from dualteacher.data import build_data, run_index
 from dualteacher.engine.run import run_length
 from dualteacher.engine.trainer import TrainResult, measure_step_seconds
 from dualteacher.errors import (
+    CheckpointError,
     ConfigError,
     DataError,
     DualTeacherError,
@@ -374,7 +377,10 @@ def check_budget(cfg: Config, fresh: bool, by_time: bool) -> None:
     A run planned for this budget is reused (or resumed); one planned for another is refused
     with one line naming both, since resuming it would extend (or cut) a finished schedule and
     report it as a run of the new length; ``fresh`` redoes it instead, deleting only the files
-    a compare run writes there (``RUN_OUTPUTS``), never anything else in the folder."""
+    a compare run writes there (``RUN_OUTPUTS``), never anything else in the folder. A run of
+    an older compare, which wrote no ``BUDGET_FILE``, is judged by the budget its own config
+    records (its newest checkpoint's, else its ``config.yaml``); a run whose budget cannot be
+    read at all is refused the same way, never adopted unseen."""
     run_dir = Path(cfg.train.out_dir)
     record_path = run_dir / BUDGET_FILE
     budget = run_budget(cfg, by_time)
@@ -386,22 +392,63 @@ def check_budget(cfg: Config, fresh: bool, by_time: bool) -> None:
             record = None
     if record is not None and record.get("budget") == budget:
         return
-    if record is not None and _started(run_dir):
-        if not fresh:
+    if not _started(run_dir):  # nothing trained there yet: this compare plans it
+        write_json(record_path, {"budget": budget})
+        return
+    if record is not None:
+        planned, source = record.get("budget") or {}, ""
+    else:
+        planned, source = _budget_of_run(run_dir, by_time)
+        if planned == budget:  # an older compare's run of this budget: reused, now recorded
+            write_json(record_path, {"budget": budget})
+            return
+    if not fresh:
+        if planned is None:
             raise ConfigError(
-                f"{run_dir} holds a run planned for {_describe(record.get('budget') or {})}, "
-                f"not for this compare's {_describe(budget)}: its results belong to that "
-                "budget. Use another --out, rerun with the same budget, or pass --fresh to "
-                "redo those runs (only the files compare wrote there are deleted)"
+                f"{run_dir} holds a run of an older compare that recorded no budget "
+                f"({BUDGET_FILE}) and has no readable config (a checkpoint or config.yaml) to "
+                f"read it from, so it may belong to another budget than this compare's "
+                f"{_describe(budget)}. Use another --out, or pass --fresh to redo it (only the "
+                "files compare wrote there are deleted)"
             )
-        removed = _run_outputs(run_dir)
-        for f in removed:
-            f.unlink()
-        for d in RUN_OUTPUT_DIRS:
-            if (run_dir / d).is_dir() and not any((run_dir / d).iterdir()):
-                (run_dir / d).rmdir()
-        print(f"--fresh: removed {len(removed)} file(s) of the earlier run in {run_dir}")
+        raise ConfigError(
+            f"{run_dir} holds a run planned for {_describe(planned)}{source}, not for this "
+            f"compare's {_describe(budget)}: its results belong to that budget. Use another "
+            "--out, rerun with the same budget, or pass --fresh to redo those runs (only the "
+            "files compare wrote there are deleted)"
+        )
+    removed = _run_outputs(run_dir)
+    for f in removed:
+        f.unlink()
+    for d in RUN_OUTPUT_DIRS:
+        if (run_dir / d).is_dir() and not any((run_dir / d).iterdir()):
+            (run_dir / d).rmdir()
+    print(f"--fresh: removed {len(removed)} file(s) of the earlier run in {run_dir}")
     write_json(record_path, {"budget": budget})
+
+
+def _budget_of_run(run_dir: Path, by_time: bool) -> tuple[dict | None, str]:
+    """The budget a run without ``BUDGET_FILE`` was trained for, from the config its newest
+    checkpoint (else its ``config.yaml``) records, and where it was read (for messages);
+    ``(None, "")`` when neither can be read."""
+    try:
+        found = find_resume_checkpoint(run_dir)
+    except CheckpointError:  # every checkpoint there is unreadable
+        found = None
+    try:
+        if found is not None:
+            stored, where = found[1]["config"], found[0]
+        elif (run_dir / "config.yaml").is_file():
+            where = run_dir / "config.yaml"
+            stored = yaml.safe_load(where.read_text())
+        else:
+            return None, ""
+        if not isinstance(stored, dict):
+            return None, ""
+        recorded = load_config(None, base=stored)
+    except (OSError, yaml.YAMLError, ConfigError):
+        return None, ""
+    return run_budget(recorded, by_time), f" (as its {where.name} records; no {BUDGET_FILE})"
 
 
 RESULT_FILE = "result.json"  # per run directory: the figures measured while it trained
