@@ -13,11 +13,13 @@ from dualteacher.cli import main
 from dualteacher.config import load_config
 from dualteacher.errors import ConfigError
 from dualteacher.methods import StepInfo, build_method
+from dualteacher.methods.base import phase
 from dualteacher.models import MODELS, ModelSpec, build_model
 from dualteacher.study.bench import (
     PHASES,
     PassRecorder,
     bench,
+    count_step_flops,
     datasheet_peak,
     format_bench,
     synthetic_batches,
@@ -198,6 +200,26 @@ def test_bench_counts_the_flops_of_a_small_model_as_by_hand(conv_linear, method)
     assert r["flops"]["other"] == r["flops"]["optimizer"] == r["flops"]["ema"] == 0
 
 
+def test_flops_are_charged_to_the_outer_phase_and_the_rest_to_other():
+    a = torch.randn(4, 6)
+    b = torch.randn(6, 5)
+    mm = 2 * 4 * 6 * 5  # one (4, 6) @ (6, 5)
+
+    def step():
+        a @ b  # outside every phase
+        with phase("teacher_fwd"):
+            a @ b
+            with phase("student_fwd"):  # nested: charged to teacher_fwd, as PhaseTimer does
+                a @ b
+        with phase("backward"):
+            a @ b
+
+    flops = count_step_flops(step)
+    assert flops["teacher_fwd"] == 2 * mm and flops["backward"] == mm
+    assert flops["student_fwd"] == 0 and flops["other"] == mm and flops["step"] == 4 * mm
+    assert list(flops) == [*PHASES, "other", "step"]
+
+
 def test_bench_json_reports_flops_peak_and_utilisation(capsys):
     main(
         ["bench", "--model", "unet-r18", "--crop", "32", "--batch", "2", "--steps", "2",
@@ -253,6 +275,7 @@ def test_bench_tf32_is_for_cuda_only():
         ("NVIDIA L4", "fp16", 121.0),
         ("NVIDIA L40S", "fp32", 91.6),
         ("NVIDIA A10", "bf16", 125.0),
+        ("NVIDIA L40", "fp32", None),  # not an L4, not in the table
         ("Tesla T4", "fp16", None),
     ],
 )
