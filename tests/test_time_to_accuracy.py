@@ -106,6 +106,16 @@ def test_no_supervised_row_and_no_common_span():
     (row,) = results
     assert row["time_to_target_per_seed"] is None and row["time_to_target"] is None
     assert row["mean_miou_over_time"] is None
+    # a run without a validation has no curve: no figure for its seed, the others count
+    runs = {"supervised": [_run([(10, 20), (20, 40)], 40)], "dual_teacher": [_run([(0, 0)], 0)]}
+    runs["dual_teacher"].append(_run([(10, 30), (20, 50)], 50))
+    runs["dual_teacher"][0].history = []
+    specs = [RunSpec("supervised"), RunSpec("dual_teacher")]
+    results, tta = summarise_runs(specs, runs, [0, 1], {k: {"steps": 1} for k in runs})
+    assert tta["span_seconds"] == [10, 20]
+    assert results[1]["mean_miou_over_time_per_seed"] == [None, 40.0]
+    assert results[1]["mean_miou_over_time"] == 40.0
+    assert results[1]["time_to_target_per_seed"] == [None, 20]
 
 
 def test_summary_files_and_table_carry_the_time_to_accuracy(tmp_path, capsys, monkeypatch):

@@ -604,10 +604,12 @@ def add_time_to_accuracy(results: list[dict], curves: dict[str, list[Curve]]) ->
         row["time_to_target"] = _mean(reached) if reached else None
         row["time_to_target_std"] = _std(reached)
         row["time_to_target_reached"] = len(reached) if times is not None else None
-        means = [mean_miou_over(c, span) for c in seed_curves] if span is not None else None
+        # (a run without a validation, none in practice, has no curve: None for its seed)
+        means = [mean_miou_over(c, span) if c else None for c in seed_curves] if span else None
+        known = [m for m in means if m is not None] if means is not None else []
         row["mean_miou_over_time_per_seed"] = means
-        row["mean_miou_over_time"] = _mean(means) if means else None
-        row["mean_miou_over_time_std"] = _std(means) if means else None
+        row["mean_miou_over_time"] = _mean(known) if known else None
+        row["mean_miou_over_time_std"] = _std(known)
     return {
         "reference": ref["method"] if ref is not None else None,
         "target_miou": target,
