@@ -209,7 +209,7 @@ def count_step_flops(step: Callable[[], object]) -> dict[str, int]:
             step()
     total = counter.get_total_flops()
     flops = {name: phases.flops.get(name, 0) for name in PHASES}
-    flops["other"] = total - sum(phases.flops.values())  # e.g. "sync", or no phase at all
+    flops["other"] = total - sum(flops.values())  # in no phase, or one not in PHASES ("sync")
     flops["step"] = total
     return flops
 
