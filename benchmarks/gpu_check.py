@@ -13,6 +13,10 @@ Checks, in this order (a failing check does not stop the others):
 - ``bench_*``: ``dualteacher bench`` images/s of dual_teacher with deeplabv3plus-r101 @ 513 and
   segformer-b1 @ 512, batch 8 + 8, without and with AMP (bf16) + channels_last, and
   ``bench_speedup`` (the issue's criterion: >= 1.5x for deeplabv3plus-r101);
+- ``bench_*_fp32``, ``bench_*_tf32``, ``bench_*_amp_fp16_cl`` (shorter: 3 timed steps) and
+  ``flop_utilisation``: model FLOP utilisation of the same steps in fp32 (TF32 off), TF32,
+  bf16 (the ``amp_bf16_cl`` bench) and fp16, of the peak bench measures in the same process
+  (matrix product and convolution probes) and of the card's datasheet: one table;
 - ``train_amp_bf16``, ``train_amp_fp16``, ``train_channels_last`` (bf16 + channels_last);
 - ``torchrun_sigterm_resume``: ``torchrun --nproc_per_node 1`` (NCCL on CUDA), SIGTERM to the
   launcher mid-run, then the same command again, which must resume and finish;
@@ -27,7 +31,8 @@ marks the checks it can no longer fit as not run.
 where a verb allows it (importing torch once instead of a dozen times), gloo instead of NCCL,
 ``torch.compile`` with Dynamo's ``eager`` backend (graph capture without Inductor's code
 generation, which takes minutes on a small CPU), the bench models replaced by small ones
-(unet-r18 @ 16, segformer-b0 @ 32), and the torchrun check (other processes, mostly imports)
+(unet-r18 @ 16, segformer-b0 @ 32; FLOP utilisation in fp32 and bf16 only: no TF32 on a CPU,
+and CPU float16 is emulated), and the torchrun check (other processes, mostly imports)
 in a thread beside the rest. What truly needs CUDA (the ``cuda`` tests) is recorded as "not
 run: no CUDA"; the speed-up criterion is not applied. The test suite runs this mode
 (tests/test_gpu_check.py). ``--subprocess`` runs each verb in its own process, as on a GPU.
@@ -74,6 +79,11 @@ class Sizes:
     bench: list[tuple[str, int, int, int]]  # dual_teacher (model, crop, batch (+ as many), classes)
     bench_steps: tuple[int, int]  # (timed, warm-up)
     bench_amp: list[str]  # the AMP + channels_last overrides of the bench
+    # FLOP utilisation: more bench variants, (name, arguments), timed over fewer steps...
+    mfu_benches: list[tuple[str, list[str]]]
+    mfu_bench_steps: tuple[int, int]  # (timed, warm-up)
+    # ... and the table's rows: (precision, the bench variant that measures it, or None)
+    mfu_rows: list[tuple[str, str | None]]
     fast: list[str]  # the overrides of train_channels_last (train_compile adds compile)
     min_miou: float | None  # final student mIoU a training run must reach (None: no floor)
     timeout: float  # seconds one subprocess check may run
@@ -94,6 +104,13 @@ GPU = Sizes(
     bench=[("deeplabv3plus-r101", 513, 8, 21), ("segformer-b1", 512, 8, 150)],
     bench_steps=(10, 3),
     bench_amp=["train.amp=bf16", "train.channels_last=true"],
+    mfu_benches=[
+        ("fp32", ["--tf32", "off"]),
+        ("tf32", ["--tf32", "on"]),
+        ("amp_fp16_cl", ["train.amp=fp16", "train.channels_last=true"]),
+    ],
+    mfu_bench_steps=(3, 2),
+    mfu_rows=[("fp32", "fp32"), ("tf32", "tf32"), ("bf16", "amp_bf16_cl"), ("fp16", "amp_fp16_cl")],
     fast=["train.amp=bf16", "train.channels_last=true"],
     # 200 steps of the demo reach well above this (README: 33.5 after 200 steps at batch 4);
     # a model that predicts background everywhere scores about 15
@@ -129,6 +146,10 @@ CPU = Sizes(
     bench=[("unet-r18", 16, 2, 21), ("segformer-b0", 32, 2, 150)],  # small stand-ins
     bench_steps=(1, 1),
     bench_amp=["train.amp=bf16", "train.channels_last=true"],
+    mfu_benches=[],
+    mfu_bench_steps=(1, 1),
+    # amp_none is fp32 on a CPU (TF32 is CUDA's)
+    mfu_rows=[("fp32", "amp_none"), ("tf32", None), ("bf16", "amp_bf16_cl"), ("fp16", None)],
     fast=["train.channels_last=true"],  # CPU autocast is slow; train_amp_bf16 covers bf16
     min_miou=None,  # 2 steps learn nothing
     timeout=120.0,
@@ -310,6 +331,100 @@ def _finite(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
+# --------------------------------------------------------------------------- FLOP utilisation
+MFU_PHASES = ("teacher_fwd", "student_fwd", "backward")
+
+
+def _sig(x: float | None, digits: int = 4) -> float | None:
+    return None if x is None else float(f"{x:.{digits}g}")
+
+
+def flop_numbers(b: dict) -> dict:
+    """The FLOP fields of a ``bench --json`` result ``b``, as a check keeps them."""
+    peak = b["peak_flops_per_second"]
+    used = b["utilisation"]
+    return {
+        "precision": b["precision"],
+        "tf32": b["tf32"],
+        "gpu": b["gpu"],
+        "flops_per_step": _sig(b["flops_per_step"]),
+        "flops_per_second": _sig(b["flops_per_second"]),
+        "peak_matmul": _sig(peak["matmul"]),
+        "peak_conv": _sig(peak["conv"]),
+        "peak_measured": _sig(peak["measured"]),
+        "peak_datasheet": _sig(peak["datasheet"]),
+        "mfu": _sig(b["mfu"]),
+        "mfu_datasheet": _sig(b["mfu_datasheet"]),
+        "mfu_phases": {k: _sig(used[k]["mfu"]) for k in MFU_PHASES if k in used},
+    }
+
+
+def mfu_rows(sizes: Sizes, results: dict[str, Result]) -> list[dict]:
+    """One row per bench model and precision of ``sizes.mfu_rows``: the FLOP numbers of the
+    bench check that measured it, or why there are none (its status and reason)."""
+    rows = []
+    for model, crop, *_ in sizes.bench:
+        for precision, variant in sizes.mfu_rows:
+            row: dict = {"model": model, "crop": crop, "precision": precision}
+            name = f"bench_{model}@{crop}_{variant}"
+            result = results.get(name)
+            if variant is None:
+                row.update(status=NOT_RUN, reason=f"not run: no {precision} in {sizes.name} mode")
+            elif result is None or result.status != PASS:
+                row.update(status=result.status if result else NOT_RUN, check=name)
+                row["reason"] = result.reason if result else "not run: not in the plan"
+            else:
+                n = result.numbers
+                row.update(status=PASS, check=name, step_seconds=n["step_seconds"])
+                row.update({k: v for k, v in n.items() if k in FLOP_KEYS})
+            rows.append(row)
+    return rows
+
+
+FLOP_KEYS = ("flops_per_step", "flops_per_second", "peak_matmul", "peak_conv", "peak_measured",
+             "peak_datasheet", "mfu", "mfu_datasheet", "mfu_phases", "gpu")  # fmt: skip
+
+
+def _si(x: float | None, unit: str) -> str:
+    if x is None:
+        return "-"
+    for factor, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M")):
+        if abs(x) >= factor:
+            return f"{x / factor:.3g} {prefix}{unit}"
+    return f"{x:.3g} {unit}"
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f} %"
+
+
+def format_mfu_table(rows: list[dict]) -> str:
+    """The FLOP utilisation table: per model and precision, FLOPs per step, achieved FLOP/s,
+    the measured and datasheet peaks, MFU of each and MFU of the model phases (of the
+    measured peak)."""
+    head = (
+        f"{'model':<24}{'prec':<6}{'FLOP/step':>12}{'FLOP/s':>14}{'peak (meas.)':>14}"
+        f"{'peak (sheet)':>14}{'MFU meas.':>11}{'MFU sheet':>11}  MFU teacher_fwd / student_fwd / "
+        "backward"
+    )
+    lines = ["FLOP utilisation (dualteacher bench, dual_teacher; MFU = achieved / peak)", head]
+    for row in rows:
+        label = f"{row['model']}@{row['crop']}"
+        if row["status"] != PASS:
+            why = row["reason"]  # "not run: ..." says its status; a failure's reason does not
+            why = why if why.startswith(row["status"]) else f"{row['status']}: {why}"
+            lines.append(f"{label:<24}{row['precision']:<6}  {why}")
+            continue
+        phases = " / ".join(_pct(row["mfu_phases"].get(k)) for k in MFU_PHASES)
+        lines.append(
+            f"{label:<24}{row['precision']:<6}{_si(row['flops_per_step'], 'FLOP'):>12}"
+            f"{_si(row['flops_per_second'], 'FLOP/s'):>14}{_si(row['peak_measured'], 'FLOP/s'):>14}"
+            f"{_si(row['peak_datasheet'], 'FLOP/s'):>14}{_pct(row['mfu']):>11}"
+            f"{_pct(row['mfu_datasheet']):>11}  {phases}"
+        )
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------------------------ checks
 class Checks:
     def __init__(self, sizes: Sizes, work: Path, verbs: Verbs, cuda: bool):
@@ -400,13 +515,22 @@ class Checks:
                 _expect(im.mode == "P", f"img{i}.png has mode {im.mode}, not P")
         r.numbers.update(images=n, seconds=round(run.seconds, 1))
 
-    def bench(self, r: Result, model: str, crop: int, batch: int, classes: int, amp: bool) -> None:
-        timed, warmup = self.sizes.bench_steps
+    def bench(
+        self,
+        r: Result,
+        model: str,
+        crop: int,
+        batch: int,
+        classes: int,
+        extra: list[str],
+        steps: tuple[int, int] | None = None,
+    ) -> None:
+        timed, warmup = steps or self.sizes.bench_steps
         argv = ["bench", "--model", model, "--crop", str(crop), "--batch", str(batch)]
         argv += ["--method", "dual_teacher", "--classes", str(classes), "--json"]
         argv += ["--steps", str(timed), "--warmup", str(warmup)]
         argv += ["--device", "cpu", "--threads", "1"] if not self.cuda else []
-        run = self.verbs(r.name, argv + (self.sizes.bench_amp if amp else []), r)
+        run = self.verbs(r.name, argv + extra, r)
         _succeeded(run, "bench")
         b = _last_json(run.out)
         keep = ("model", "crop", "batch", "batch_u", "amp", "channels_last", "device")
@@ -415,6 +539,17 @@ class Checks:
             r.numbers[k] = round(b[k], 4)
         r.numbers["peak_memory_mb"] = round(b["peak_memory_mb"], 1)
         _expect(_finite(b["images_per_second"]) and b["images_per_second"] > 0, "no images/s")
+        r.numbers.update(flop_numbers(b))
+
+    def flop_utilisation(self, r: Result) -> None:
+        rows = mfu_rows(self.sizes, self.results)
+        r.numbers["rows"] = rows
+        measured = [row for row in rows if row["status"] == PASS]
+        _expect(bool(measured), "not run: no bench result with FLOPs")
+        for row in measured:
+            what = f"{row['model']}@{row['crop']} {row['precision']}"
+            _expect(row["flops_per_step"] > 0, f"{what}: no FLOPs counted")
+            _expect(_finite(row["mfu"]) and row["mfu"] > 0, f"{what}: MFU {row['mfu']}")
 
     def bench_speedup(self, r: Result) -> None:
         for model, crop, *_ in self.sizes.bench:
@@ -486,12 +621,20 @@ class Checks:
             ("predict", self.predict),
         ]
         for model, crop, batch, classes in self.sizes.bench:
-            for amp in (False, True):
-                name = f"bench_{model}@{crop}_{'amp_bf16_cl' if amp else 'amp_none'}"
-                args = (model, crop, batch, classes, amp)
-                plan.append((name, lambda r, a=args: self.bench(r, *a)))
+            for variant, extra in (("amp_none", []), ("amp_bf16_cl", self.sizes.bench_amp)):
+                args = (model, crop, batch, classes, extra)
+                plan.append(
+                    (f"bench_{model}@{crop}_{variant}", lambda r, a=args: self.bench(r, *a))
+                )
+        plan.append(("bench_speedup", self.bench_speedup))
+        for model, crop, batch, classes in self.sizes.bench:
+            for variant, extra in self.sizes.mfu_benches:
+                args = (model, crop, batch, classes, extra, self.sizes.mfu_bench_steps)
+                plan.append(
+                    (f"bench_{model}@{crop}_{variant}", lambda r, a=args: self.bench(r, *a))
+                )
         plan += [
-            ("bench_speedup", self.bench_speedup),
+            ("flop_utilisation", self.flop_utilisation),
             ("train_amp_bf16", lambda r: self.train(r, "train.amp=bf16")),
             ("train_amp_fp16", lambda r: self.train(r, "train.amp=fp16")),
             ("train_channels_last", lambda r: self.train(r, *self.sizes.fast)),
@@ -531,7 +674,7 @@ def host_info(cuda: bool) -> dict:
 
 
 def _short(numbers: dict) -> str:
-    keys = ("miou_student", "miou", "s_per_step", "images_per_second", "peak_memory_mb",
+    keys = ("miou_student", "miou", "s_per_step", "images_per_second", "peak_memory_mb", "mfu",
             "stopped_at", "resumed_from", "passed", "failed", "skipped")  # fmt: skip
     shown = [f"{k}={numbers[k]}" for k in keys if k in numbers]
     shown += [f"{k}={v}x" for k, v in numbers.items() if "@" in k]
@@ -639,6 +782,9 @@ def main(argv: list[str] | None = None) -> int:
         report["seconds"] = round(time.monotonic() - t0, 1)
         write_report(args.out, report, results)
     print(format_table(report))
+    flop = next((c for c in report["checks"] if c["name"] == "flop_utilisation"), None)
+    if flop is not None and flop["numbers"].get("rows"):
+        print(format_mfu_table(flop["numbers"]["rows"]))
     print(f"results: {args.out}")
     return 1 if report["summary"]["fail"] else 0
 

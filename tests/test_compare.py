@@ -72,6 +72,10 @@ def test_compare_two_methods_two_seeds(tmp_path, capsys):
         assert r["step_seconds"] > 0 and r["peak_memory_mb"] > 50 and r["memory_kind"]
         for d in r["run_dirs"]:
             assert load_checkpoint(f"{d}/latest.pt")["step"] == 2
+    # time to accuracy: against the supervised row of the larger budget, one time per seed
+    tta = summary["time_to_accuracy"]
+    assert tta["reference"] == "supervised:2x" and tta["target_miou"] == sup2["best_miou"]
+    assert len(dt["time_to_target_per_seed"]) == 2 and "time to target" in printed
     teachers = dt["final_miou_teachers"]
     assert set(teachers) == {"teacher_a", "teacher_b"}
     md = (out / "summary.md").read_text()

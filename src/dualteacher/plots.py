@@ -351,13 +351,22 @@ def plot_legend(classes: Sequence[str], lut: np.ndarray, path: str | Path) -> No
     _save(fig, path)
 
 
-def plot_miou_vs_time(curves: dict[str, list[list[tuple[float, float]]]], path: str | Path):
+def plot_miou_vs_time(
+    curves: dict[str, list[list[tuple[float, float]]]],
+    path: str | Path,
+    target: tuple[float, str] | None = None,
+    crossings: dict[str, list[float]] | None = None,
+):
     """Validation mIoU of the student against training wall-clock: ``curves[method]`` holds one
     list of ``(seconds, mIoU)`` points per seed. One seed: its line. Several: the mean over
     seeds (at each validation, time averaged too) with a band from the lowest to the highest
-    seed; seeds of unequal length are drawn as thin lines instead."""
+    seed; seeds of unequal length are drawn as thin lines instead. ``target``: ``(mIoU,
+    label)``, a dashed horizontal line; ``crossings[method]``: the seconds at which its seeds
+    reach it, each drawn as a marker on that line in the method's colour."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=100)
+    if target is not None:
+        ax.axhline(target[0], color="0.35", ls="--", lw=1.0, label=target[1])
     for i, (method, runs) in enumerate(curves.items()):
         runs = [pts for pts in runs if pts]
         if not runs:
@@ -378,6 +387,13 @@ def plot_miou_vs_time(curves: dict[str, list[list[tuple[float, float]]]], path: 
         for j, pts in enumerate(runs):
             t, m = zip(*pts)
             ax.plot(t, m, color=color, marker="o", ms=3, lw=1.2, label=None if j else method)
+    if target is not None:
+        for i, method in enumerate(curves):
+            times = (crossings or {}).get(method, [])
+            if times:
+                label = f"{method} reaches it ({len(times)} of {len(curves[method])} seeds)"
+                ax.plot(times, [target[0]] * len(times), ls="none", marker="v", ms=8,
+                        mec="black", mew=0.6, color=f"C{i}", label=label)  # fmt: skip
     ax.set_xlabel("training wall-clock (s, validation excluded)")
     ax.set_ylabel("validation mIoU (%) of the student")
     ax.grid(alpha=0.3)

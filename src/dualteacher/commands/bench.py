@@ -13,8 +13,8 @@ def add_parser(sub) -> None:
     p = add_command(
         sub,
         "bench",
-        "time training steps of a method and model on synthetic data: mean step time and "
-        "peak memory on this device",
+        "time training steps of a method and model on synthetic data: mean step time, peak "
+        "memory, FLOPs and their share of this device's peak (MFU)",
         "dualteacher bench --model deeplabv3plus-r101 --crop 321 --batch 2 "
         "--method dual_teacher --steps 3 --json",
     )
@@ -27,6 +27,12 @@ def add_parser(sub) -> None:
     p.add_argument("--classes", type=COUNT, default=21, help="number of classes (default 21)")
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--threads", type=COUNT, help="torch CPU threads (default: torch's)")
+    p.add_argument(
+        "--tf32",
+        choices=("on", "off"),
+        help="CUDA: TF32 for float32 matrix products and cuDNN convolutions (default: torch's "
+        "settings, TF32 for convolutions only)",
+    )
     p.add_argument("--config", help="YAML config to start from (default: built-in defaults)")
     p.add_argument(
         "--data",
@@ -56,6 +62,11 @@ def run(args: argparse.Namespace) -> None:
             overrides.append(f"{key}={value}")
     cfg = load_config(args.config, overrides)
     result = bench(
-        cfg, steps=args.steps, warmup=args.warmup, num_classes=args.classes, real_data=args.data
+        cfg,
+        steps=args.steps,
+        warmup=args.warmup,
+        num_classes=args.classes,
+        real_data=args.data,
+        tf32=None if args.tf32 is None else args.tf32 == "on",
     )
     print(json.dumps(result) if args.json else format_bench(result))

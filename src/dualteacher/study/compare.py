@@ -19,7 +19,15 @@ trains. Written to ``OUT``:
   (Student's t), for the final and for the best mIoU (``vs``);
 - ``summary.md``: the same as Markdown tables;
 - ``miou_vs_time.png``: validation mIoU of the student against training wall-clock, the mean
-  over seeds with a band from the lowest to the highest seed.
+  over seeds with a band from the lowest to the highest seed, a horizontal line at the
+  supervised row's best mIoU and a marker where each seed's curve first reaches it.
+
+Time to accuracy (``time_to_accuracy``), per row and seed, on the runs' training wall-clock
+(``TIME_COUNTED``): the seconds to reach the best mIoU of the supervised row (the row with the
+largest budget when there are several: the strongest baseline in the table), and the mean mIoU
+over the time span every run covers (the area under the mIoU-vs-time curve divided by the
+span's length); with their mean and spread over seeds, in the tables, ``summary.json`` and the
+plot.
 
 Budgets. ``steps``: every run does that many optimizer steps. ``minutes``: every run gets that
 much training wall-clock (validation excluded). A short timing probe per method (2 warm-up
@@ -39,10 +47,12 @@ import os
 import statistics
 import subprocess
 import sys
+import textwrap
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
 
@@ -259,8 +269,7 @@ def compare(
             ) from None
         runs.setdefault(spec.label, []).append(result)
 
-    results = [_summarise(s, runs[s.label], seeds, planned[s.label]) for s in specs]
-    _add_paired_differences(results, specs)
+    results, tta = summarise_runs(specs, runs, seeds, planned)
     if minutes is not None:
         budget: dict = {"minutes": minutes}
     else:
@@ -275,16 +284,24 @@ def compare(
         "model": cfg.model.name,
         "data": cfg.data.name,
         "select": _select_info(bundle, cfg),
+        "time_to_accuracy": tta,
     }
+    write_summary(out_dir, summary, runs)
+    return summary
+
+
+def write_summary(out_dir: Path, summary: dict, runs: dict[str, list[TrainResult]]) -> None:
+    """``summary.json``, ``summary.md`` and ``miou_vs_time.png`` into ``out_dir``, and the
+    table on stdout."""
     write_json(out_dir / "summary.json", summary)
     write_text(out_dir / "summary.md", format_markdown(summary))
-    _plot(runs, out_dir / "miou_vs_time.png")
-    print("\n" + format_summary(results))
+    results, tta = summary["results"], summary["time_to_accuracy"]
+    _plot(runs, out_dir / "miou_vs_time.png", results, tta)
+    print("\n" + format_summary(results, tta))
     print(
         f"\nsummary: {out_dir / 'summary.json'}  table: {out_dir / 'summary.md'}  "
         f"plot: {out_dir / 'miou_vs_time.png'}"
     )
-    return summary
 
 
 def _select_info(bundle, cfg: Config) -> dict:
@@ -556,6 +573,98 @@ def _train_keeping_figures(cfg: Config, bundle) -> TrainResult:
     return result
 
 
+def summarise_runs(
+    specs: list[RunSpec], runs: dict[str, list[TrainResult]], seeds: list[int], planned: dict
+) -> tuple[list[dict], dict]:
+    """The rows of ``summary.json`` (one per spec, over its seeds' runs, with the paired
+    differences and the time to accuracy) and the ``time_to_accuracy`` summary."""
+    results = [_summarise(s, runs[s.label], seeds, planned[s.label]) for s in specs]
+    _add_paired_differences(results, specs)
+    tta = add_time_to_accuracy(results, run_curves(runs))
+    return results, tta
+
+
+# What the seconds of the time to accuracy are: ``TrainResult.history``'s ``time``, the
+# ``time`` of metrics.jsonl's validation rows.
+TIME_COUNTED = (
+    "training wall-clock: the seconds of the training steps (data loading, forward and "
+    "backward passes, optimizer, EMA) summed from the run's first step; validation, "
+    "checkpoint writing, logging and building the run are not counted"
+)
+
+Curve = list[tuple[float, float]]  # (training seconds, student validation mIoU), in time order
+
+
+def run_curves(runs: dict[str, list[TrainResult]]) -> dict[str, list[Curve]]:
+    """Per row, per seed: ``(training seconds, student validation mIoU)`` of every validation."""
+    return {
+        label: [[(h["time"], h["miou_student"]) for h in r.history] for r in rs]
+        for label, rs in runs.items()
+    }
+
+
+def time_to_reach(curve: Curve, target: float) -> float | None:
+    """Training seconds at the first validation whose mIoU is at least ``target``; None when
+    no validation of the run reaches it. Validations are where the mIoU is known, so the time
+    is resolved to the validation interval (``train.eval_every``), not interpolated."""
+    return next((t for t, miou in curve if miou >= target), None)
+
+
+def common_span(curves: list[Curve]) -> tuple[float, float] | None:
+    """The time span every curve covers, from the latest first validation to the earliest last
+    one; None when there is none (a run with one validation, or runs that do not overlap)."""
+    curves = [c for c in curves if c]
+    if not curves:
+        return None
+    start, end = max(c[0][0] for c in curves), min(c[-1][0] for c in curves)
+    return (start, end) if end > start else None
+
+
+def mean_miou_over(curve: Curve, span: tuple[float, float]) -> float:
+    """Mean mIoU of ``curve`` over ``span``: the area under the curve, drawn as
+    ``miou_vs_time.png`` draws it (straight lines between validations), from ``span[0]`` to
+    ``span[1]`` (trapezoids), divided by the span's length."""
+    t, miou = np.array(curve, dtype=float).T  # (validations,) each
+    a, b = span
+    grid = np.concatenate([[a], t[(t > a) & (t < b)], [b]])
+    return float(np.trapezoid(np.interp(grid, t, miou), grid) / (b - a))
+
+
+def add_time_to_accuracy(results: list[dict], curves: dict[str, list[Curve]]) -> dict:
+    """Per row of ``results``: ``time_to_target_per_seed`` (seconds, None: never in budget),
+    ``time_to_target`` and ``time_to_target_std`` (mean and sample std over the seeds that
+    reached it; None if none or, for the std, fewer than two), ``time_to_target_reached``
+    (how many seeds), and ``mean_miou_over_time_per_seed`` / ``mean_miou_over_time`` /
+    ``mean_miou_over_time_std`` (``mean_miou_over`` the span all runs cover). The target is
+    the ``best_miou`` (mean over seeds) of the supervised row with the largest budget, the
+    first of them on a tie; without a supervised row, no time to target. Returns the summary:
+    ``reference``, ``target_miou``, ``span_seconds``, ``time`` (``TIME_COUNTED``)."""
+    refs = [r for r in results if r["base_method"] == BASELINE]
+    ref = max(refs, key=lambda r: r["budget_mult"]) if refs else None  # first of the largest
+    target = ref["best_miou"] if ref is not None else None
+    span = common_span([c for rows in curves.values() for c in rows])
+    for row in results:
+        seed_curves = curves[row["method"]]
+        times = [time_to_reach(c, target) for c in seed_curves] if ref is not None else None
+        reached = [t for t in times if t is not None] if times is not None else []
+        row["time_to_target_per_seed"] = times
+        row["time_to_target"] = _mean(reached) if reached else None
+        row["time_to_target_std"] = _std(reached)
+        row["time_to_target_reached"] = len(reached) if times is not None else None
+        # (a run without a validation, none in practice, has no curve: None for its seed)
+        means = [mean_miou_over(c, span) if c else None for c in seed_curves] if span else None
+        known = [m for m in means if m is not None] if means is not None else []
+        row["mean_miou_over_time_per_seed"] = means
+        row["mean_miou_over_time"] = _mean(known) if known else None
+        row["mean_miou_over_time_std"] = _std(known)
+    return {
+        "reference": ref["method"] if ref is not None else None,
+        "target_miou": target,
+        "span_seconds": list(span) if span is not None else None,
+        "time": TIME_COUNTED,
+    }
+
+
 def _add_paired_differences(results: list[dict], specs: list[RunSpec]) -> None:
     """``row["vs"][ref]``: the paired difference of every row against every ``supervised``
     row ``ref`` (one per budget multiplier), for the final and the best mIoU."""
@@ -627,8 +736,56 @@ def _best_header(results: list[dict]) -> str:
     return "best (by select)" if on_select else "best (by val)"
 
 
-def format_summary(results: list[dict]) -> str:
-    """Plain-text table for the terminal."""
+def _seconds(x: float) -> str:
+    return f"{x:.0f}" if x >= 100 else f"{x:.1f}" if x >= 10 else f"{x:.2f}"
+
+
+def time_to_target_text(row: dict) -> str:
+    """``412 ± 31 s``, ``412 s (2/3 seeds; the others never)``, ``never`` or ``n/a`` (no
+    supervised row to take the target from)."""
+    times = row.get("time_to_target_per_seed")
+    if times is None:
+        return "n/a"
+    k = row["time_to_target_reached"]
+    if k == 0:
+        return "never"
+    std = row["time_to_target_std"]
+    text = _seconds(row["time_to_target"]) + ("" if std is None else f" ± {_seconds(std)}")
+    return (
+        f"{text} s" if k == len(times) else f"{text} s ({k}/{len(times)} seeds; the others never)"
+    )
+
+
+def _mean_over_time_text(row: dict) -> str:
+    if row.get("mean_miou_over_time") is None:
+        return "n/a"
+    return _pm(row["mean_miou_over_time"], row["mean_miou_over_time_std"])
+
+
+def tta_note(tta: dict) -> str:
+    """What the time-to-accuracy columns mean, in one paragraph."""
+    if tta["reference"] is None:
+        target = "time to target: n/a, no supervised row to take the target from"
+    else:
+        target = (
+            f"time to target: training seconds to the first validation with a student mIoU of "
+            f"at least {tta['target_miou']:.2f}, the best mIoU of {tta['reference']} (mean over "
+            "seeds; never: not within the run's budget; mean ± std over the seeds that reach it)"
+        )
+    span = tta["span_seconds"]
+    over = (
+        "n/a, the runs' validations do not overlap in time"
+        if span is None
+        else f"{_seconds(span[0])}-{_seconds(span[1])} s, the span every run covers: the area "
+        "under the mIoU-vs-time curve (straight lines between validations) over that span, "
+        "divided by its length"
+    )
+    return f"{target}; mean mIoU over time: {over}. Time: {tta['time']}."
+
+
+def format_summary(results: list[dict], tta: dict | None = None) -> str:
+    """Plain-text table for the terminal; with ``tta`` (``add_time_to_accuracy``'s summary),
+    the time to accuracy after it."""
     best = _best_header(results)
     head = f"{'method':<16}{'final mIoU':>16}{best:>17}{'seconds':>9}{'s/step':>8}{'MiB':>7}"
     lines = [head]
@@ -646,6 +803,13 @@ def format_summary(results: list[dict]) -> str:
     lines += [best_note(results)]
     if diffs:
         lines += ["", "paired difference per seed (mean [95% interval]; per seed):", *diffs]
+    if tta is not None:
+        lines += ["", f"{'method':<16}{'time to target':>34}{'mean mIoU over time':>22}"]
+        lines += [
+            f"{r['method']:<16}{time_to_target_text(r):>34}{_mean_over_time_text(r):>22}"
+            for r in results
+        ]
+        lines.append(textwrap.fill(tta_note(tta), 100))
     return "\n".join(lines)
 
 
@@ -734,6 +898,23 @@ def format_markdown(summary: dict) -> str:
                 f"| {r['method']} | {ref} | {_md_diff(d['miou'])} | {_md_diff(d['best_miou'])} "
                 f"| {per_seed} |"
             )
+    tta = summary.get("time_to_accuracy")
+    if tta is not None:
+        target = (
+            f"time to {tta['reference']}'s best mIoU ({tta['target_miou']:.2f})"
+            if tta["reference"] is not None
+            else "time to target"
+        )
+        span = tta["span_seconds"]
+        over = "mean mIoU over time" + (
+            "" if span is None else f" ({_seconds(span[0])}-{_seconds(span[1])} s)"
+        )
+        lines += ["", "Time to accuracy:", "", f"| method | {target} | {over} |", "|---|---|---|"]
+        lines += [
+            f"| {r['method']} | {time_to_target_text(r)} | {_mean_over_time_text(r)} |"
+            for r in results
+        ]
+        lines += ["", tta_note(tta)[0].upper() + tta_note(tta)[1:]]
     teachers = [r for r in results if r.get("final_miou_teachers")]
     if teachers:
         lines += ["", "Final mIoU of the teachers:", ""]
@@ -760,12 +941,15 @@ def _md_diff(d: dict) -> str:
     return text
 
 
-def _plot(runs: dict[str, list[TrainResult]], path: Path) -> None:
-    curves = {
-        method: [[(h["time"], h["miou_student"]) for h in r.history] for r in rs]
-        for method, rs in runs.items()
-    }
-    plot_miou_vs_time(curves, path)
+def _plot(runs: dict[str, list[TrainResult]], path: Path, results: list[dict], tta: dict) -> None:
+    target = crossings = None
+    if tta["reference"] is not None:
+        target = (tta["target_miou"], f"{tta['reference']} best ({tta['target_miou']:.2f})")
+        # where each seed's curve first reaches the target (its time to target)
+        crossings = {
+            r["method"]: [t for t in r["time_to_target_per_seed"] if t is not None] for r in results
+        }
+    plot_miou_vs_time(run_curves(runs), path, target=target, crossings=crossings)
 
 
 if __name__ == "__main__":  # the worker process of ``compare(..., jobs=N)``
