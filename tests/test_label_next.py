@@ -16,6 +16,7 @@ import dualteacher
 from dualteacher.cli import main
 from dualteacher.config import DemoDataConfig, load_config
 from dualteacher.data import build_data
+from dualteacher.data.annotations import Prediction, labelstudio_task
 from dualteacher.data.demo import CLASSES, PALETTE, generate, write_demo_folder
 from dualteacher.data.transforms import normalize
 from dualteacher.engine.evaluate import predict_logits
@@ -415,3 +416,97 @@ def test_api_names():
         assert callable(getattr(dualteacher, name))
     with pytest.raises(ConfigError, match="--top 0"):
         dualteacher.suggest("unused.pt", "unused", top=0)
+
+
+def _pre_annotations(data: Path, names: list[str]) -> list[dict]:
+    """Label Studio pre-annotations as `suggest --format labelstudio` writes them, with a
+    model mask that is wrong everywhere (the true class + 1), so that what is read back can
+    only be the truth if the person's step replaced it."""
+    tasks = []
+    for rank, name in enumerate(names, 1):
+        wrong = (np.asarray(Image.open(data / "unlabeled_masks" / name)) + 1) % len(CLASSES)
+        p = Prediction("/data/local-files/?d=images/" + name, wrong.astype(np.uint8), 0.5, rank)
+        tasks.append(labelstudio_task(p, CLASSES, model_version="test"))
+    return tasks
+
+
+def test_label_loop_annotate_exports_the_truth_through_label_studio(tmp_path, capsys):
+    pytest.importorskip("label_studio_converter")
+    bench = _bench_module()
+    data = tmp_path / "demo"
+    write_demo_folder(DEMO, data)
+    names = ["unlabeled_00009.png", "unlabeled_00003.png", "unlabeled_00014.png"]
+    pre = tmp_path / "labelstudio.json"
+    pre.write_text(json.dumps(_pre_annotations(data, names)))
+    root = tmp_path / "root"
+    bench.main(["annotate", "--data", str(data), "--k", "3", "--pre", str(pre), "--out", str(root)])
+    assert "3 images labelled with their true masks" in capsys.readouterr().out
+    assert (root / "added.txt").read_text().split() == names  # suggest's order
+
+    # Read back here, as training reads it: 8 + 3 labelled, all true masks; val true; the
+    # rest of the pool unlabelled; the demo's classes in their order.
+    bundle = build_data(load_config("demo", ["data.name=labelstudio", f"data.root={root}"]).data)
+    assert bundle.classes == CLASSES
+    assert (len(bundle.labeled), len(bundle.unlabeled), len(bundle.val)) == (11, 13, 6)
+    _, lab_true = generate(DEMO, "labeled")
+    _, unl_true = generate(DEMO, "unlabeled")
+    _, val_true = generate(DEMO, "val")
+    truth = {f"labeled_{i:05d}": m for i, m in enumerate(lab_true)}
+    truth |= {f"unlabeled_{i:05d}": unl_true[i] for i in (9, 3, 14)}
+    got = {s.name: s.mask for s in map(bundle.labeled.load, range(11))}
+    assert sorted(got) == sorted(truth)
+    assert all(np.array_equal(got[n], truth[n]) for n in truth)
+    assert all(np.array_equal(bundle.val.load(i).mask, val_true[i]) for i in range(6))
+    unl = {bundle.unlabeled.load(i).name for i in range(13)}
+    assert unl == {f"unlabeled_{i:05d}" for i in range(16)} - {n[:-4] for n in names}
+
+    # A second run writes nothing (a resumed run's data stays as it started).
+    stamp = (root / "train.json").stat().st_mtime_ns
+    bench.annotate(data, root, json.loads(pre.read_text()))
+    assert (root / "train.json").stat().st_mtime_ns == stamp
+
+    # The read-back check stops on a mask that is not the truth.
+    tasks = json.loads((root / "train.json").read_text())
+    tasks[-1]["annotations"] = [
+        {"result": _pre_annotations(data, names[-1:])[0]["predictions"][0]["result"]}
+    ]
+    (root / "train.json").write_text(json.dumps(tasks))
+    with pytest.raises(SystemExit, match="unlabeled_00014 read back is not its true mask"):
+        bench.check_import(data, root, names)
+
+    # --random: the seed's draw of label_next.sh's random arm, through the same export.
+    bench.main(
+        ["annotate", "--data", str(data), "--k", "3", "--random", "0", "--out", str(tmp_path / "r")]
+    )
+    drawn = [p.name for p in bench.pick_random(data, 3, 0)]
+    assert (tmp_path / "r/added.txt").read_text().split() == drawn
+
+
+def test_label_loop_table_pairs_by_seed(tmp_path):
+    bench = _bench_module()
+    miou = {  # seed -> base, continue_random, continue_suggest, scratch_suggest
+        0: (50.0, 60.0, 64.0, 61.0),
+        1: (52.0, 61.0, 66.0, 63.0),
+        2: (51.0, 62.0, 65.0, 60.0),
+    }
+    for seed, values in miou.items():
+        for arm, value in zip(bench.LOOP_ARMS, values):
+            run = tmp_path / f"seed{seed}" / arm
+            run.mkdir(parents=True)
+            rows = [{"step": 4, "miou_student": value}, {"step": 2, "miou_student": 99.0}]
+            (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in rows))
+    text = bench.loop_table(tmp_path, 24, [0, 1, 2], note="the note")
+    assert bench.LOOP_ARMS == ("base", "continue_random", "continue_suggest", "scratch_suggest")
+    assert "| 1 | 52.00 | 61.00 | 66.00 | 63.00 | +5.00 | +3.00 |" in text
+    # suggest - random: 4, 5, 3 (mean 4, std 1); suggest - scratch: 3, 3, 5 (mean 3.67,
+    # std 1.15); half widths t(0.975, 2) = 4.3027 x std / sqrt(3).
+    assert "| +4.00 ± 1.00 [+1.52, +6.48] | +3.67 ± 1.15 [+0.80, +6.54] |" in text
+    assert "| mean ± std | 51.00 ± 1.00 | 61.00 ± 1.00 | 65.00 ± 1.00 | 61.33 ± 1.53 |" in text
+    assert "the note" in text and (tmp_path / "label_loop.md").read_text() == text
+    summary = json.loads((tmp_path / "label_loop.json").read_text())
+    d = summary["differences"]["continue_suggest - scratch_suggest"]
+    assert d["per_seed"] == [3.0, 3.0, 5.0]
+    assert d["ci95"] == pytest.approx(
+        [11 / 3 - 4.302653 * 1.154701 / 3**0.5, 11 / 3 + 4.302653 * 1.154701 / 3**0.5], abs=1e-4
+    )
+    assert summary["miou"]["2"]["scratch_suggest"] == 60.0
