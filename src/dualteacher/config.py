@@ -303,7 +303,9 @@ class TrainConfig:
     max_minutes: float | None = None
     curves: bool = True  # write curves.png (losses, mask ratio, val mIoU) at every validation
     amp: AmpMode = AmpMode.none  # mixed precision of the training forwards
-    channels_last: bool = False  # NHWC memory format for models and images (faster convs on GPU)
+    # NHWC memory format for models and images: convolutions run faster on CPU (oneDNN; the demo's
+    # Dual Teacher step 1.5x, docs/scaling.md "CPU speed levers") and on recent GPUs.
+    channels_last: bool = True
     compile: bool = False  # torch.compile the student's training forwards (first steps slow)
     accum_steps: int = 1  # micro-batches per optimizer step (gradient accumulation)
     sync_bn: bool = True  # SyncBatchNorm in the student under DDP on CUDA (never on CPU)
