@@ -768,3 +768,62 @@ def test_every_flag_is_in_the_docs_table():
     table = page.split("## Dual Teacher: faithful and clean", 1)[1]
     for field in fields(DualTeacherFlags):
         assert f"`{field.name}`" in table, field.name
+
+
+def test_class_adaptive_thresholds_follow_the_teachers_confidence_per_class():
+    """threshold=class_adaptive: class c's threshold is conf_thresh * m_c / max m over the
+    classes seen, m_c the bias-corrected EMA of the teacher's mean confidence on pixels it
+    labels c; a class never seen keeps conf_thresh; the ignore index is not a class."""
+    method = make_method("clean", "method.dual_teacher.threshold=class_adaptive")
+    torch.testing.assert_close(method.class_thresholds(), torch.full((K,), 0.95))
+    # class 0: confidences 0.9 and 1.0 (mean 0.95); class 1: 0.5; 255: ignored; others unseen
+    conf = torch.tensor([[[0.9, 1.0, 0.5, 0.3]]])
+    pl = torch.tensor([[[0, 0, 1, 255]]])
+    method._update_class_conf(conf, pl)
+    expected = torch.full((K,), 0.95)
+    expected[1] = 0.95 * 0.5 / 0.95  # one step: the bias-corrected mean is the batch's mean
+    torch.testing.assert_close(method.class_thresholds(), expected)
+    # a second step with class 1 only: class 0 keeps its mean, class 1 averages 0.5 and 0.7
+    method._update_class_conf(torch.tensor([[[0.7]]]), torch.tensor([[[1]]]))
+    m = method.dt.class_thresh_momentum
+    m1 = (m * (1 - m) * 0.5 + (1 - m) * 0.7) / (1 - m**2)
+    expected[1] = 0.95 * m1 / 0.95
+    torch.testing.assert_close(method.class_thresholds(), expected)
+    # in the state dict: a checkpoint carries it and resume continues it
+    state = method.state_dict()
+    assert state["class_seen"].tolist()[:2] == [1, 2]
+    # the mask: a class-1 pixel at 0.62 passes (threshold ~0.60), a class-0 one at 0.9 does not
+    keep = method._confident(torch.tensor([0.62, 0.9]), torch.tensor([1, 0]))
+    assert keep.tolist() == [True, False]
+
+
+@pytest.mark.parametrize("k", [0, 1])
+def test_class_adaptive_thresholds_choose_the_trained_pixels(k, draws):
+    """The IC and mixing terms use the per-class thresholds: with a teacher sure of class 0 and
+    unsure of the rest, class_adaptive trains pixels that the fixed 0.95 leaves out."""
+    method = make_method(
+        "clean",
+        "method.dual_teacher.threshold=class_adaptive",
+        "method.dual_teacher.mix_loss=masked",
+    )
+    # Pretend the teacher was confident in class 0 (0.99) and unsure of every other (0.5).
+    method.class_conf.copy_(torch.tensor([0.99] + [0.5] * (K - 1)))
+    method.class_seen.fill_(10_000)  # bias correction ~1
+    thresholds = method.class_thresholds()
+    assert thresholds[0] == pytest.approx(0.95) and thresholds[1] == pytest.approx(
+        0.95 * 0.5 / 0.99
+    )
+    bx, bu = make_batches()
+    calls = record_forwards(method)
+    out = method.training_step(bx, bu, StepInfo(step=4 * k + 1, epoch_steps=4))
+    teacher_call = calls[TEACHER_NAMES[k]][0]
+    conf, pl = _pseudo(teacher_call, ~bu["ignore"])
+    valid = pl != 255
+    # the step updated the statistics after labelling; the masks used the updated thresholds
+    thr = method.class_thresholds()[pl.clamp(max=K - 1)]
+    (strong,) = [c for c in calls["student"] if len(c.input) == B]
+    ce = F.cross_entropy(strong.output, pl, reduction="none", ignore_index=255)
+    expected_ic = (ce * ((conf >= thr) & valid)).sum() / valid.sum()
+    fixed_ic = (ce * ((conf >= 0.95) & valid)).sum() / valid.sum()
+    torch.testing.assert_close(out["loss_ic"], expected_ic)
+    assert not torch.allclose(expected_ic, fixed_ic)  # the thresholds changed what is trained

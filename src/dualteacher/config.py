@@ -150,6 +150,13 @@ class DualTeacherMode(StrEnum):
     clean = "clean"  # the same algorithm with the quirks the docs/methods.md table lists fixed
 
 
+class Threshold(StrEnum):
+    """Which pseudo-labels count as confident (``method.dual_teacher.threshold``)."""
+
+    fixed = "fixed"  # one threshold, method.conf_thresh, for every class (official)
+    class_adaptive = "class_adaptive"  # per class, scaled by the teacher's confidence in it
+
+
 class MixLoss(StrEnum):
     """How the CutMix / ClassMix terms use the teacher's confidence (``docs/method.md``)."""
 
@@ -177,6 +184,13 @@ class DualTeacherConfig:
     # weight exp(-5 (1 - step / rampup_steps)^2) (Laine & Aila 2017, Mean Teacher), so that
     # early, near-random teachers do not drown the labelled signal; 0 (official): full weight.
     rampup_steps: int = 0
+    # fixed (official): a pixel's pseudo-label counts when its confidence >= method.conf_thresh.
+    # class_adaptive: class c's threshold is conf_thresh * m_c / max_k m_k, m_c a running mean
+    # (momentum class_thresh_momentum per step) of the teacher's confidence on the pixels it
+    # labels c: classes the teacher is less sure of are not starved by the majority class
+    # (docs/gain.md, "Confident pseudo-labels are all background").
+    threshold: Threshold = Threshold.fixed
+    class_thresh_momentum: float = 0.99
 
 
 @dataclass
@@ -402,6 +416,7 @@ VALUE_RANGES: dict[str, Range] = {
     "method.dual_teacher.switch_every": COUNT,
     "method.dual_teacher.cutmix_beta": POSITIVE,
     "method.dual_teacher.rampup_steps": NON_NEGATIVE,
+    "method.dual_teacher.class_thresh_momentum": PROBABILITY,
     "method.mean_teacher.unsup_weight": NON_NEGATIVE,
     "method.fixmatch.cutmix_p": PROBABILITY,
     "method.unimatch.strong_weight": NON_NEGATIVE,

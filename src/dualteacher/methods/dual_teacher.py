@@ -28,12 +28,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from dualteacher.config import Config, DualTeacherConfig, DualTeacherMode, MixLoss
+from dualteacher.config import Config, DualTeacherConfig, DualTeacherMode, MixLoss, Threshold
 from dualteacher.data.transforms import denormalize
 from dualteacher.errors import ConfigError
 from dualteacher.methods.base import Batch, Method, StepInfo, phase
@@ -188,6 +189,13 @@ class DualTeacher(Method):
         self.teachers = nn.ModuleList([self.make_teacher(make_model) for _ in TEACHER_NAMES])
         self.ema = EMA(BufferPolicy.keep if self.flags.ema_params_only else BufferPolicy.ema)
         self.mean, self.std = cfg.data.mean, cfg.data.std
+        self.class_adaptive = self.dt.threshold == Threshold.class_adaptive
+        if self.class_adaptive:
+            # class_conf (K,): EMA of the teacher's mean confidence on the pixels it labels c,
+            # from 0; class_seen (K,): the steps that had class c, for the bias correction.
+            # Buffers: checkpoints carry them, and resume continues them exactly.
+            self.register_buffer("class_conf", torch.zeros(student.num_classes))
+            self.register_buffer("class_seen", torch.zeros(student.num_classes, dtype=torch.long))
 
     def active(self, info: StepInfo) -> int:
         return active_teacher(info.epoch, self.dt.switch_every)
@@ -221,6 +229,8 @@ class DualTeacher(Method):
             x_s = batch_u["image_s"]
 
         conf, pl = self._predict(teacher, x_u, valid_u)
+        if self.class_adaptive:
+            self._update_class_conf(conf, pl)
         if k == 0:
             loss_x, loss_mix, mask_ratio = self._cutmix_branch(x, y, x_u, conf, pl)
         else:
@@ -230,7 +240,7 @@ class DualTeacher(Method):
             conf, pl = self._predict(teacher, x_u, valid_u)
         valid_ic = y != self.ignore_index if f.ic_mask_from_labeled else valid_u
         logits_s = self.student_forward(x_s)
-        loss_ic = masked_ce(logits_s, pl, conf >= self.conf_thresh, valid_ic, self.ignore_index)
+        loss_ic = masked_ce(logits_s, pl, self._confident(conf, pl), valid_ic, self.ignore_index)
 
         if self.dt.rampup_steps:
             w = rampup_weight(info.step, self.dt.rampup_steps)
@@ -252,6 +262,52 @@ class DualTeacher(Method):
         self.ema.update(self.teachers[self.active(info)], self.student, momentum)
 
     # ----------------------------------------------------------------------------------------
+    def class_thresholds(self) -> torch.Tensor:
+        """(K,) confidence threshold of each class: ``conf_thresh`` everywhere (``fixed``), or
+        ``conf_thresh * m_c / max_k m_k`` (``class_adaptive``, ``m`` over the classes seen so
+        far): the class the teacher is surest of keeps ``conf_thresh``, the others are lowered in
+        proportion to the teacher's confidence in them; a class never seen keeps ``conf_thresh``.
+        """
+        k = self.student.num_classes
+        if not self.class_adaptive:
+            return torch.full((k,), self.conf_thresh)
+        if not bool((self.class_seen > 0).any()):
+            return torch.full((k,), self.conf_thresh, device=self.class_conf.device)
+        # Bias-corrected EMA (as Adam's moments): an average of the steps seen, from the first.
+        seen = self.class_seen > 0
+        m = self.class_conf / (1 - self.dt.class_thresh_momentum**self.class_seen).clamp(min=1e-12)
+        scaled = self.conf_thresh * m / m[seen].max()
+        return torch.where(seen, scaled, torch.full_like(m, self.conf_thresh))
+
+    def _confident(self, conf: torch.Tensor, pl: torch.Tensor) -> torch.Tensor:
+        """(B, H, W) bool: the pseudo-labels ``pl`` (B, H, W) whose confidence ``conf`` reaches
+        their class's threshold (ignore pixels: compared with any class's, masked by callers)."""
+        if not self.class_adaptive:
+            return conf >= self.conf_thresh
+        thresholds = self.class_thresholds().to(conf.device)
+        return conf >= thresholds[pl.clamp(max=len(thresholds) - 1)]
+
+    @torch.no_grad()
+    def _update_class_conf(self, conf: torch.Tensor, pl: torch.Tensor) -> None:
+        """One EMA step of ``class_conf`` from the teacher's ``conf, pl`` (B, H, W) on this step's
+        unlabelled batch (all processes' pixels together); classes absent from it keep theirs."""
+        k = len(self.class_conf)
+        valid = pl != self.ignore_index
+        labels = pl[valid]
+        sums = torch.zeros(k, device=conf.device).index_add_(0, labels, conf[valid].float())
+        counts = torch.bincount(labels, minlength=k).float()
+        if dist.is_available() and dist.is_initialized():
+            stats = torch.cat([sums, counts])
+            dist.all_reduce(stats)
+            sums, counts = stats[:k], stats[k:]
+        present = (counts > 0).to(self.class_conf.device)
+        mean = (sums / counts.clamp(min=1)).to(self.class_conf.device)
+        m = self.dt.class_thresh_momentum
+        self.class_conf.copy_(
+            torch.where(present, m * self.class_conf + (1 - m) * mean, self.class_conf)
+        )
+        self.class_seen += present.long()
+
     def _forward_pair(self, x: torch.Tensor, x_u: torch.Tensor):
         """One student forward on labelled + mixed unlabelled images (official batching)."""
         logits = self.student_forward(torch.cat([x, x_u]))
@@ -272,7 +328,7 @@ class DualTeacher(Method):
         logits_x, logits_u = self._forward_pair(x, x_mix)
         loss_x = self.supervised_loss(logits_x, y)
         valid = pl_mix != self.ignore_index
-        confident = (conf_w >= self.conf_thresh) & valid
+        confident = self._confident(conf_w, pl_mix) & valid
         mask_ratio = confident.sum() / valid.sum().clamp(min=1)
         if self.dt.mix_loss == MixLoss.masked:
             loss_mix = masked_ce(logits_u, pl_mix, confident, valid, self.ignore_index)
@@ -298,7 +354,7 @@ class DualTeacher(Method):
         logits_x, logits_u = self._forward_pair(x, x_cm)
         loss_x = self.supervised_loss(logits_x, y)
         valid = pl_cm != self.ignore_index  # all pixels in faithful (padding_in_unsup)
-        confident = (conf_cm >= self.conf_thresh) & valid
+        confident = self._confident(conf_cm, pl_cm) & valid
         weight = confident.sum() / valid.sum().clamp(min=1)  # one scalar for the batch
         if self.dt.mix_loss == MixLoss.masked:
             loss_mix = masked_ce(logits_u, pl_cm, confident, valid, self.ignore_index)
@@ -311,7 +367,10 @@ class DualTeacher(Method):
         """``teacher_a_dist`` / ``teacher_b_dist``: each teacher's relative parameter distance
         from the student (0 = a copy: a collapsed teacher; docs/methods.md, "How far are the
         teachers from the student?")."""
-        return {
+        out = {
             f"{name}_dist": relative_distance(t, self.student)
             for name, t in zip(TEACHER_NAMES, self.teachers)
         }
+        if self.class_adaptive:  # the lowest class threshold: how far a class was let in
+            out["threshold_min"] = float(self.class_thresholds().min())
+        return out
