@@ -94,6 +94,7 @@ class ModelPass:
 
     model: nn.Module
     shape: tuple[int, ...]  # input (B, 3, H, W)
+    stride: tuple[int, ...]  # its memory layout: NCHW or NHWC (channels_last), as the step had it
     kwargs: dict
     training: bool  # train or eval mode
     grad: bool  # part of the backward (student passes) or not (pseudo-labels)
@@ -120,7 +121,9 @@ class PassRecorder:
         if self.active:
             grad = torch.is_grad_enabled()
             self.passes.append(
-                ModelPass(student, tuple(x.shape), kwargs, student.training, grad, self._inner)
+                ModelPass(
+                    student, tuple(x.shape), x.stride(), kwargs, student.training, grad, self._inner
+                )
             )
         self._in_student_call = True
         try:
@@ -135,7 +138,15 @@ class PassRecorder:
             return
         grad = torch.is_grad_enabled()
         self.passes.append(
-            ModelPass(module, tuple(args[0].shape), kwargs, module.training, grad, module)
+            ModelPass(
+                module,
+                tuple(args[0].shape),
+                args[0].stride(),
+                kwargs,
+                module.training,
+                grad,
+                module,
+            )
         )
 
     def remove(self) -> None:
@@ -149,8 +160,9 @@ def time_model_passes(passes: list[ModelPass], device: torch.device, cfg: Config
     recorded modes, through the callables the step used: the forwards without gradient, and
     the gradient forwards followed by one backward through all of them (as the step does). No
     data, mixing, loss or optimizer."""
-    fmt = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
-    inputs = [torch.randn(p.shape, device=device).contiguous(memory_format=fmt) for p in passes]
+    # Each input in the layout the step gave it (a compiled student guards on strides: another
+    # layout would recompile it; a concatenation may leave NHWC for NCHW).
+    inputs = [torch.empty_strided(p.shape, p.stride, device=device).normal_() for p in passes]
     synchronize(device)
     t0 = time.perf_counter()
     outputs = []
