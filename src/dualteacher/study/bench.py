@@ -94,11 +94,17 @@ class ModelPass:
 
     model: nn.Module
     shape: tuple[int, ...]  # input (B, 3, H, W)
-    stride: tuple[int, ...]  # its memory layout: NCHW or NHWC (channels_last), as the step had it
+    channels_last: bool  # its memory layout as the step had it: NHWC (True) or NCHW
     kwargs: dict
     training: bool  # train or eval mode
     grad: bool  # part of the backward (student passes) or not (pseudo-labels)
     call: Callable  # what the step called: the module, or the student's DDP / compiled wrapper
+
+
+def _nhwc(x: torch.Tensor) -> bool:
+    """Whether ``x`` (B, C, H, W) is laid out channels-last (and not also plain contiguous, as a
+    1x1 image or one channel is)."""
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
 class PassRecorder:
@@ -122,7 +128,7 @@ class PassRecorder:
             grad = torch.is_grad_enabled()
             self.passes.append(
                 ModelPass(
-                    student, tuple(x.shape), x.stride(), kwargs, student.training, grad, self._inner
+                    student, tuple(x.shape), _nhwc(x), kwargs, student.training, grad, self._inner
                 )
             )
         self._in_student_call = True
@@ -161,8 +167,12 @@ def time_model_passes(passes: list[ModelPass], device: torch.device, cfg: Config
     the gradient forwards followed by one backward through all of them (as the step does). No
     data, mixing, loss or optimizer."""
     # Each input in the layout the step gave it (a compiled student guards on strides: another
-    # layout would recompile it; a concatenation may leave NHWC for NCHW).
-    inputs = [torch.empty_strided(p.shape, p.stride, device=device).normal_() for p in passes]
+    # layout would recompile it; a concatenation or a mix may turn NHWC into NCHW).
+    formats = [torch.channels_last if p.channels_last else torch.contiguous_format for p in passes]
+    inputs = [
+        torch.randn(p.shape, device=device).contiguous(memory_format=f)
+        for p, f in zip(passes, formats)
+    ]
     synchronize(device)
     t0 = time.perf_counter()
     outputs = []
