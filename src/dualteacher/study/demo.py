@@ -4,7 +4,7 @@ Same model, data and seeds for both rows (``configs/demo.yaml``); see ``study.co
 Teacher gets the demo's 600 steps and supervised twice that, which is past its plateau on this
 data, so its best validation mIoU is its ceiling (``benchmarks/ssl_gain.sh`` has supervised at
 equal steps too). Three training seeds, two runs at a time on a machine with two or more CPUs:
-about 12 minutes on 2 cores.
+about 10 minutes on 2 cores.
 """
 
 from __future__ import annotations
