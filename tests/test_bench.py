@@ -158,6 +158,17 @@ def _hand_count(batch: int, side: int, classes: int) -> tuple[int, int]:
     return conv + linear, conv + 2 * linear
 
 
+def test_a_grouped_convolution_backward_costs_twice_its_forward():
+    """Depthwise convolutions (EfficientNet's): the input and the weight gradient each cost the
+    forward's FLOPs. PyTorch's own formula counts the weight gradient as a dense convolution's,
+    ``groups`` (here 8) times too many: bench's MFU of unet-effl0 came out above 1."""
+    conv = nn.Conv2d(WIDTH, WIDTH, 3, padding=1, groups=WIDTH, bias=False)
+    x = torch.randn(2, WIDTH, 16, 16, requires_grad=True)
+    flops = count_step_flops(lambda: conv(x).sum().backward())
+    forward = 2 * (2 * 16 * 16 * WIDTH) * 9  # 9 multiply-adds per output value (one channel)
+    assert flops["step"] == 3 * forward  # forward, input gradient, weight gradient
+
+
 @pytest.fixture
 def conv_linear(monkeypatch):
     spec = ModelSpec(lambda k, cfg: _ConvLinear(k), 1, "conv + linear, hand-countable")
