@@ -22,7 +22,7 @@ from pycocotools.coco import COCO
 
 from dualteacher.cli import main
 from dualteacher.config import load_config
-from dualteacher.data import build_data
+from dualteacher.data import annotations, build_data
 from dualteacher.data.annotations import (
     CocoExport,
     CvatExport,
@@ -266,6 +266,39 @@ def test_labelstudio_rle_of_another_size(tmp_path):
     assert _one_line(e.value).startswith(
         f"{tmp_path / 'ls.json'}, task 5 (a.png), result r1: the brush RLE holds"
     )
+
+
+def test_coco_image_name_leading_outside_the_images_folder_refused(tmp_path):
+    path = _coco_from_the_tool(tmp_path)
+    doc = json.loads(path.read_text())
+    doc["images"][0]["file_name"] = "../elsewhere/x.png"
+    _save(path, doc)
+    with pytest.raises(DataError) as e:
+        CocoExport(path, tmp_path, "ignore").items(["background", "cat", "dog"])
+    assert "'../elsewhere/x.png' leads outside the images folder" in _one_line(e.value)
+
+
+def test_cvat_image_set_name_leading_outside_refused(tmp_path, capsys):
+    root = trees.make_cvat(tmp_path)
+    with zipfile.ZipFile(root / "train.zip") as z:
+        kept = {m: z.read(m) for m in z.namelist()}
+    sets = [m for m in kept if m.startswith("ImageSets/")]
+    kept[sets[0]] = b"../../outside\n" + kept[sets[0]]
+    with zipfile.ZipFile(root / "train.zip", "w") as z:
+        for member, content in kept.items():
+            z.writestr(member, content)
+    assert _cli("check", "demo", "data.name=cvat", f"data.root={root}") == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "'../../outside' leads outside the images folder" in line
+
+
+def test_cvat_zip_member_over_the_size_cap_refused(tmp_path, monkeypatch):
+    root = trees.make_cvat(tmp_path)
+    export = CvatExport(root / "train.zip", root / "images", "ignore")
+    monkeypatch.setattr(annotations, "MAX_ZIP_MEMBER_BYTES", 10)  # every mask PNG is larger
+    with pytest.raises(DataError) as e:
+        export._read(next(m for m in export.members if m.startswith("SegmentationClass/")))
+    assert "would unpack to" in _one_line(e.value)
 
 
 def test_cvat_zip_without_label_map(tmp_path, capsys):

@@ -244,11 +244,20 @@ def test_nothing_extracts_archives():
     # SECURITY.md says no reader extracts an archive (so no zip slip is possible); a new one
     # must come with a zip-slip guard and its test, and update this list.
     pattern = re.compile(r"extractall|\.extract\(|unpack_archive|import tarfile|ZipFile\(")
+    # Files allowed to open a zip, and why no file can be written through them:
+    allowed = {
+        # CVAT exports: members read into memory by name (never to disk), each at most
+        # MAX_ZIP_MEMBER_BYTES, image names refused when they lead outside the images folder
+        # (tests/test_annotations.py::test_cvat_*_refused)
+        "data/annotations.py",
+        "serving/tool_export.py",  # writes its own cvat.zip; reads none
+    }
     found = [
         f"{p.relative_to(SRC)}:{i}"
         for p in sorted(SRC.rglob("*.py"))
         for i, line in enumerate(p.read_text().splitlines(), 1)
         if pattern.search(line)
+        and (p.relative_to(SRC).as_posix() not in allowed or "ZipFile(" not in line)
     ]
     assert found == []
 

@@ -50,6 +50,21 @@ BACKGROUND = "background"
 POLYGON_TOLERANCE = 1.0  # pixels a polygon vertex may lie outside the image (tools round)
 BRUSH_ALPHA = 128  # a Label Studio brush pixel is painted where its alpha is at least this
 EXTRA = "pip install 'dualteacher[annotations]'"
+# The largest zip member read into memory: a mask PNG is far smaller; a larger one is a
+# decompression bomb or not a mask (members are read in memory, never extracted to disk).
+MAX_ZIP_MEMBER_BYTES = 1 << 30
+
+
+def _inside(name: str, where: str) -> str:
+    """``name``, an image name an export gives, if it stays inside the images folder: an
+    absolute name or one that climbs out with ``..`` is refused, so that an export cannot make
+    training read files elsewhere (SECURITY.md)."""
+    if PurePosixPath(name).is_absolute() or ".." in PurePosixPath(name).parts:
+        raise DataError(
+            f"{where}: the image name {name!r} leads outside the images folder; name the "
+            "images relative to it"
+        )
+    return name
 
 
 def _pycocotools_mask():
@@ -217,7 +232,7 @@ class CocoExport:
             where = f"{self.path}, image {im['file_name']!r} (id {im['id']})"
             out.append(
                 Labelled(
-                    self.images_dir / im["file_name"],
+                    self.images_dir / _inside(im["file_name"], where),
                     PurePosixPath(im["file_name"]).with_suffix("").as_posix(),
                     where,
                     ((im["width"], im["height"]), regions),
@@ -423,11 +438,17 @@ class CvatExport:
         else:
             prefix = CVAT_MASKS + "/"
             ids = sorted(m[len(prefix) : -4] for m in self.members if m.startswith(prefix))
-        self.ids = list(dict.fromkeys(ids))
+        self.ids = [_inside(i, f"{path}, {CVAT_SETS}") for i in dict.fromkeys(ids)]
 
     def _read(self, member: str) -> bytes:
         if self.zip:
             with zipfile.ZipFile(self.path) as z:
+                size = z.getinfo(member).file_size
+                if size > MAX_ZIP_MEMBER_BYTES:
+                    raise DataError(
+                        f"{self.path}: member {member} would unpack to {size} bytes, more than "
+                        f"{MAX_ZIP_MEMBER_BYTES} (a mask is far smaller): not read"
+                    )
                 return z.read(member)
         return (self.path / member).read_bytes()
 
