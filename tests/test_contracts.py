@@ -205,6 +205,8 @@ def test_method_state_dict_round_trips(name, extra, tmp_path):
     assert type(fresh) is type(method)
     assert any(not torch.equal(v, state[k]) for k, v in fresh.state_dict().items())
     fresh.load_state_dict(state)  # strict: every key on both sides
+    if cfg.train.channels_last:  # the run's layout, as prepare_method gives it (kernels differ)
+        fresh.to(memory_format=torch.channels_last)
     loaded = fresh.state_dict()
     assert list(loaded) == list(state)
     for k, v in state.items():
