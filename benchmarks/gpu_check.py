@@ -105,8 +105,8 @@ GPU = Sizes(
     bench_steps=(10, 3),
     bench_amp=["train.amp=bf16", "train.channels_last=true"],
     mfu_benches=[
-        ("fp32", ["--tf32", "off"]),
-        ("tf32", ["--tf32", "on"]),
+        ("fp32", ["--tf32", "off", "train.channels_last=false"]),
+        ("tf32", ["--tf32", "on", "train.channels_last=false"]),
         ("amp_fp16_cl", ["train.amp=fp16", "train.channels_last=true"]),
     ],
     mfu_bench_steps=(3, 2),
@@ -118,6 +118,9 @@ GPU = Sizes(
     timeout=240.0,
     inprocess=False,
 )
+
+# The plain layout for the baselines: train.channels_last is on by default since 2026-12-06.
+CONTIGUOUS = ["train.channels_last=false"]
 
 CPU = Sizes(
     name="cpu",
@@ -615,13 +618,14 @@ class Checks:
     def plan(self) -> list[tuple[str, Callable[[Result], None]]]:
         plan: list[tuple[str, Callable[[Result], None]]] = [
             ("pytest_cuda", self.pytest_cuda),
-            ("train_amp_none", lambda r: self.train(r, "train.amp=none")),
+            # contiguous layout (channels_last is the default): train_channels_last adds it
+            ("train_amp_none", lambda r: self.train(r, "train.amp=none", *CONTIGUOUS)),
             ("eval_whole", lambda r: self.eval(r, "eval.mode=whole")),
             ("eval_sliding", lambda r: self.eval(r, *self.sizes.sliding)),
             ("predict", self.predict),
         ]
         for model, crop, batch, classes in self.sizes.bench:
-            for variant, extra in (("amp_none", []), ("amp_bf16_cl", self.sizes.bench_amp)):
+            for variant, extra in (("amp_none", CONTIGUOUS), ("amp_bf16_cl", self.sizes.bench_amp)):
                 args = (model, crop, batch, classes, extra)
                 plan.append(
                     (f"bench_{model}@{crop}_{variant}", lambda r, a=args: self.bench(r, *a))
@@ -635,8 +639,8 @@ class Checks:
                 )
         plan += [
             ("flop_utilisation", self.flop_utilisation),
-            ("train_amp_bf16", lambda r: self.train(r, "train.amp=bf16")),
-            ("train_amp_fp16", lambda r: self.train(r, "train.amp=fp16")),
+            ("train_amp_bf16", lambda r: self.train(r, "train.amp=bf16", *CONTIGUOUS)),
+            ("train_amp_fp16", lambda r: self.train(r, "train.amp=fp16", *CONTIGUOUS)),
             ("train_channels_last", lambda r: self.train(r, *self.sizes.fast)),
             ("torchrun_sigterm_resume", self.torchrun_sigterm_resume),
             ("train_compile", self.train_compile),

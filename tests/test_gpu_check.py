@@ -193,7 +193,9 @@ def test_flop_utilisation_rows_on_a_gpu_from_fake_bench_results(tmp_path):
     # what each precision's bench is asked for: TF32 off / on, AMP fp16 + channels_last
     for model, crop, *_ in gpu_check.GPU.bench:
         argv = {v: verbs.argv[f"bench_{model}@{crop}_{v}"] for v in ("fp32", "tf32", "amp_fp16_cl")}
-        assert argv["fp32"][-2:] == ["--tf32", "off"] and argv["tf32"][-2:] == ["--tf32", "on"]
+        # fp32 and TF32 in the contiguous layout (channels_last is the default)
+        assert argv["fp32"][-3:] == ["--tf32", "off", "train.channels_last=false"]
+        assert argv["tf32"][-3:] == ["--tf32", "on", "train.channels_last=false"]
         assert argv["amp_fp16_cl"][-2:] == ["train.amp=fp16", "train.channels_last=true"]
         for a in argv.values():  # the shorter runs: 3 timed steps after 2 warm-up
             assert a[a.index("--steps") + 1 :][:3] == ["3", "--warmup", "2"]
