@@ -277,6 +277,14 @@ def _paired_text(d: dict) -> str:
     return text
 
 
+def _table_args(p: argparse.ArgumentParser) -> None:
+    """The options of both tables (``table``, ``loop-table``): where the runs are, K, seeds."""
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--k", type=int, required=True)
+    p.add_argument("--seeds", type=int, nargs="+", required=True)
+    p.add_argument("--note", default="")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -287,11 +295,7 @@ def main(argv: list[str] | None = None) -> None:
     how.add_argument("--ranking", type=Path)
     how.add_argument("--random", type=int, metavar="SEED")
     p.add_argument("--out", type=Path, required=True)
-    p = sub.add_parser("table")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--k", type=int, required=True)
-    p.add_argument("--seeds", type=int, nargs="+", required=True)
-    p.add_argument("--note", default="")
+    _table_args(sub.add_parser("table"))
     p = sub.add_parser("annotate")
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--k", type=int, required=True)
@@ -300,11 +304,7 @@ def main(argv: list[str] | None = None) -> None:
     how.add_argument("--random", type=int, metavar="SEED")
     p.add_argument("--config", default="demo")
     p.add_argument("--out", type=Path, required=True)
-    p = sub.add_parser("loop-table")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--k", type=int, required=True)
-    p.add_argument("--seeds", type=int, nargs="+", required=True)
-    p.add_argument("--note", default="")
+    _table_args(sub.add_parser("loop-table"))
     args = parser.parse_args(argv)
     if args.cmd == "annotate":
         if args.pre is not None:
