@@ -267,11 +267,17 @@ def test_compare_jobs_reports_a_failed_worker_and_keeps_the_others(tmp_path):
     budget = run_budget(load_config("demo", [*TINY, "train.steps=2"]), by_time=False)
     (out / "supervised" / BUDGET_FILE).write_text(json.dumps({"budget": budget}))
     with pytest.raises(RunsFailed) as err:
-        compare(cfg, ["supervised", "dual_teacher"], out, steps=2, jobs=2)
+        compare(
+            cfg, ["supervised", "dual_teacher", "mean_teacher@supervised"], out, steps=2, jobs=2
+        )
     text = str(err.value)
-    assert "1 of 2 runs failed: supervised" in text and "latest.pt" in text
-    assert "train.log" in text
+    assert "2 of 3 runs failed: supervised, mean_teacher@supervised" in text.replace(
+        "mean_teacher_from_supervised", "mean_teacher@supervised"
+    )
+    assert "latest.pt" in text and "train.log" in text
     assert (out / "dual_teacher" / "result.json").is_file()  # the other run finished
+    # the run that starts from the failed one was not started at all
+    assert not (out / "mean_teacher_from_supervised" / "train.log").exists()
 
 
 def test_compare_jobs_refuses_a_time_budget(tmp_path):
@@ -301,7 +307,7 @@ def test_run_specs_with_a_warm_start():
 
 
 @pytest.mark.parametrize("jobs", [1, 2])
-def test_compare_warm_start_row_starts_from_its_seeds_source_run(tmp_path, jobs):
+def test_compare_warm_start_row_starts_from_its_seeds_source_run(tmp_path, jobs, capsys):
     """``dual_teacher@supervised:2x``: each seed's Dual Teacher run is initialised from the
     final checkpoint of the supervised run of the same seed (listed after it: trained after it),
     its own budget, and its time to accuracy counts the source's training seconds first."""
@@ -323,6 +329,11 @@ def test_compare_warm_start_row_starts_from_its_seeds_source_run(tmp_path, jobs)
     assert sum(warm["start_seconds_per_seed"]) / 2 == pytest.approx(sup["seconds"])
     assert set(warm["vs"]) == {"supervised:2x"}
     assert "A row `A@B` starts each seed" in (out / "summary.md").read_text()
+    if jobs == 2:  # each warm run starts as soon as its own source has finished
+        printed = capsys.readouterr().out
+        for seed in (0, 1):
+            done = printed.index(f"finished supervised_2x_seed{seed}")
+            assert printed.index(f"started dual_teacher_from_supervised_2x_seed{seed}") > done
 
 
 def test_run_curves_count_the_source_runs_seconds_first():

@@ -294,12 +294,13 @@ def compare(
     for *_, run_cfg in todo:
         check_budget(run_cfg, fresh, minutes is not None)
     if jobs > 1:
-        for wave in (False, True):
-            _train_in_parallel(
-                [(name, c) for sp, name, c in todo if (sp.start_from is not None) == wave],
-                jobs,
-                out_dir,
-            )
+        # a warm-started run waits for its source run (same seed), and only for that one
+        needs = {
+            name: run_name(by_label[sp.start_from], c.train.seed)
+            for sp, name, c in todo
+            if sp.start_from is not None
+        }
+        _train_in_parallel([(name, c) for _, name, c in todo], jobs, out_dir, needs)
     runs: dict[str, list[TrainResult]] = {}
     for spec, name, run_cfg in todo:
         # after parallel training, each finished run is only validated here
@@ -526,25 +527,37 @@ RUN_CONFIG = "compare_run.yaml"  # per run directory, with --jobs: the run a wor
 RUN_LOG = "train.log"  # per run directory, with --jobs: the worker's output
 
 
-def _train_in_parallel(todo: list[tuple[str, Config]], jobs: int, out_dir: Path) -> None:
+def _train_in_parallel(
+    todo: list[tuple[str, Config]], jobs: int, out_dir: Path, needs: dict[str, str] | None = None
+) -> None:
     """Train the runs ``jobs`` at a time, each in its own process (``--run-one``).
 
-    A worker writes what ``train`` prints to ``RUN_DIR/train.log``; a failed run is reported
-    with the end of its log once the others have finished (their work is kept either way)."""
-    if not todo:
-        return
+    ``needs[name]``: the run that run ``name`` starts from; it starts once that one has
+    finished (a free slot takes the costliest run whose source is done), and is not trained
+    when that one failed. A worker writes what ``train`` prints to ``RUN_DIR/train.log``; a
+    failed run is reported with the end of its log once the others have finished (their work
+    is kept either way)."""
+    needs = needs or {}
     threads = max(1, (os.cpu_count() or 1) // jobs)
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     # Longest first, so that no slot idles at the end while one long run trains alone.
     pending = sorted(todo, key=lambda run: -_relative_cost(run[1]))
     running: dict[int, tuple[str, Path, subprocess.Popen, object]] = {}  # slot -> run
-    failed: list[tuple[str, Path]] = []
+    failed: list[tuple[str, Path | None]] = []  # None: not trained (its source failed)
     print(f"training {len(todo)} runs, {jobs} at a time (one process each, logs in RUN_DIR)")
+    waiting = {name for name, _ in todo}  # not finished yet (pending or running)
     while pending or running:
+        for run in [r for r in pending if needs.get(r[0]) in {n for n, _ in failed}]:
+            pending.remove(run)  # its source failed: nothing to start from
+            waiting.discard(run[0])
+            failed.append((run[0], None))
+            print(f"  NOT TRAINED {run[0]}: {needs[run[0]]}, which it starts from, failed")
         for slot in range(jobs):
-            if slot in running or not pending:
+            ready = [r for r in pending if needs.get(r[0]) not in waiting]
+            if slot in running or not ready:
                 continue
-            name, run_cfg = pending.pop(0)
+            name, run_cfg = ready[0]
+            pending.remove(ready[0])
             if run_cfg.train.threads is None:
                 run_cfg = replace(run_cfg, train=replace(run_cfg.train, threads=threads))
             run_cfg = replace(run_cfg, train=replace(run_cfg.train, progress=False))
@@ -566,6 +579,7 @@ def _train_in_parallel(todo: list[tuple[str, Config]], jobs: int, out_dir: Path)
                 continue
             log.close()
             del running[slot]
+            waiting.discard(name)
             if proc.returncode == 0:
                 print(f"  finished {name}")
             else:
@@ -576,6 +590,7 @@ def _train_in_parallel(todo: list[tuple[str, Config]], jobs: int, out_dir: Path)
             f"--- {name}: end of {run_dir / RUN_LOG} ---\n"
             + "\n".join((run_dir / RUN_LOG).read_text(errors="replace").splitlines()[-15:])
             for name, run_dir in failed
+            if run_dir is not None  # None: not trained, its source failed
         )
         raise RunsFailed(
             f"{len(failed)} of {len(todo)} runs failed: {', '.join(n for n, _ in failed)}. "
