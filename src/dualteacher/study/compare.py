@@ -868,11 +868,12 @@ def format_summary(results: list[dict], tta: dict | None = None) -> str:
     """Plain-text table for the terminal; with ``tta`` (``add_time_to_accuracy``'s summary),
     the time to accuracy after it."""
     best = _best_header(results)
-    head = f"{'method':<16}{'final mIoU':>16}{best:>17}{'seconds':>9}{'s/step':>8}{'MiB':>7}"
+    w = max(16, *(len(r["method"]) + 2 for r in results))  # the method column fits every label
+    head = f"{'method':<{w}}{'final mIoU':>16}{best:>17}{'seconds':>9}{'s/step':>8}{'MiB':>7}"
     lines = [head]
     for r in results:
         lines.append(
-            f"{r['method']:<16}{_pm(r['miou'], r.get('miou_std')):>16}"
+            f"{r['method']:<{w}}{_pm(r['miou'], r.get('miou_std')):>16}"
             f"{_pm(r['best_miou'], r.get('best_miou_std')):>17}{r['seconds']:>9.0f}"
             f"{r.get('step_seconds', float('nan')):>8.3f}{r.get('peak_memory_mb', 0):>7.0f}"
         )
@@ -885,9 +886,9 @@ def format_summary(results: list[dict], tta: dict | None = None) -> str:
     if diffs:
         lines += ["", "paired difference per seed (mean [95% interval]; per seed):", *diffs]
     if tta is not None:
-        lines += ["", f"{'method':<16}{'time to target':>34}{'mean mIoU over time':>22}"]
+        lines += ["", f"{'method':<{w}}{'time to target':>34}{'mean mIoU over time':>22}"]
         lines += [
-            f"{r['method']:<16}{time_to_target_text(r):>34}{_mean_over_time_text(r):>22}"
+            f"{r['method']:<{w}}{time_to_target_text(r):>34}{_mean_over_time_text(r):>22}"
             for r in results
         ]
         lines.append(textwrap.fill(tta_note(tta), 100))
