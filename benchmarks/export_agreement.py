@@ -7,7 +7,7 @@ Prints one JSON object: the export-time check, the largest absolute logit differ
 images, the share of pixels whose class agrees, and the validation mIoU of each runtime (the
 package's one mIoU). These numbers do not depend on machine load::
 
-    python benchmarks/export_agreement.py runs/demo/dual_teacher_seed0/best.pt
+    python benchmarks/export_agreement.py runs/demo/dual_teacher_from_supervised_2x_seed0/best.pt
     python benchmarks/export_agreement.py best.pt data.root=/data/VOC2012 --model teacher_a
 """
 

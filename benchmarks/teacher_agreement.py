@@ -6,7 +6,8 @@ relative parameter distance ``||teacher - student|| / ||student||`` (the ``teach
 that training logs). A teacher that agrees on ~99 % of pixels is a copy of the student; the
 point of a teacher is to be a better, slower average. One JSON line per checkpoint::
 
-    python benchmarks/teacher_agreement.py runs/demo/dual_teacher_seed0/latest.pt [...]
+    python benchmarks/teacher_agreement.py \\
+        runs/demo/dual_teacher_from_supervised_2x_seed0/latest.pt [...]
 """
 
 from __future__ import annotations

@@ -267,11 +267,17 @@ def test_compare_jobs_reports_a_failed_worker_and_keeps_the_others(tmp_path):
     budget = run_budget(load_config("demo", [*TINY, "train.steps=2"]), by_time=False)
     (out / "supervised" / BUDGET_FILE).write_text(json.dumps({"budget": budget}))
     with pytest.raises(RunsFailed) as err:
-        compare(cfg, ["supervised", "dual_teacher"], out, steps=2, jobs=2)
+        compare(
+            cfg, ["supervised", "dual_teacher", "mean_teacher@supervised"], out, steps=2, jobs=2
+        )
     text = str(err.value)
-    assert "1 of 2 runs failed: supervised" in text and "latest.pt" in text
-    assert "train.log" in text
+    assert "2 of 3 runs failed: supervised, mean_teacher@supervised" in text.replace(
+        "mean_teacher_from_supervised", "mean_teacher@supervised"
+    )
+    assert "latest.pt" in text and "train.log" in text
     assert (out / "dual_teacher" / "result.json").is_file()  # the other run finished
+    # the run that starts from the failed one was not started at all
+    assert not (out / "mean_teacher_from_supervised" / "train.log").exists()
 
 
 def test_compare_jobs_refuses_a_time_budget(tmp_path):
@@ -281,3 +287,64 @@ def test_compare_jobs_refuses_a_time_budget(tmp_path):
     with pytest.raises(ConfigError, match="--jobs 2 with --minutes"):
         compare(cfg, ["supervised"], tmp_path / "cmp", minutes=0.1, jobs=2)
     assert not (tmp_path / "cmp").exists()
+
+
+def test_run_specs_with_a_warm_start():
+    specs = parse_run_specs(["supervised:2x", "dual_teacher@supervised:2x"])
+    assert specs[1] == RunSpec("dual_teacher", 1.0, "supervised:2x")
+    assert specs[1].label == "dual_teacher@supervised:2x"
+    assert specs[1].dirname == "dual_teacher_from_supervised_2x"
+    # the source must be a row of the list that starts from scratch
+    for bad in (
+        ["dual_teacher@supervised"],  # no supervised row
+        ["supervised", "mean_teacher@supervised", "dual_teacher@mean_teacher@supervised"],
+        ["supervised", "dual_teacher@"],
+    ):
+        with pytest.raises(ConfigError):
+            parse_run_specs(bad)
+    with pytest.raises(ConfigError, match="--methods supervised:3x,dual_teacher@supervised:3x"):
+        parse_run_specs(["supervised", "dual_teacher@supervised:3x"])
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_compare_warm_start_row_starts_from_its_seeds_source_run(tmp_path, jobs, capsys):
+    """``dual_teacher@supervised:2x``: each seed's Dual Teacher run is initialised from the
+    final checkpoint of the supervised run of the same seed (listed after it: trained after it),
+    its own budget, and its time to accuracy counts the source's training seconds first."""
+    from dualteacher.study.compare import compare
+
+    cfg = load_config("demo", [*TINY, "train.threads=1", "train.eval_every=1"])
+    out = tmp_path / "cmp"
+    methods = ["dual_teacher@supervised:2x", "supervised:2x"]  # the source listed second
+    summary = compare(cfg, methods, out, seeds=[0, 1], steps=2, jobs=jobs)
+    warm, sup = summary["results"]
+    assert warm["method"] == "dual_teacher@supervised:2x" and warm["steps"] == 2
+    assert sup["steps"] == 4
+    for seed in (0, 1):
+        source = out / f"supervised_2x_seed{seed}" / "latest.pt"
+        ckpt = load_checkpoint(out / f"dual_teacher_from_supervised_2x_seed{seed}" / "latest.pt")
+        init = ckpt["config"]["train"]["init_from"]
+        assert init == str(source)
+        assert ckpt["init_from"]["step"] == 4  # the source's final step
+    assert sum(warm["start_seconds_per_seed"]) / 2 == pytest.approx(sup["seconds"])
+    assert set(warm["vs"]) == {"supervised:2x"}
+    assert "A row `A@B` starts each seed" in (out / "summary.md").read_text()
+    if jobs == 2:  # each warm run starts as soon as its own source has finished
+        printed = capsys.readouterr().out
+        for seed in (0, 1):
+            done = printed.index(f"finished supervised_2x_seed{seed}")
+            assert printed.index(f"started dual_teacher_from_supervised_2x_seed{seed}") > done
+
+
+def test_run_curves_count_the_source_runs_seconds_first():
+    from types import SimpleNamespace
+
+    from dualteacher.study.compare import run_curves
+
+    def run(*points):
+        return SimpleNamespace(history=[{"time": t, "miou_student": m} for t, m in points])
+
+    runs = {"supervised": [run((1, 10), (2, 20))], "dt@supervised": [run((1, 30))]}
+    results = [{"method": "supervised"}, {"method": "dt@supervised", "start_seconds_per_seed": [5]}]
+    curves = run_curves(runs, results)
+    assert curves == {"supervised": [[(1, 10), (2, 20)]], "dt@supervised": [[(6, 30)]]}

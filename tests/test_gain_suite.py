@@ -272,3 +272,38 @@ def test_diagnose_compares_pseudo_labels_with_the_truth(suite):
     assert list(default["models"]) == ["student"]
     text = gs.format_diagnosis(d)
     assert all(f"  {c} " in text for c in classes) and "teacher_b: pseudo-label mIoU" in text
+
+
+def test_warm_start_suite_measures_dual_teacher_against_supervised_continued(tmp_path):
+    """``--warm-start``: Dual Teacher and supervised both continue from supervised's final
+    checkpoint of the same seed; the paired difference is against the continued supervised
+    run, and "sup best" is per seed the best of either supervised run."""
+    sizes = {"image_size": 32, **SIZES}
+    overrides = [o for o in TINY if not o.startswith("data.demo.")] + ["train.eval_every=1"]
+    result = gs.run_suite(
+        "tuning",
+        tmp_path,
+        seeds=2,
+        datasets="shapes",
+        steps_sup=4,
+        steps_dt=2,
+        overrides=overrides,
+        sizes=sizes,
+        warm_start=True,
+    )
+    assert result["methods"] == [
+        "supervised:2.0x",
+        "dual_teacher@supervised:2.0x",
+        "supervised@supervised:2.0x",
+    ]
+    (row,) = result["datasets"]
+    first, dt, cont = json.loads(Path(row["summary"]).read_text())["results"]
+    assert row["supervised"]["miou_per_seed"] == cont["miou_per_seed"]
+    assert row["final_vs_final"]["per_seed"] == pytest.approx(
+        [a - b for a, b in zip(dt["miou_per_seed"], cont["miou_per_seed"])]
+    )
+    best = [max(a, b) for a, b in zip(first["best_miou_per_seed"], cont["best_miou_per_seed"])]
+    assert row["final_vs_best"]["per_seed"] == pytest.approx(
+        [a - b for a, b in zip(dt["miou_per_seed"], best)]
+    )
+    assert "warm start" in (tmp_path / "tuning" / "suite.md").read_text()

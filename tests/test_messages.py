@@ -102,7 +102,8 @@ def test_help_examples_use_the_paths_demo_writes(tmp_path, capsys):
     code, _, err = cli(capsys, "demo", "--out", out, "--jobs", "1", *TINY, "train.steps=1")
     assert code == 0, err
     paths = set(re.findall(r"runs/demo\S*\.pt", EPILOG))
-    assert paths == {"runs/demo/dual_teacher_seed0/best.pt"}  # before: runs/demo_dual_teacher/...
+    # the demo's Dual Teacher row starts from supervised (before: runs/demo/dual_teacher_seed0)
+    assert paths == {"runs/demo/dual_teacher_from_supervised_2x_seed0/best.pt"}
     for p in paths:
         assert (out / p.removeprefix("runs/demo/")).is_file()
 

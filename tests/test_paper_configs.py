@@ -116,8 +116,14 @@ def _ade20k(tmp: Path) -> tuple[list[str], int, Path]:
     return [f"data.root={ade}", "train.epochs=2", ONE_STEP_EPOCHS, *sizes], 2, val_image
 
 
+def _photos(tmp: Path) -> tuple[list[str], int, Path]:
+    data = trees.make_folder(tmp)  # the user's own folder, as configs/photos.yaml expects
+    return [f"data.root={data}", "train.steps=2"], 2, data / "val" / "images" / "v0.png"
+
+
 CONFIGS = {
     "demo": _demo,
+    "photos": _photos,
     "voc_classic_r101_321": _voc_classic,
     "voc_blended_r101_513": _voc_blended,
     "cityscapes_r101_801": _cityscapes,

@@ -16,17 +16,19 @@ from dualteacher.commands import COMMANDS
 from dualteacher.commands._options import check_out_folders
 from dualteacher.errors import INPUT_EXIT, DualTeacherError
 
-EPILOG = """examples:
-  dualteacher demo                                   supervised vs. dual_teacher on demo data
+# the Dual Teacher checkpoint `dualteacher demo` writes (seed 0), named in the examples
+DEMO_CHECKPOINT = "runs/demo/dual_teacher_from_supervised_2x_seed0/best.pt"
+EPILOG = f"""examples:
+  dualteacher demo                                   supervised vs. Dual Teacher on demo data
   dualteacher train configs/demo.yaml train.steps=200
-  dualteacher eval runs/demo/dual_teacher_seed0/best.pt --models all      (written by demo)
+  dualteacher eval {DEMO_CHECKPOINT} --models all      (written by demo)
   dualteacher check configs/demo.yaml data.name=folder data.root=my_data
-  dualteacher eval runs/demo/dual_teacher_seed0/best.pt --report runs/report
-  dualteacher predict runs/demo/dual_teacher_seed0/best.pt photos/ --out runs/pred
-  dualteacher export runs/demo/dual_teacher_seed0/best.pt --out exported --format safetensors,onnx
+  dualteacher eval {DEMO_CHECKPOINT} --report runs/report
+  dualteacher predict {DEMO_CHECKPOINT} photos/ --out runs/pred
+  dualteacher export {DEMO_CHECKPOINT} --out exported --format safetensors,onnx
   dualteacher predict exported photos/ --out runs/pred --runtime onnx
   dualteacher compare demo --methods supervised,mean_teacher,dual_teacher --seeds 3
-  dualteacher suggest runs/demo/dual_teacher_seed0/best.pt --top 20 --out runs/next
+  dualteacher suggest {DEMO_CHECKPOINT} --top 20 --out runs/next
   dualteacher pseudolabel best.pt --images my_data/unlabeled --out runs/pseudo --conf 0.9
   dualteacher configs                                list the built-in configs
   dualteacher upgrade-checkpoint old.pt --trust      convert your checkpoint of an older version

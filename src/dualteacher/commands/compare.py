@@ -29,7 +29,13 @@ def add_parser(sub) -> None:
     )
     add_config(p)
     add_overrides(p, "config overrides key=value, shared by all runs")
-    p.add_argument("--methods", required=True, help="method names separated by ','")
+    p.add_argument(
+        "--methods",
+        required=True,
+        help="method names separated by ','; name:Kx gives a row K times the budget; A@B starts "
+        "each seed of row A from the final checkpoint of row B's run of that seed, e.g. "
+        "supervised:2x,dual_teacher@supervised:2x (Dual Teacher from supervised's plateau)",
+    )
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=COUNT, help="steps per run (default: train.steps)")
     budget.add_argument(

@@ -18,7 +18,8 @@ def add_parser(sub) -> None:
         sub,
         "eval",
         "evaluate a checkpoint on its validation set: mIoU and per-class IoU",
-        "dualteacher eval runs/demo/dual_teacher_seed0/best.pt --models all eval.mode=sliding",
+        "dualteacher eval runs/demo/dual_teacher_from_supervised_2x_seed0/best.pt --models all "
+        "eval.mode=sliding",
     )
     add_checkpoint(p)
     add_overrides(p, "config overrides key=value (e.g. data.root=...)")

@@ -14,7 +14,8 @@ def add_parser(sub) -> None:
         "write one model of a checkpoint for deployment: model.safetensors (weights), "
         "model.json (architecture, classes, normalisation, metrics, config), a README.md model "
         "card and, with --format onnx, model.onnx (dynamic batch and size)",
-        "dualteacher export runs/demo/dual_teacher_seed0/best.pt --out exported/demo "
+        "dualteacher export runs/demo/dual_teacher_from_supervised_2x_seed0/best.pt "
+        "--out exported/demo "
         "--format safetensors,onnx\n  dualteacher predict exported/demo photos/ --out pred "
         "--runtime onnx",
     )

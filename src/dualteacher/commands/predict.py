@@ -24,7 +24,8 @@ def add_parser(sub) -> None:
         sub,
         "predict",
         "segment images (files, folders, globs) with a checkpoint: index, colour and overlay PNGs",
-        "dualteacher predict runs/demo/dual_teacher_seed0/best.pt photos/ 'more/*.jpg' "
+        "dualteacher predict runs/demo/dual_teacher_from_supervised_2x_seed0/best.pt "
+        "photos/ 'more/*.jpg' "
         "--out runs/pred"
         "\n  dualteacher predict best.pt big.jpg eval.mode=sliding eval.crop_size=256 --out pred",
     )

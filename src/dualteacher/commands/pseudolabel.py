@@ -24,7 +24,8 @@ def add_parser(sub) -> None:
         "pseudolabel",
         "write pseudo-labels of images as masks in the folder dataset's format (OUT/masks/), "
         "255 = ignore below --conf, and confidence maps (OUT/confidence/)",
-        "dualteacher pseudolabel runs/demo/dual_teacher_seed0/best.pt --images my_data/unlabeled "
+        "dualteacher pseudolabel runs/demo/dual_teacher_from_supervised_2x_seed0/best.pt "
+        "--images my_data/unlabeled "
         "--out runs/pseudo --conf 0.9",
     )
     add_checkpoint(p)

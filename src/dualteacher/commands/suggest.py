@@ -23,7 +23,8 @@ def add_parser(sub) -> None:
         "rank unlabelled images by what labelling them is likely to teach (teacher "
         "disagreement, student uncertainty, class rarity): ranking.csv, top.txt, "
         "contact_sheet.png, suggest.json",
-        "dualteacher suggest runs/demo/dual_teacher_seed0/best.pt --top 20 --out runs/next"
+        "dualteacher suggest runs/demo/dual_teacher_from_supervised_2x_seed0/best.pt "
+        "--top 20 --out runs/next"
         "\n  dualteacher suggest best.pt data.root=my_data --top 50 --out runs/next"
         "\n  dualteacher suggest best.pt --images new_photos/ --top 10 --out runs/next",
     )

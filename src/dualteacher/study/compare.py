@@ -80,43 +80,80 @@ BASELINE = "supervised"  # the method every other one is paired against
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One row of a comparison: a method and a multiplier of the shared budget."""
+    """One row of a comparison: a method, a multiplier of the shared budget and, for a warm
+    start, the row whose run of the same seed it starts from (``start_from``, a label)."""
 
     method: str
     budget_mult: float = 1.0
+    start_from: str | None = None
 
     @property
     def label(self) -> str:
-        """``supervised`` or ``supervised:3x``: the name in tables and ``summary.json``."""
-        return self.method if self.budget_mult == 1 else f"{self.method}:{self.budget_mult:g}x"
+        """``supervised``, ``supervised:3x`` or ``dual_teacher@supervised:2x``: the name in
+        tables and ``summary.json``."""
+        name = self.method if self.budget_mult == 1 else f"{self.method}:{self.budget_mult:g}x"
+        return name if self.start_from is None else f"{name}@{self.start_from}"
 
     @property
     def dirname(self) -> str:
-        return self.method if self.budget_mult == 1 else f"{self.method}_{self.budget_mult:g}x"
+        name = self.method if self.budget_mult == 1 else f"{self.method}_{self.budget_mult:g}x"
+        if self.start_from is None:
+            return name
+        return f"{name}_from_{self.start_from.replace(':', '_')}"
 
 
 def parse_run_specs(methods: list[str]) -> list[RunSpec]:
-    """``["supervised:3x", "dual_teacher"]`` -> run specs; a clear error for a bad entry."""
+    """``["supervised:3x", "dual_teacher@supervised:3x"]`` -> run specs; a clear error for a
+    bad entry. ``A@B``: row A starts each seed from the final checkpoint of row B's run of that
+    seed (``train.init_from``), B another row of the list that itself starts from scratch."""
     specs = []
     for text in methods:
-        name, _, mult = text.strip().partition(":")
-        value = 1.0
-        if mult:
-            try:
-                value = float(mult.removesuffix("x"))
-            except ValueError:
-                value = float("nan")
-            if not (math.isfinite(value) and value > 0):
+        head, at, source = text.strip().partition("@")
+        if at and not source.strip():
+            raise ConfigError(
+                f"--methods entry {text!r}: name the row to start from after '@', e.g. "
+                "dual_teacher@supervised:2x"
+            )
+        name, value = _name_and_multiplier(head, text)
+        start = None
+        if source.strip():  # the source's label as its own row spells it: 2.0x is 2x
+            if "@" in source:
                 raise ConfigError(
-                    f"--methods entry {text!r}: the budget multiplier must be a positive number "
-                    "followed by x, e.g. supervised:3x"
+                    f"--methods entry {text!r}: a row starts from one row that starts from "
+                    "scratch, e.g. dual_teacher@supervised:2x"
                 )
-        specs.append(RunSpec(name, value))
+            start = RunSpec(*_name_and_multiplier(source, text)).label
+        specs.append(RunSpec(name, value, start))
     labels = [s.label for s in specs]
     dupes = sorted({x for x in labels if labels.count(x) > 1})
     if dupes:
         raise ConfigError(f"--methods lists {', '.join(dupes)} more than once")
+    scratch = {s.label for s in specs if s.start_from is None}
+    for s in specs:
+        if s.start_from is not None and s.start_from not in scratch:
+            raise ConfigError(
+                f"--methods entry {s.label!r} starts from {s.start_from!r}, which is not a row "
+                f"of --methods that starts from scratch ({', '.join(sorted(scratch)) or 'none'}):"
+                f" add {s.start_from} to --methods, e.g. --methods {s.start_from},{s.label}"
+            )
     return specs
+
+
+def _name_and_multiplier(text: str, entry: str) -> tuple[str, float]:
+    """``"supervised:3x"`` -> ``("supervised", 3.0)``; ``entry``: the --methods entry (errors)."""
+    name, _, mult = text.strip().partition(":")
+    value = 1.0
+    if mult:
+        try:
+            value = float(mult.removesuffix("x"))
+        except ValueError:
+            value = float("nan")
+        if not (math.isfinite(value) and value > 0):
+            raise ConfigError(
+                f"--methods entry {entry!r}: the budget multiplier must be a positive number "
+                "followed by x, e.g. supervised:3x"
+            )
+    return name.strip(), value
 
 
 def paired_difference(values: list[float], reference: list[float]) -> dict:
@@ -233,22 +270,37 @@ def compare(
         planned[spec.label] = {"steps": n, "minutes": spec_minutes, "probe_step_seconds": sec}
         print(f"  {spec.label}: {sec:.3f} s/step -> {n} steps in {spec_minutes:g} min")
 
+    def run_name(spec: RunSpec, seed: int) -> str:
+        return spec.dirname if len(seeds) == 1 else f"{spec.dirname}_seed{seed}"
+
+    by_label = {spec.label: spec for spec in specs}
     todo: list[tuple[RunSpec, str, Config]] = []  # (row, run name, run config)
     for spec in specs:
         for seed in seeds:
-            name = spec.dirname if len(seeds) == 1 else f"{spec.dirname}_seed{seed}"
+            name = run_name(spec, seed)
             kw: dict = {}
             if minutes is not None or spec.budget_mult != 1:
                 # an explicit length; the config's own (train.epochs) only for a plain row
                 kw = {"steps": planned[spec.label]["steps"], "epochs": None}
             if minutes is not None:
                 kw["max_minutes"] = planned[spec.label]["minutes"]
+            if spec.start_from is not None:  # the source row's final checkpoint, same seed
+                source_dir = runs_dir / run_name(by_label[spec.start_from], seed)
+                kw["init_from"] = str(source_dir / "latest.pt")
             todo.append((spec, name, _with(cfg, spec.method, seed, runs_dir / name, **kw)))
+    # Rows that start from another row's runs train after them: sources first, in both waves.
+    todo.sort(key=lambda run: run[0].start_from is not None)
     # every run's budget against the one its directory was planned for, before any trains
     for *_, run_cfg in todo:
         check_budget(run_cfg, fresh, minutes is not None)
     if jobs > 1:
-        _train_in_parallel([(name, c) for _, name, c in todo], jobs, out_dir)
+        # a warm-started run waits for its source run (same seed), and only for that one
+        needs = {
+            name: run_name(by_label[sp.start_from], c.train.seed)
+            for sp, name, c in todo
+            if sp.start_from is not None
+        }
+        _train_in_parallel([(name, c) for _, name, c in todo], jobs, out_dir, needs)
     runs: dict[str, list[TrainResult]] = {}
     for spec, name, run_cfg in todo:
         # after parallel training, each finished run is only validated here
@@ -361,6 +413,8 @@ def run_budget(cfg: Config, by_time: bool) -> dict:
     }
     if by_time:
         values.pop("train.steps")
+    if cfg.train.init_from is not None:  # a warm start: the run it starts from is its plan too
+        values["train.init_from"] = cfg.train.init_from
     return values
 
 
@@ -473,23 +527,37 @@ RUN_CONFIG = "compare_run.yaml"  # per run directory, with --jobs: the run a wor
 RUN_LOG = "train.log"  # per run directory, with --jobs: the worker's output
 
 
-def _train_in_parallel(todo: list[tuple[str, Config]], jobs: int, out_dir: Path) -> None:
+def _train_in_parallel(
+    todo: list[tuple[str, Config]], jobs: int, out_dir: Path, needs: dict[str, str] | None = None
+) -> None:
     """Train the runs ``jobs`` at a time, each in its own process (``--run-one``).
 
-    A worker writes what ``train`` prints to ``RUN_DIR/train.log``; a failed run is reported
-    with the end of its log once the others have finished (their work is kept either way)."""
+    ``needs[name]``: the run that run ``name`` starts from; it starts once that one has
+    finished (a free slot takes the costliest run whose source is done), and is not trained
+    when that one failed. A worker writes what ``train`` prints to ``RUN_DIR/train.log``; a
+    failed run is reported with the end of its log once the others have finished (their work
+    is kept either way)."""
+    needs = needs or {}
     threads = max(1, (os.cpu_count() or 1) // jobs)
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     # Longest first, so that no slot idles at the end while one long run trains alone.
     pending = sorted(todo, key=lambda run: -_relative_cost(run[1]))
     running: dict[int, tuple[str, Path, subprocess.Popen, object]] = {}  # slot -> run
-    failed: list[tuple[str, Path]] = []
+    failed: list[tuple[str, Path | None]] = []  # None: not trained (its source failed)
     print(f"training {len(todo)} runs, {jobs} at a time (one process each, logs in RUN_DIR)")
+    waiting = {name for name, _ in todo}  # not finished yet (pending or running)
     while pending or running:
+        for run in [r for r in pending if needs.get(r[0]) in {n for n, _ in failed}]:
+            pending.remove(run)  # its source failed: nothing to start from
+            waiting.discard(run[0])
+            failed.append((run[0], None))
+            print(f"  NOT TRAINED {run[0]}: {needs[run[0]]}, which it starts from, failed")
         for slot in range(jobs):
-            if slot in running or not pending:
+            ready = [r for r in pending if needs.get(r[0]) not in waiting]
+            if slot in running or not ready:
                 continue
-            name, run_cfg = pending.pop(0)
+            name, run_cfg = ready[0]
+            pending.remove(ready[0])
             if run_cfg.train.threads is None:
                 run_cfg = replace(run_cfg, train=replace(run_cfg.train, threads=threads))
             run_cfg = replace(run_cfg, train=replace(run_cfg.train, progress=False))
@@ -511,6 +579,7 @@ def _train_in_parallel(todo: list[tuple[str, Config]], jobs: int, out_dir: Path)
                 continue
             log.close()
             del running[slot]
+            waiting.discard(name)
             if proc.returncode == 0:
                 print(f"  finished {name}")
             else:
@@ -521,6 +590,7 @@ def _train_in_parallel(todo: list[tuple[str, Config]], jobs: int, out_dir: Path)
             f"--- {name}: end of {run_dir / RUN_LOG} ---\n"
             + "\n".join((run_dir / RUN_LOG).read_text(errors="replace").splitlines()[-15:])
             for name, run_dir in failed
+            if run_dir is not None  # None: not trained, its source failed
         )
         raise RunsFailed(
             f"{len(failed)} of {len(todo)} runs failed: {', '.join(n for n, _ in failed)}. "
@@ -579,8 +649,12 @@ def summarise_runs(
     """The rows of ``summary.json`` (one per spec, over its seeds' runs, with the paired
     differences and the time to accuracy) and the ``time_to_accuracy`` summary."""
     results = [_summarise(s, runs[s.label], seeds, planned[s.label]) for s in specs]
+    for row, spec in zip(results, specs):
+        if spec.start_from is not None:  # what the warm start cost, seed by seed
+            row["start_from"] = spec.start_from
+            row["start_seconds_per_seed"] = [r.train_seconds for r in runs[spec.start_from]]
     _add_paired_differences(results, specs)
-    tta = add_time_to_accuracy(results, run_curves(runs))
+    tta = add_time_to_accuracy(results, run_curves(runs, results))
     return results, tta
 
 
@@ -588,19 +662,26 @@ def summarise_runs(
 # ``time`` of metrics.jsonl's validation rows.
 TIME_COUNTED = (
     "training wall-clock: the seconds of the training steps (data loading, forward and "
-    "backward passes, optimizer, EMA) summed from the run's first step; validation, "
-    "checkpoint writing, logging and building the run are not counted"
+    "backward passes, optimizer, EMA) summed from the run's first step (for a row A@B, from "
+    "the first step of B's run it starts from); validation, checkpoint writing, logging and "
+    "building the run are not counted"
 )
 
 Curve = list[tuple[float, float]]  # (training seconds, student validation mIoU), in time order
 
 
-def run_curves(runs: dict[str, list[TrainResult]]) -> dict[str, list[Curve]]:
-    """Per row, per seed: ``(training seconds, student validation mIoU)`` of every validation."""
-    return {
-        label: [[(h["time"], h["miou_student"]) for h in r.history] for r in rs]
-        for label, rs in runs.items()
-    }
+def run_curves(runs: dict[str, list[TrainResult]], results: list[dict]) -> dict[str, list[Curve]]:
+    """Per row, per seed: ``(training seconds, student validation mIoU)`` of every validation.
+    A row that starts from another row's run (``start_seconds_per_seed``) counts that run's
+    training seconds first: a user pays them before its first step."""
+    start = {r["method"]: r.get("start_seconds_per_seed") for r in results}
+    curves = {}
+    for label, rs in runs.items():
+        offsets = start.get(label) or [0.0] * len(rs)
+        curves[label] = [
+            [(t0 + h["time"], h["miou_student"]) for h in r.history] for r, t0 in zip(rs, offsets)
+        ]
+    return curves
 
 
 def time_to_reach(curve: Curve, target: float) -> float | None:
@@ -787,11 +868,12 @@ def format_summary(results: list[dict], tta: dict | None = None) -> str:
     """Plain-text table for the terminal; with ``tta`` (``add_time_to_accuracy``'s summary),
     the time to accuracy after it."""
     best = _best_header(results)
-    head = f"{'method':<16}{'final mIoU':>16}{best:>17}{'seconds':>9}{'s/step':>8}{'MiB':>7}"
+    w = max(16, *(len(r["method"]) + 2 for r in results))  # the method column fits every label
+    head = f"{'method':<{w}}{'final mIoU':>16}{best:>17}{'seconds':>9}{'s/step':>8}{'MiB':>7}"
     lines = [head]
     for r in results:
         lines.append(
-            f"{r['method']:<16}{_pm(r['miou'], r.get('miou_std')):>16}"
+            f"{r['method']:<{w}}{_pm(r['miou'], r.get('miou_std')):>16}"
             f"{_pm(r['best_miou'], r.get('best_miou_std')):>17}{r['seconds']:>9.0f}"
             f"{r.get('step_seconds', float('nan')):>8.3f}{r.get('peak_memory_mb', 0):>7.0f}"
         )
@@ -804,9 +886,9 @@ def format_summary(results: list[dict], tta: dict | None = None) -> str:
     if diffs:
         lines += ["", "paired difference per seed (mean [95% interval]; per seed):", *diffs]
     if tta is not None:
-        lines += ["", f"{'method':<16}{'time to target':>34}{'mean mIoU over time':>22}"]
+        lines += ["", f"{'method':<{w}}{'time to target':>34}{'mean mIoU over time':>22}"]
         lines += [
-            f"{r['method']:<16}{time_to_target_text(r):>34}{_mean_over_time_text(r):>22}"
+            f"{r['method']:<{w}}{time_to_target_text(r):>34}{_mean_over_time_text(r):>22}"
             for r in results
         ]
         lines.append(textwrap.fill(tta_note(tta), 100))
@@ -876,6 +958,14 @@ def format_markdown(summary: dict) -> str:
         lines.append(
             f"Runs trained {summary['jobs']} at a time, one process each: train times include "
             "the slowdown of sharing the machine, so compare them within this table only."
+        )
+    warm = [r for r in results if r.get("start_from")]
+    if warm:
+        lines.append(
+            "A row `A@B` starts each seed from the final checkpoint of B's run of the same seed "
+            "(`train.init_from`: student and teachers from it, a fresh optimizer and schedule); "
+            "its steps and train time are its own, and its time to accuracy counts B's "
+            "training time first."
         )
     if "minutes" in budget:
         lines.append(
@@ -949,7 +1039,7 @@ def _plot(runs: dict[str, list[TrainResult]], path: Path, results: list[dict], t
         crossings = {
             r["method"]: [t for t in r["time_to_target_per_seed"] if t is not None] for r in results
         }
-    plot_miou_vs_time(run_curves(runs), path, target=target, crossings=crossings)
+    plot_miou_vs_time(run_curves(runs, results), path, target=target, crossings=crossings)
 
 
 if __name__ == "__main__":  # the worker process of ``compare(..., jobs=N)``
