@@ -533,10 +533,10 @@ def _train_in_parallel(
     """Train the runs ``jobs`` at a time, each in its own process (``--run-one``).
 
     ``needs[name]``: the run that run ``name`` starts from; it starts once that one has
-    finished (a free slot takes the costliest run whose source is done), and is not trained
-    when that one failed. A worker writes what ``train`` prints to ``RUN_DIR/train.log``; a
-    failed run is reported with the end of its log once the others have finished (their work
-    is kept either way)."""
+    finished, and is not trained when that one failed. A free slot takes a source run first
+    (others wait for it), else the costliest run whose source is done. A worker writes what
+    ``train`` prints to ``RUN_DIR/train.log``; a failed run is reported with the end of its
+    log once the others have finished (their work is kept either way)."""
     needs = needs or {}
     threads = max(1, (os.cpu_count() or 1) // jobs)
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -546,6 +546,7 @@ def _train_in_parallel(
     failed: list[tuple[str, Path | None]] = []  # None: not trained (its source failed)
     print(f"training {len(todo)} runs, {jobs} at a time (one process each, logs in RUN_DIR)")
     waiting = {name for name, _ in todo}  # not finished yet (pending or running)
+    sources = set(needs.values())
     while pending or running:
         for run in [r for r in pending if needs.get(r[0]) in {n for n, _ in failed}]:
             pending.remove(run)  # its source failed: nothing to start from
@@ -553,7 +554,9 @@ def _train_in_parallel(
             failed.append((run[0], None))
             print(f"  NOT TRAINED {run[0]}: {needs[run[0]]}, which it starts from, failed")
         for slot in range(jobs):
+            # sources first (a run others start from unblocks them), then the costliest
             ready = [r for r in pending if needs.get(r[0]) not in waiting]
+            ready.sort(key=lambda r: r[0] not in sources)
             if slot in running or not ready:
                 continue
             name, run_cfg = ready[0]
