@@ -154,22 +154,20 @@ def test_demo_row_is_the_demo_data_of_that_seed(written):
 
 
 # ------------------------------------------------------------------------------ end to end
+def _tiny_suite(out, datasets: str, **kw) -> dict:
+    """The tuning suite on tiny images: 2 seeds, supervised 4 steps, Dual Teacher 2."""
+    overrides = [o for o in TINY if not o.startswith("data.demo.")] + ["train.eval_every=1"]
+    sizes = {"image_size": 32, **SIZES}
+    return gs.run_suite(
+        "tuning", out, seeds=2, datasets=datasets, steps_sup=4, steps_dt=2,
+        overrides=overrides, sizes=sizes, **kw,
+    )  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    sizes = {"image_size": 32, **SIZES}
-    overrides = [o for o in TINY if not o.startswith("data.demo.")] + ["train.eval_every=1"]
-    result = gs.run_suite(
-        "tuning",
-        out,
-        seeds=2,
-        datasets="scratches,shapes",
-        steps_sup=4,
-        steps_dt=2,
-        overrides=overrides,
-        sizes=sizes,
-    )
-    return out, result
+    return out, _tiny_suite(out, "scratches,shapes")
 
 
 def test_suite_prints_one_table_and_writes_suite_json(suite, capsys):
@@ -278,19 +276,7 @@ def test_warm_start_suite_measures_dual_teacher_against_supervised_continued(tmp
     """``--warm-start``: Dual Teacher and supervised both continue from supervised's final
     checkpoint of the same seed; the paired difference is against the continued supervised
     run, and "sup best" is per seed the best of either supervised run."""
-    sizes = {"image_size": 32, **SIZES}
-    overrides = [o for o in TINY if not o.startswith("data.demo.")] + ["train.eval_every=1"]
-    result = gs.run_suite(
-        "tuning",
-        tmp_path,
-        seeds=2,
-        datasets="shapes",
-        steps_sup=4,
-        steps_dt=2,
-        overrides=overrides,
-        sizes=sizes,
-        warm_start=True,
-    )
+    result = _tiny_suite(tmp_path, "shapes", warm_start=True)
     assert result["methods"] == [
         "supervised:2.0x",
         "dual_teacher@supervised:2.0x",
