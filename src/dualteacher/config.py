@@ -167,6 +167,16 @@ class MixLoss(StrEnum):
     masked = "masked"
 
 
+class ClassWeights(StrEnum):
+    """How much a pixel of each class counts in the cross-entropies (``method.class_weights``)."""
+
+    none = "none"  # every pixel the same (the published recipes)
+    # w_c proportional to 1 / sqrt(f_c), f_c the class's share of the labelled pixels (read once
+    # at train start), scaled so that a labelled pixel weighs 1 on average; a class with no
+    # labelled pixel gets the largest weight. A 0.7 % defect class weighs about 12x its surface.
+    sqrt_inverse = "sqrt_inverse"
+
+
 @dataclass
 class DualTeacherConfig:
     mode: DualTeacherMode = DualTeacherMode.faithful
@@ -224,6 +234,10 @@ class MethodConfig:
     name: str = "dual_teacher"  # registered method: see dualteacher.methods.METHODS
     conf_thresh: float = 0.95  # confidence above which a pseudo-label counts
     ema_momentum: float = 0.99  # cap of the EMA momentum
+    # Weigh each pixel's cross-entropy by its class: the labelled term of every method, and the
+    # confident-pixel pseudo-label terms (Dual Teacher's IC and ``mix_loss: masked``, Mean
+    # Teacher, FixMatch, UniMatch) by the pseudo-label's class.
+    class_weights: ClassWeights = ClassWeights.none
     dual_teacher: DualTeacherConfig = field(default_factory=DualTeacherConfig)
     mean_teacher: MeanTeacherConfig = field(default_factory=MeanTeacherConfig)
     fixmatch: FixMatchConfig = field(default_factory=FixMatchConfig)

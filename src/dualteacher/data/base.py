@@ -289,3 +289,15 @@ class SubsetSource(SegSource):
 
     def load(self, index: int) -> Sample:
         return self.source.load(self.indices[index])
+
+
+def class_pixel_counts(source: SegSource, num_classes: int) -> np.ndarray:
+    """(K,) int64: how many pixels of each class the masks of ``source`` hold (ignore and
+    out-of-range ids not counted). Reads every mask once, without augmentation."""
+    counts = np.zeros(num_classes, np.int64)
+    for i in range(len(source)):
+        mask = source.load(i).mask
+        if mask is not None:
+            hist = np.bincount(np.asarray(mask, np.int64).ravel(), minlength=num_classes)
+            counts += hist[:num_classes]
+    return counts

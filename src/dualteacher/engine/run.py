@@ -29,9 +29,16 @@ from dualteacher.checkpoint import (
     load_checkpoint,
     load_method_state,
 )
-from dualteacher.config import Config, EpochUnit, load_config, to_dict, without_pretrained
+from dualteacher.config import (
+    ClassWeights,
+    Config,
+    EpochUnit,
+    load_config,
+    to_dict,
+    without_pretrained,
+)
 from dualteacher.data import DataBundle, build_data, run_index
-from dualteacher.data.base import EvalSet
+from dualteacher.data.base import EvalSet, class_pixel_counts
 from dualteacher.data.fingerprint import data_changes, data_fingerprint
 from dualteacher.data.loaders import build_train_loaders
 from dualteacher.device import check_amp, select_device
@@ -50,6 +57,7 @@ from dualteacher.engine.state import TrainState
 from dualteacher.engine.step import StepRunner
 from dualteacher.errors import CheckpointError, ConfigError, DataError
 from dualteacher.methods import Method, build_seeded_method, seed_all
+from dualteacher.methods.losses import class_weights
 from dualteacher.models.windows import check_eval_config
 
 
@@ -375,6 +383,15 @@ def build_training(
     loaded = resume is not None or source is not None  # model.pretrained is never read then
     method = _build_method(without_pretrained(cfg) if loaded else cfg, num_classes, device, verbose)
     record = init_from.load_source(method, cfg, *source) if source is not None else None
+    if cfg.method.class_weights != ClassWeights.none and bundle is not None:
+        # Every rank reads the same labelled masks, so the weights agree without a broadcast.
+        weights = class_weights(
+            class_pixel_counts(bundle.labeled, num_classes), cfg.method.class_weights
+        )
+        method.set_class_weights(weights)
+        if verbose and dist.is_main and weights is not None:
+            shown = ", ".join(f"{c} {w:.2f}" for c, w in zip(classes, weights.tolist()))
+            print(f"class weights ({cfg.method.class_weights}, from the labelled masks): {shown}")
     optim_cfg, lr_line = scaled_optim_config(cfg, dist.world_size)
     optimizer = build_optimizer(method.student, optim_cfg)
     epoch_steps, total = run_length(cfg, bundle, dist.world_size)

@@ -112,6 +112,10 @@ class Method(nn.Module):
         self.student = student
         self.cfg = cfg
         self.ignore_index = IGNORE_INDEX
+        # (K,) per-class loss weights (``method.class_weights``), set by the engine from the
+        # labelled masks (``set_class_weights``); None: every pixel the same. Not a buffer: a
+        # resumed run recomputes them from the same data, and checkpoints keep their keys.
+        self.class_weights: torch.Tensor | None = None
         # What ``student_forward`` calls: the student, or the engine's DDP / compiled wrapper
         # of it (``wrap_student``); set without registering, so state_dict keys stay free of
         # "module.".
@@ -150,9 +154,15 @@ class Method(nn.Module):
         return {}
 
     # --- helpers ---------------------------------------------------------------------------
+    def set_class_weights(self, weights: torch.Tensor | None) -> None:
+        """Weigh each pixel's cross-entropy by its (pseudo-)class: ``weights`` (K,), or None."""
+        device = next(self.student.parameters()).device
+        self.class_weights = None if weights is None else weights.float().to(device)
+
     def supervised_loss(self, logits_x: torch.Tensor, mask_x: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy over labelled pixels, mean over the non-ignored ones."""
-        return F.cross_entropy(logits_x, mask_x, ignore_index=self.ignore_index)
+        """Cross-entropy over labelled pixels, mean over the non-ignored ones (with class
+        weights: the weighted mean, ``sum(w_y CE) / sum(w_y)``, as ``F.cross_entropy``)."""
+        return F.cross_entropy(logits_x, mask_x, self.class_weights, ignore_index=self.ignore_index)
 
     def make_teacher(self, make_model: Callable[[], SegModel]) -> SegModel:
         """A fresh model of the student's architecture that never receives gradients."""

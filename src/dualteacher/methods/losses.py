@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from dualteacher.config import ClassWeights
 from dualteacher.methods.base import phase
 
 
@@ -39,12 +41,34 @@ def masked_ce(
     keep: torch.Tensor,
     valid: torch.Tensor,
     ignore_index: int = 255,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``sum(CE * keep) / count(valid)``: confident pixels trained, averaged over all valid ones.
 
     ``keep`` (B, H, W) bool marks confident pixels; ``valid`` (B, H, W) bool the pixels that
     count in the denominator (not padding). This is UniMatch's and the official IC loss's
     normalisation: a batch with few confident pixels gives a small loss, not a noisy one.
+    ``weight`` (K,): each pixel's CE times its target class's weight (``method.class_weights``).
     """
-    ce = F.cross_entropy(logits, target, reduction="none", ignore_index=ignore_index)
+    ce = F.cross_entropy(logits, target, weight, reduction="none", ignore_index=ignore_index)
     return (ce * (keep & valid)).sum() / valid.sum().clamp(min=1)
+
+
+def class_weights(counts: np.ndarray, rule: ClassWeights) -> torch.Tensor | None:
+    """(K,) loss weights from the labelled pixel ``counts`` (K,) of each class, or None (rule
+    ``none``). ``sqrt_inverse``: ``w_c = 1 / sqrt(f_c)``, ``f_c = counts_c / sum(counts)``,
+    scaled so that ``sum_c f_c w_c = 1`` (a labelled pixel weighs 1 on average, so the loss
+    keeps its scale and the learning rate its meaning); a class without labelled pixels gets
+    the largest weight of the others."""
+    if rule == ClassWeights.none:
+        return None
+    counts = np.asarray(counts, np.float64)
+    if counts.sum() <= 0:
+        return None
+    freq = counts / counts.sum()
+    seen = freq > 0
+    w = np.zeros_like(freq)
+    w[seen] = 1.0 / np.sqrt(freq[seen])
+    w[~seen] = w[seen].max()
+    w /= (freq * w).sum()
+    return torch.tensor(w, dtype=torch.float32)
