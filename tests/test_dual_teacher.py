@@ -827,3 +827,42 @@ def test_class_adaptive_thresholds_choose_the_trained_pixels(k, draws):
     fixed_ic = (ce * ((conf >= 0.95) & valid)).sum() / valid.sum()
     torch.testing.assert_close(out["loss_ic"], expected_ic)
     assert not torch.allclose(expected_ic, fixed_ic)  # the thresholds changed what is trained
+
+
+@pytest.mark.parametrize("k", [0, 1])
+def test_class_weights_weigh_every_term_by_its_class(k, draws):
+    """method.class_weights: the labelled CE is the weighted mean sum(w_y CE) / sum(w_y), and
+    the IC and masked mixing terms weigh each confident pixel's CE by its pseudo-label's class
+    (normaliser unchanged: the valid pixels)."""
+    method = make_method("clean", "method.dual_teacher.mix_loss=masked", "method.conf_thresh=0.5")
+    w = torch.tensor([0.5, 4.0, 1.5])
+    method.set_class_weights(w)
+    bx, bu = make_batches()
+    calls = record_forwards(method)
+    out = method.training_step(bx, bu, StepInfo(step=4 * k + 1, epoch_steps=4))
+    (pair,) = [c for c in calls["student"] if len(c.input) == 2 * B]
+    (single,) = [c for c in calls["student"] if len(c.input) == B]
+    y = bx["mask"]
+    ce_x = F.cross_entropy(pair.output[:B], y, reduction="none", ignore_index=255)
+    lab = y != 255
+    w_x = w[y.clamp(max=K - 1)] * lab
+    torch.testing.assert_close(out["loss_x"], (w_x * ce_x).sum() / w_x.sum())
+    conf, pl = _pseudo(calls[TEACHER_NAMES[k]][0], ~bu["ignore"])
+    valid = pl != 255
+    ce_s = F.cross_entropy(single.output, pl, reduction="none", ignore_index=255)
+    w_s = w[pl.clamp(max=K - 1)]
+    expected_ic = (w_s * ce_s * ((conf >= 0.5) & valid)).sum() / valid.sum()
+    torch.testing.assert_close(out["loss_ic"], expected_ic)
+    if k == 0:
+        _, pl_m, conf_m = draws.out("reco_augment")
+    else:
+        keep, perm = draws.out("classmix_mask"), draws.out("classmix_partners")
+        conf_m, pl_m = mix(keep, conf, conf[perm]), mix(keep, pl, pl[perm])
+    valid_m = pl_m != 255
+    ce_m = F.cross_entropy(pair.output[B:], pl_m, reduction="none", ignore_index=255)
+    w_m = w[pl_m.clamp(max=K - 1)]
+    expected_mix = (w_m * ce_m * ((conf_m >= 0.5) & valid_m)).sum() / valid_m.sum()
+    torch.testing.assert_close(out[f"loss_{BRANCHES[k]}"], expected_mix)
+    # the weights changed what the terms are (not a no-op on this batch)
+    unweighted_ic = (ce_s * ((conf >= 0.5) & valid)).sum() / valid.sum()
+    assert not torch.allclose(expected_ic, unweighted_ic)
