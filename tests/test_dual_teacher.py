@@ -830,10 +830,10 @@ def test_class_adaptive_thresholds_choose_the_trained_pixels(k, draws):
 
 
 @pytest.mark.parametrize("k", [0, 1])
-def test_class_weights_weigh_every_term_by_its_class(k, draws):
-    """method.class_weights: the labelled CE is the weighted mean sum(w_y CE) / sum(w_y), and
-    the IC and masked mixing terms weigh each confident pixel's CE by its pseudo-label's class
-    (normaliser unchanged: the valid pixels)."""
+def test_class_weights_weigh_the_labelled_term_only(k, draws):
+    """method.class_weights: the labelled CE is the weighted mean sum(w_y CE) / sum(w_y); the
+    pseudo-label terms (IC, masked mixing) stay unweighted (weighting them made Dual Teacher
+    collapse on a rare class: docs/gain.md)."""
     method = make_method("clean", "method.dual_teacher.mix_loss=masked", "method.conf_thresh=0.5")
     w = torch.tensor([0.5, 4.0, 1.5])
     method.set_class_weights(w)
@@ -844,15 +844,13 @@ def test_class_weights_weigh_every_term_by_its_class(k, draws):
     (single,) = [c for c in calls["student"] if len(c.input) == B]
     y = bx["mask"]
     ce_x = F.cross_entropy(pair.output[:B], y, reduction="none", ignore_index=255)
-    lab = y != 255
-    w_x = w[y.clamp(max=K - 1)] * lab
+    w_x = w[y.clamp(max=K - 1)] * (y != 255)
     torch.testing.assert_close(out["loss_x"], (w_x * ce_x).sum() / w_x.sum())
+    assert not torch.allclose(out["loss_x"], ce_x[y != 255].mean())  # not a no-op here
     conf, pl = _pseudo(calls[TEACHER_NAMES[k]][0], ~bu["ignore"])
     valid = pl != 255
     ce_s = F.cross_entropy(single.output, pl, reduction="none", ignore_index=255)
-    w_s = w[pl.clamp(max=K - 1)]
-    expected_ic = (w_s * ce_s * ((conf >= 0.5) & valid)).sum() / valid.sum()
-    torch.testing.assert_close(out["loss_ic"], expected_ic)
+    torch.testing.assert_close(out["loss_ic"], (ce_s * ((conf >= 0.5) & valid)).sum() / valid.sum())
     if k == 0:
         _, pl_m, conf_m = draws.out("reco_augment")
     else:
@@ -860,9 +858,5 @@ def test_class_weights_weigh_every_term_by_its_class(k, draws):
         conf_m, pl_m = mix(keep, conf, conf[perm]), mix(keep, pl, pl[perm])
     valid_m = pl_m != 255
     ce_m = F.cross_entropy(pair.output[B:], pl_m, reduction="none", ignore_index=255)
-    w_m = w[pl_m.clamp(max=K - 1)]
-    expected_mix = (w_m * ce_m * ((conf_m >= 0.5) & valid_m)).sum() / valid_m.sum()
+    expected_mix = (ce_m * ((conf_m >= 0.5) & valid_m)).sum() / valid_m.sum()
     torch.testing.assert_close(out[f"loss_{BRANCHES[k]}"], expected_mix)
-    # the weights changed what the terms are (not a no-op on this batch)
-    unweighted_ic = (ce_s * ((conf >= 0.5) & valid)).sum() / valid.sum()
-    assert not torch.allclose(expected_ic, unweighted_ic)

@@ -234,9 +234,9 @@ class MethodConfig:
     name: str = "dual_teacher"  # registered method: see dualteacher.methods.METHODS
     conf_thresh: float = 0.95  # confidence above which a pseudo-label counts
     ema_momentum: float = 0.99  # cap of the EMA momentum
-    # Weigh each pixel's cross-entropy by its class: the labelled term of every method, and the
-    # confident-pixel pseudo-label terms (Dual Teacher's IC and ``mix_loss: masked``, Mean
-    # Teacher, FixMatch, UniMatch) by the pseudo-label's class.
+    # Weigh each labelled pixel's cross-entropy by its class (every method's labelled term;
+    # pseudo-labels keep weight 1: weighting them too made Dual Teacher collapse on a rare
+    # defect class, docs/gain.md).
     class_weights: ClassWeights = ClassWeights.none
     dual_teacher: DualTeacherConfig = field(default_factory=DualTeacherConfig)
     mean_teacher: MeanTeacherConfig = field(default_factory=MeanTeacherConfig)

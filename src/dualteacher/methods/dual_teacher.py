@@ -240,9 +240,7 @@ class DualTeacher(Method):
             conf, pl = self._predict(teacher, x_u, valid_u)
         valid_ic = y != self.ignore_index if f.ic_mask_from_labeled else valid_u
         logits_s = self.student_forward(x_s)
-        loss_ic = masked_ce(
-            logits_s, pl, self._confident(conf, pl), valid_ic, self.ignore_index, self.class_weights
-        )
+        loss_ic = masked_ce(logits_s, pl, self._confident(conf, pl), valid_ic, self.ignore_index)
 
         if self.dt.rampup_steps:
             w = rampup_weight(info.step, self.dt.rampup_steps)
@@ -333,9 +331,7 @@ class DualTeacher(Method):
         confident = self._confident(conf_w, pl_mix) & valid
         mask_ratio = confident.sum() / valid.sum().clamp(min=1)
         if self.dt.mix_loss == MixLoss.masked:
-            loss_mix = masked_ce(
-                logits_u, pl_mix, confident, valid, self.ignore_index, self.class_weights
-            )
+            loss_mix = masked_ce(logits_u, pl_mix, confident, valid, self.ignore_index)
             return loss_x, loss_mix, mask_ratio
         # Per image: weight = its share of confident pixels; loss = mean of the weighted CE
         # over the pixels with CE > 0 (ReCo's `compute_unsupervised_loss`).
@@ -361,9 +357,7 @@ class DualTeacher(Method):
         confident = self._confident(conf_cm, pl_cm) & valid
         weight = confident.sum() / valid.sum().clamp(min=1)  # one scalar for the batch
         if self.dt.mix_loss == MixLoss.masked:
-            loss_mix = masked_ce(
-                logits_u, pl_cm, confident, valid, self.ignore_index, self.class_weights
-            )
+            loss_mix = masked_ce(logits_u, pl_cm, confident, valid, self.ignore_index)
             return loss_x, loss_mix, weight
         ce = F.cross_entropy(logits_u, pl_cm, reduction="none", ignore_index=self.ignore_index)
         loss_mix = (weight * ce).sum() / valid.sum().clamp(min=1)  # official: mean over pixels

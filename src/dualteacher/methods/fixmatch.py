@@ -88,7 +88,7 @@ class FixMatch(Method):
             )
         loss_x = self.supervised_loss(logits_x, y)
         keep = conf_s >= self.conf_thresh
-        loss_s = masked_ce(logits_s, pl_s, keep, valid_s, self.ignore_index, self.class_weights)
+        loss_s = masked_ce(logits_s, pl_s, keep, valid_s, self.ignore_index)
         loss = (loss_x + loss_s) / 2
         confident = (conf >= self.conf_thresh) & valid  # logged on the weak view, as UniMatch
         mask_ratio = confident.sum() / valid.sum().clamp(min=1)

@@ -41,16 +41,14 @@ def masked_ce(
     keep: torch.Tensor,
     valid: torch.Tensor,
     ignore_index: int = 255,
-    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``sum(CE * keep) / count(valid)``: confident pixels trained, averaged over all valid ones.
 
     ``keep`` (B, H, W) bool marks confident pixels; ``valid`` (B, H, W) bool the pixels that
     count in the denominator (not padding). This is UniMatch's and the official IC loss's
     normalisation: a batch with few confident pixels gives a small loss, not a noisy one.
-    ``weight`` (K,): each pixel's CE times its target class's weight (``method.class_weights``).
     """
-    ce = F.cross_entropy(logits, target, weight, reduction="none", ignore_index=ignore_index)
+    ce = F.cross_entropy(logits, target, reduction="none", ignore_index=ignore_index)
     return (ce * (keep & valid)).sum() / valid.sum().clamp(min=1)
 
 

@@ -53,9 +53,7 @@ class MeanTeacher(Method):
         logits = self.student_forward(torch.cat([x, x_mix]))
         loss_x = self.supervised_loss(logits[: len(x)], y)
         keep = conf_mix >= self.cfg.method.conf_thresh
-        loss_u = masked_ce(
-            logits[len(x) :], pl_mix, keep, valid_mix, self.ignore_index, self.class_weights
-        )
+        loss_u = masked_ce(logits[len(x) :], pl_mix, keep, valid_mix, self.ignore_index)
         loss = loss_x + self.cfg.method.mean_teacher.unsup_weight * loss_u
         mask_ratio = (keep & valid_mix).sum() / valid_mix.sum().clamp(min=1)
         return {"loss": loss, "loss_x": loss_x, "loss_u": loss_u, "mask_ratio": mask_ratio}

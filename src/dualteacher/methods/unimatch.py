@@ -72,7 +72,7 @@ class UniMatch(Method):
             for logits_s, box in zip((logits_s1, logits_s2), boxes)
         )
         confident = conf >= self.conf_thresh
-        loss_fp = masked_ce(logits_fp, pl, confident, valid, self.ignore_index, self.class_weights)
+        loss_fp = masked_ce(logits_fp, pl, confident, valid, self.ignore_index)
         loss_u = self.um.strong_weight * (loss_s1 + loss_s2) + self.um.fp_weight * loss_fp
         loss = (loss_x + loss_u) / 2
         mask_ratio = (confident & valid).sum() / valid.sum().clamp(min=1)
@@ -89,6 +89,4 @@ class UniMatch(Method):
         """Masked CE of a CutMixed strong view: ``own`` (pseudo-label, confidence, valid) of
         the weak view outside ``box``, the ``partner``'s (permuted by ``perm``) inside."""
         pl, conf, valid = (mix(box, t_p[perm], t) for t, t_p in zip(own, partner))
-        return masked_ce(
-            logits_s, pl, conf >= self.conf_thresh, valid, self.ignore_index, self.class_weights
-        )
+        return masked_ce(logits_s, pl, conf >= self.conf_thresh, valid, self.ignore_index)
