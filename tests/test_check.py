@@ -148,3 +148,21 @@ def test_bad_sample_error_from_a_dataloader_worker_keeps_the_message():
     err = BadSampleError(msg)
     assert str(err) == "/d/m.png: the mask is 2x2 but its image /d/i.jpg is 4x4. Fix: re-export it"
     assert str(BadSampleError("/d/a.png", "broken", "redo it")) == "/d/a.png: broken. Fix: redo it"
+
+
+def test_check_hints_at_class_weights_for_a_rare_class(tmp_path, capsys):
+    """A class under 2 % of the labelled pixels gets the method.class_weights hint, unless the
+    config already weighs the classes."""
+    root = trees.make_folder(tmp_path)
+    for i in range(4):  # dog: one 3 x 4 patch per 36 x 44 mask, 0.76 % of the pixels
+        mask = trees.halves(0, 1)
+        mask[:3, :4] = 2
+        trees.save_mask(root / "train" / "masks" / f"img{i}.png", mask)
+    code, out = run_check(capsys, "data.name=folder", f"data.root={root}")
+    assert code == 0, out
+    assert "classes under 2 % of the labelled pixels: dog (0.76 %)" in out
+    assert "method.class_weights=sqrt_inverse" in out
+    code, out = run_check(
+        capsys, "data.name=folder", f"data.root={root}", "method.class_weights=sqrt_inverse"
+    )
+    assert code == 0 and "classes under 2 %" not in out
