@@ -207,6 +207,9 @@ def test_method_state_dict_round_trips(name, extra, tmp_path):
     fresh.load_state_dict(state)  # strict: every key on both sides
     if cfg.train.channels_last:  # the run's layout, as prepare_method gives it (kernels differ)
         fresh.to(memory_format=torch.channels_last)
+    # method.class_weights come from the labelled masks, set by build_training (data and
+    # config, not state: a resumed run recomputes them; tests/test_class_weights.py)
+    fresh.set_class_weights(method.class_weights)
     loaded = fresh.state_dict()
     assert list(loaded) == list(state)
     for k, v in state.items():
