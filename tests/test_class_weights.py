@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from dualteacher.config import ClassWeights, load_config
-from dualteacher.data.base import ArraySource, class_pixel_counts
+from dualteacher.data.base import ArraySource
+from dualteacher.data.check import class_pixel_counts
 from dualteacher.engine.run import build_training
 from dualteacher.methods.losses import class_weights
 

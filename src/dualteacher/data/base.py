@@ -289,20 +289,3 @@ class SubsetSource(SegSource):
 
     def load(self, index: int) -> Sample:
         return self.source.load(self.indices[index])
-
-
-def class_pixel_counts(source: SegSource, num_classes: int) -> np.ndarray:
-    """(K,) int64: how many pixels of each class the masks of ``source`` hold (ignore and
-    out-of-range ids not counted). Reads every sample once, without augmentation; a sample
-    that cannot be read is left out here: training meets it and reports it as it does any
-    bad sample (``data.skip_bad``)."""
-    counts = np.zeros(num_classes, np.int64)
-    for i in range(len(source)):
-        try:
-            mask = source.load(i).mask
-        except BadSampleError:
-            continue
-        if mask is not None:
-            hist = np.bincount(np.asarray(mask, np.int64).ravel(), minlength=num_classes)
-            counts += hist[:num_classes]
-    return counts

@@ -13,6 +13,7 @@ only N of its samples, drawn at random from ``seed``, are checked and read.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -134,4 +135,21 @@ def check_set(
     return report
 
 
-__all__ = ["SETS", "CheckReport", "SetReport", "check_set"]
+def class_pixel_counts(source: SegSource, num_classes: int) -> np.ndarray:
+    """(K,) int64: how many pixels of each class the masks of ``source`` hold (ignore and
+    out-of-range ids not counted), read as ``check_set`` reads them (``_scan_one``, threads).
+    A sample that cannot be read is left out here: training meets it and reports it as it
+    does any bad sample (``data.skip_bad``)."""
+    counts = np.zeros(num_classes, np.int64)
+    workers = min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        scans = _map_in_chunks(
+            pool, lambda i: _scan_one(source, i, num_classes), range(len(source))
+        )
+        for _, sample_counts, _, _ in scans:
+            if sample_counts is not None:  # (K + 1,): the classes, then ignore
+                counts += sample_counts[:num_classes]
+    return counts
+
+
+__all__ = ["SETS", "CheckReport", "SetReport", "check_set", "class_pixel_counts"]

@@ -38,7 +38,8 @@ from dualteacher.config import (
     without_pretrained,
 )
 from dualteacher.data import DataBundle, build_data, run_index
-from dualteacher.data.base import EvalSet, class_pixel_counts
+from dualteacher.data.base import EvalSet
+from dualteacher.data.check import class_pixel_counts
 from dualteacher.data.fingerprint import data_changes, data_fingerprint
 from dualteacher.data.loaders import build_train_loaders
 from dualteacher.device import check_amp, select_device

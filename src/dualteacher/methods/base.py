@@ -155,7 +155,7 @@ class Method(nn.Module):
 
     # --- helpers ---------------------------------------------------------------------------
     def set_class_weights(self, weights: torch.Tensor | None) -> None:
-        """Weigh each pixel's cross-entropy by its (pseudo-)class: ``weights`` (K,), or None."""
+        """Weigh each labelled pixel's cross-entropy by its class: ``weights`` (K,), or None."""
         device = next(self.student.parameters()).device
         self.class_weights = None if weights is None else weights.float().to(device)
 
