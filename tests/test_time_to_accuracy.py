@@ -1,5 +1,6 @@
 """``compare``'s time to accuracy, from synthetic run logs (no training): the seconds to reach
-the supervised row's best mIoU and the mean mIoU over the time span every run covers."""
+the supervised row's best mIoU and the mean mIoU over time (latest first validation to the
+last one; a finished run keeps its final mIoU; a warm row is its source's curve, then its own)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ from dualteacher.engine.trainer import TrainResult
 from dualteacher.metrics import SegMetrics
 from dualteacher.study.compare import (
     RunSpec,
-    common_span,
     mean_miou_over,
     summarise_runs,
+    time_span,
     time_to_reach,
     write_summary,
 )
@@ -75,29 +76,55 @@ def test_time_to_supervised_best_per_seed_and_over_seeds():
     assert sup["time_to_target_reached"] == 0
 
 
-def test_mean_miou_over_the_common_span():
+def test_mean_miou_over_time_holds_a_finished_runs_final_miou():
     results, tta, _ = _summary()
-    # latest first validation: 16 s (dual_teacher seed 1); earliest last one: 30 s (supervised)
-    assert tta["span_seconds"] == [16, 30]
-    sup, _, dt = results
-    # supervised seed 0 over 16..30 s: 32 at 16 s (on the line from 20 at 10 s to 40 at 20 s),
-    # 40 at 20 s, 50 at 30 s: trapezoids (32 + 40) / 2 * 4 + (40 + 50) / 2 * 10, over 14 s
-    seed0 = ((32 + 40) / 2 * 4 + (40 + 50) / 2 * 10) / 14
+    # latest first validation: 16 s (dual_teacher seed 1); last validation: 60 s (supervised:2x)
+    assert tta["span_seconds"] == [16, 60]
+    sup, sup2, dt = results
+    # supervised seed 0 over 16..60 s: 32 at 16 s (on the line from 20 at 10 s to 40 at 20 s),
+    # 40 at 20 s, 50 at 30 s, then its final 50 until 60 s: trapezoids over 44 s
+    seed0 = ((32 + 40) / 2 * 4 + (40 + 50) / 2 * 10 + 50 * 30) / 44
     # seed 1: 22 at 11 s to 38 at 21 s: 22 + 16 * 5 / 10 = 30 at 16 s; 38 at 21 s; 46 at 31 s,
-    # so 38 + 8 * 9 / 10 = 45.2 at 30 s
-    seed1 = ((30 + 38) / 2 * 5 + (38 + 45.2) / 2 * 9) / 14
+    # then 46 until 60 s
+    seed1 = ((30 + 38) / 2 * 5 + (38 + 46) / 2 * 10 + 46 * 29) / 44
     assert sup["mean_miou_over_time_per_seed"] == pytest.approx([seed0, seed1])
     assert sup["mean_miou_over_time"] == pytest.approx((seed0 + seed1) / 2)
     assert sup["mean_miou_over_time_std"] == pytest.approx(statistics.stdev([seed0, seed1]))
-    # dual_teacher seed 0: 30 + 26 / 15 at 16 s, 56 at 30 s: one trapezoid
-    assert dt["mean_miou_over_time_per_seed"][0] == pytest.approx((30 + 26 / 15 + 56) / 2)
+    # dual_teacher seed 0: 30 + 26 / 15 at 16 s, 56 at 30 s, 60 at 45 s, then 60 until 60 s
+    dt0 = ((30 + 26 / 15 + 56) / 2 * 14 + (56 + 60) / 2 * 15 + 60 * 15) / 44
+    assert dt["mean_miou_over_time_per_seed"][0] == pytest.approx(dt0)
+    # supervised:2x seed 0 validates at 60 s last: no held part
+    sup2_0 = ((32 + 40) / 2 * 4 + (40 + 50) / 2 * 10 + (50 + 54) / 2 * 10 + (54 + 55) / 2 * 10
+              + 55 * 10) / 44  # fmt: skip
+    assert sup2["mean_miou_over_time_per_seed"][0] == pytest.approx(sup2_0)
 
 
-def test_no_supervised_row_and_no_common_span():
+def test_a_warm_rows_time_line_is_its_source_run_then_its_own():
+    # supervised: 20 at 10 s, 40 at 20 s (train time 20 s); dt@supervised from it: its own
+    # validations at 5 and 10 s of its training, so at 25 and 30 s on the user's clock
+    runs = {
+        "supervised": [_run([(10, 20), (20, 40)], 40)],
+        "dual_teacher@supervised": [_run([(5, 50), (10, 60)], 60)],
+    }
+    specs = [RunSpec("supervised"), RunSpec("dual_teacher", start_from="supervised")]
+    results, tta = summarise_runs(specs, runs, [0], {k: {"steps": 1} for k in runs})
+    assert tta["span_seconds"] == [10, 30]
+    sup, warm = results
+    # supervised: 20 -> 40 over 10..20 s, then its final 40 until 30 s
+    assert sup["mean_miou_over_time"] == pytest.approx((30 * 10 + 40 * 10) / 20)
+    # the warm row: supervised's curve until 20 s, then 40 -> 50 -> 60 at 20, 25, 30 s
+    assert warm["mean_miou_over_time"] == pytest.approx((30 * 10 + 45 * 5 + 55 * 5) / 20)
+    # the time to target still counts the warm row's own validations only (offset by 20 s)
+    assert warm["time_to_target_per_seed"] == [25]
+
+
+def test_no_supervised_row_and_no_time_span():
     assert time_to_reach([(5, 10), (9, 30)], 30) == 9 and time_to_reach([(5, 10)], 11) is None
-    assert common_span([[(1, 10), (5, 20)], [(6, 30), (9, 40)]]) is None  # no overlap
-    assert common_span([[(1, 10)]]) is None  # one validation: no span
+    assert time_span([[(1, 10), (5, 20)], [(6, 30), (9, 40)]]) == (6, 9)  # the first one holds 20
+    assert time_span([[(1, 10)]]) is None  # one validation: no span
+    assert time_span([[(1, 10)], [(3, 10)], []]) is None  # the latest first one is the last one
     assert mean_miou_over([(0, 0), (10, 100)], (2, 4)) == pytest.approx(30)
+    assert mean_miou_over([(0, 0), (10, 100)], (5, 15)) == pytest.approx((75 * 5 + 100 * 5) / 10)
     runs = {"dual_teacher": [_run([(10, 30)], 30)]}
     results, tta = summarise_runs(
         [RunSpec("dual_teacher")], runs, [0], {"dual_teacher": {"steps": 1}}
@@ -134,7 +161,7 @@ def test_summary_files_and_table_carry_the_time_to_accuracy(tmp_path, capsys, mo
     assert "40.0 s (1/2 seeds; the others never)" in printed  # supervised:2x
     flat = " ".join(printed.split())  # the note is wrapped
     assert "at least 54.00, the best mIoU of supervised:2x" in flat
-    assert "16.0-30.0 s, the span every run covers" in flat
+    assert "16.0-60.0 s, from the latest first validation to the last one" in flat
     rows = {ln.split()[0]: ln for ln in printed.splitlines() if ln.startswith(tuple(CURVES))}
     assert rows["supervised"].split()[-4:-2] == ["never", _pm_text(results[0])]
 

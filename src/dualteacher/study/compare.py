@@ -25,9 +25,10 @@ trains. Written to ``OUT``:
 Time to accuracy (``time_to_accuracy``), per row and seed, on the runs' training wall-clock
 (``TIME_COUNTED``): the seconds to reach the best mIoU of the supervised row (the row with the
 largest budget when there are several: the strongest baseline in the table), and the mean mIoU
-over the time span every run covers (the area under the mIoU-vs-time curve divided by the
-span's length); with their mean and spread over seeds, in the tables, ``summary.json`` and the
-plot.
+over time (the area under the mIoU-vs-time curve divided by its length, from the latest first
+validation to the last one of the comparison; a run that has ended keeps its final mIoU, a row
+``A@B`` is B's curve followed by its own); with their mean and spread over seeds, in the
+tables, ``summary.json`` and the plot.
 
 Budgets. ``steps``: every run does that many optimizer steps. ``minutes``: every run gets that
 much training wall-clock (validation excluded). A short timing probe per method (2 warm-up
@@ -694,24 +695,39 @@ def time_to_reach(curve: Curve, target: float) -> float | None:
     return next((t for t, miou in curve if miou >= target), None)
 
 
-def common_span(curves: list[Curve]) -> tuple[float, float] | None:
-    """The time span every curve covers, from the latest first validation to the earliest last
-    one; None when there is none (a run with one validation, or runs that do not overlap)."""
+def timelines(curves: dict[str, list[Curve]], results: list[dict]) -> dict[str, list[Curve]]:
+    """Per row, per seed: the mIoU a user has at each time. A row that starts from another
+    row's run (``start_from``) is that run's curve (same seed) followed by its own: until its
+    first step the user has the source run's model."""
+    source = {r["method"]: r.get("start_from") for r in results}
+    return {
+        label: [
+            (curves[source[label]][i] if source.get(label) in curves else []) + curve
+            for i, curve in enumerate(rows)
+        ]
+        for label, rows in curves.items()
+    }
+
+
+def time_span(curves: list[Curve]) -> tuple[float, float] | None:
+    """From the latest first validation to the latest last one: the seconds over which every
+    run has a model (a run that has ended keeps its final one). None when empty."""
     curves = [c for c in curves if c]
     if not curves:
         return None
-    start, end = max(c[0][0] for c in curves), min(c[-1][0] for c in curves)
+    start, end = max(c[0][0] for c in curves), max(c[-1][0] for c in curves)
     return (start, end) if end > start else None
 
 
 def mean_miou_over(curve: Curve, span: tuple[float, float]) -> float:
     """Mean mIoU of ``curve`` over ``span``: the area under the curve, drawn as
-    ``miou_vs_time.png`` draws it (straight lines between validations), from ``span[0]`` to
-    ``span[1]`` (trapezoids), divided by the span's length."""
+    ``miou_vs_time.png`` draws it (straight lines between validations) and flat at its last
+    mIoU after its last validation, from ``span[0]`` to ``span[1]`` (trapezoids), divided by
+    the span's length."""
     t, miou = np.array(curve, dtype=float).T  # (validations,) each
     a, b = span
     grid = np.concatenate([[a], t[(t > a) & (t < b)], [b]])
-    return float(np.trapezoid(np.interp(grid, t, miou), grid) / (b - a))
+    return float(np.trapezoid(np.interp(grid, t, miou), grid) / (b - a))  # interp holds the ends
 
 
 def add_time_to_accuracy(results: list[dict], curves: dict[str, list[Curve]]) -> dict:
@@ -719,14 +735,16 @@ def add_time_to_accuracy(results: list[dict], curves: dict[str, list[Curve]]) ->
     ``time_to_target`` and ``time_to_target_std`` (mean and sample std over the seeds that
     reached it; None if none or, for the std, fewer than two), ``time_to_target_reached``
     (how many seeds), and ``mean_miou_over_time_per_seed`` / ``mean_miou_over_time`` /
-    ``mean_miou_over_time_std`` (``mean_miou_over`` the span all runs cover). The target is
+    ``mean_miou_over_time_std`` (``mean_miou_over`` the ``time_span`` of every row's
+    ``timelines``). The target is
     the ``best_miou`` (mean over seeds) of the supervised row with the largest budget, the
     first of them on a tie; without a supervised row, no time to target. Returns the summary:
     ``reference``, ``target_miou``, ``span_seconds``, ``time`` (``TIME_COUNTED``)."""
     refs = [r for r in results if r["base_method"] == BASELINE]
     ref = max(refs, key=lambda r: r["budget_mult"]) if refs else None  # first of the largest
     target = ref["best_miou"] if ref is not None else None
-    span = common_span([c for rows in curves.values() for c in rows])
+    timeline = timelines(curves, results)
+    span = time_span([c for rows in timeline.values() for c in rows])
     for row in results:
         seed_curves = curves[row["method"]]
         times = [time_to_reach(c, target) for c in seed_curves] if ref is not None else None
@@ -736,7 +754,11 @@ def add_time_to_accuracy(results: list[dict], curves: dict[str, list[Curve]]) ->
         row["time_to_target_std"] = _std(reached)
         row["time_to_target_reached"] = len(reached) if times is not None else None
         # (a run without a validation, none in practice, has no curve: None for its seed)
-        means = [mean_miou_over(c, span) if c else None for c in seed_curves] if span else None
+        means = (
+            [mean_miou_over(c, span) if c else None for c in timeline[row["method"]]]
+            if span
+            else None
+        )
         known = [m for m in means if m is not None] if means is not None else []
         row["mean_miou_over_time_per_seed"] = means
         row["mean_miou_over_time"] = _mean(known) if known else None
@@ -858,11 +880,12 @@ def tta_note(tta: dict) -> str:
         )
     span = tta["span_seconds"]
     over = (
-        "n/a, the runs' validations do not overlap in time"
+        "n/a, no run validates after the latest first validation"
         if span is None
-        else f"{_seconds(span[0])}-{_seconds(span[1])} s, the span every run covers: the area "
-        "under the mIoU-vs-time curve (straight lines between validations) over that span, "
-        "divided by its length"
+        else f"{_seconds(span[0])}-{_seconds(span[1])} s, from the latest first validation to "
+        "the last one: the area under the mIoU-vs-time curve (straight lines between "
+        "validations; a run that has ended keeps its final mIoU; a row A@B is B's curve, then "
+        "its own) over that span, divided by its length"
     )
     return f"{target}; mean mIoU over time: {over}. Time: {tta['time']}."
 
