@@ -231,7 +231,7 @@ MUTATIONS = [
       "return conf, pl.masked_fill(~valid, self.ignore_index)", "return conf, pl"),
     # --- ClassMix
     m("ClassMix mixes weak views", DT,
-      "self._classmix_branch(x, y, x_s, conf, pl)", "self._classmix_branch(x, y, x_u, conf, pl)"),
+      "x, y, x_s, conf, pl, x_ic", "x, y, x_u, conf, pl, x_ic"),
     m("ClassMix pastes the image into itself", DT, "x_cm = mix(keep, x_s, x_s[perm])",
       "x_cm = mix(keep, x_s, x_s)"),
     m("ClassMix confidence not mixed", DT, "conf_cm = mix(keep, conf, conf[perm])",

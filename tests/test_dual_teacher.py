@@ -860,3 +860,30 @@ def test_class_weights_weigh_the_labelled_term_only(k, draws):
     ce_m = F.cross_entropy(pair.output[B:], pl_m, reduction="none", ignore_index=255)
     expected_mix = (ce_m * ((conf_m >= 0.5) & valid_m)).sum() / valid_m.sum()
     torch.testing.assert_close(out[f"loss_{BRANCHES[k]}"], expected_mix)
+
+
+@pytest.mark.parametrize("k", [0, 1])
+def test_fused_forward_is_one_student_pass_with_the_same_losses(k, draws):
+    """method.dual_teacher.fused_forward=true: the IC strong view joins the labelled + mixed
+    batch in one student forward (3 B images instead of 2 B, then B). With a per-image model
+    (no BatchNorm, no dropout), the step's losses and gradients are the separate passes'; with
+    BatchNorm they differ only through its batch statistics."""
+    draws.force("shuffled_partners", lambda b, device="cpu": torch.arange(b).roll(1))
+    steps = {}
+    for fused in (False, True):
+        flag = f"method.dual_teacher.fused_forward={fused}"
+        method = make_method("clean", flag, bn=False, dropout=0.0)
+        bx, bu = make_batches()
+        calls = record_forwards(method)
+        torch.manual_seed(3)
+        out = method.training_step(bx, bu, StepInfo(step=4 * k + 1, epoch_steps=4))
+        out["loss"].backward()
+        grads = [p.grad.clone() for p in method.student.parameters()]
+        steps[fused] = out, grads, [len(c.input) for c in calls["student"]], bu
+    assert steps[False][2] == [2 * B, B] and steps[True][2] == [3 * B]
+    (fused_call,) = calls["student"]
+    torch.testing.assert_close(fused_call.input[2 * B :], steps[True][3]["image_s"])
+    for key in ("loss", "loss_x", f"loss_{BRANCHES[k]}", "loss_ic", "mask_ratio"):
+        torch.testing.assert_close(steps[True][0][key], steps[False][0][key], msg=key)
+    for g_fused, g_apart in zip(steps[True][1], steps[False][1]):
+        torch.testing.assert_close(g_fused, g_apart)

@@ -201,6 +201,11 @@ class DualTeacherConfig:
     # (docs/gain.md, "Confident pseudo-labels are all background").
     threshold: Threshold = Threshold.fixed
     class_thresh_momentum: float = 0.99
+    # false (official): the student's IC forward on the strong view is its own pass. true: it
+    # joins the labelled + mixed batch, one student forward of B + 2 B_u images instead of two
+    # (fewer, larger kernels: faster on a CPU, docs/scaling.md); the same losses, except that
+    # BatchNorm's batch statistics then span all three groups.
+    fused_forward: bool = False
 
 
 @dataclass

@@ -231,15 +231,20 @@ class DualTeacher(Method):
         conf, pl = self._predict(teacher, x_u, valid_u)
         if self.class_adaptive:
             self._update_class_conf(conf, pl)
+        # fused_forward: the IC view rides along in the branch's student forward
+        x_ic = x_s if self.dt.fused_forward else None
         if k == 0:
-            loss_x, loss_mix, mask_ratio = self._cutmix_branch(x, y, x_u, conf, pl)
+            loss_x, loss_mix, mask_ratio, logits_s = self._cutmix_branch(x, y, x_u, conf, pl, x_ic)
         else:
-            loss_x, loss_mix, mask_ratio = self._classmix_branch(x, y, x_s, conf, pl)
+            loss_x, loss_mix, mask_ratio, logits_s = self._classmix_branch(
+                x, y, x_s, conf, pl, x_ic
+            )
 
         if f.ic_second_teacher_forward:  # differs from the first in train mode (dropout, BN)
             conf, pl = self._predict(teacher, x_u, valid_u)
         valid_ic = y != self.ignore_index if f.ic_mask_from_labeled else valid_u
-        logits_s = self.student_forward(x_s)
+        if logits_s is None:
+            logits_s = self.student_forward(x_s)  # (B_u, K, H, W)
         loss_ic = masked_ce(logits_s, pl, self._confident(conf, pl), valid_ic, self.ignore_index)
 
         if self.dt.rampup_steps:
@@ -308,12 +313,16 @@ class DualTeacher(Method):
         )
         self.class_seen += present.long()
 
-    def _forward_pair(self, x: torch.Tensor, x_u: torch.Tensor):
-        """One student forward on labelled + mixed unlabelled images (official batching)."""
-        logits = self.student_forward(torch.cat([x, x_u]))
-        return logits[: len(x)], logits[len(x) :]
+    def _forward_pair(self, x: torch.Tensor, x_u: torch.Tensor, x_ic: torch.Tensor | None):
+        """One student forward on labelled + mixed unlabelled images (official batching), and
+        the IC strong view ``x_ic`` too when given: logits (B, K, H, W), (B_u, K, H, W) and
+        (B_u, K, H, W) or None."""
+        parts = [x, x_u] if x_ic is None else [x, x_u, x_ic]
+        logits = self.student_forward(torch.cat(parts))
+        logits_x, logits_u, *rest = logits.split([len(p) for p in parts])
+        return logits_x, logits_u, (rest[0] if rest else None)
 
-    def _cutmix_branch(self, x, y, x_u, conf, pl):
+    def _cutmix_branch(self, x, y, x_u, conf, pl, x_ic=None):
         with phase("mixing"):
             b, _, h, w = x_u.shape
             box = cutmix_box_mask(b, h, w, self.dt.cutmix_beta, device=x_u.device)  # (B, H, W)
@@ -325,23 +334,23 @@ class DualTeacher(Method):
                 x_mix, pl_mix, conf_w, self.mean, self.std, self.flags.pil_8bit
             )
 
-        logits_x, logits_u = self._forward_pair(x, x_mix)
+        logits_x, logits_u, logits_ic = self._forward_pair(x, x_mix, x_ic)
         loss_x = self.supervised_loss(logits_x, y)
         valid = pl_mix != self.ignore_index
         confident = self._confident(conf_w, pl_mix) & valid
         mask_ratio = confident.sum() / valid.sum().clamp(min=1)
         if self.dt.mix_loss == MixLoss.masked:
             loss_mix = masked_ce(logits_u, pl_mix, confident, valid, self.ignore_index)
-            return loss_x, loss_mix, mask_ratio
+            return loss_x, loss_mix, mask_ratio, logits_ic
         # Per image: weight = its share of confident pixels; loss = mean of the weighted CE
         # over the pixels with CE > 0 (ReCo's `compute_unsupervised_loss`).
         weight = confident.flatten(1).sum(1) / valid.flatten(1).sum(1).clamp(min=1)  # (B,)
         ce = F.cross_entropy(logits_u, pl_mix, reduction="none", ignore_index=self.ignore_index)
         weighted = (weight.view(-1, 1, 1) * ce)[ce > 0]
         loss_mix = weighted.mean() if weighted.numel() else ce.sum() * 0
-        return loss_x, loss_mix, mask_ratio
+        return loss_x, loss_mix, mask_ratio, logits_ic
 
-    def _classmix_branch(self, x, y, x_s, conf, pl):
+    def _classmix_branch(self, x, y, x_s, conf, pl, x_ic=None):
         with phase("mixing"):
             keep = classmix_mask(pl, self.ignore_index)  # (B, H, W) True: own pixel
             perm = classmix_partners(x_s.shape[0], device=x_s.device)
@@ -351,17 +360,17 @@ class DualTeacher(Method):
             conf_cm = mix(keep, conf, conf[perm])
             pl_cm = mix(keep, pl, pl[perm])
 
-        logits_x, logits_u = self._forward_pair(x, x_cm)
+        logits_x, logits_u, logits_ic = self._forward_pair(x, x_cm, x_ic)
         loss_x = self.supervised_loss(logits_x, y)
         valid = pl_cm != self.ignore_index  # all pixels in faithful (padding_in_unsup)
         confident = self._confident(conf_cm, pl_cm) & valid
         weight = confident.sum() / valid.sum().clamp(min=1)  # one scalar for the batch
         if self.dt.mix_loss == MixLoss.masked:
             loss_mix = masked_ce(logits_u, pl_cm, confident, valid, self.ignore_index)
-            return loss_x, loss_mix, weight
+            return loss_x, loss_mix, weight, logits_ic
         ce = F.cross_entropy(logits_u, pl_cm, reduction="none", ignore_index=self.ignore_index)
         loss_mix = (weight * ce).sum() / valid.sum().clamp(min=1)  # official: mean over pixels
-        return loss_x, loss_mix, weight
+        return loss_x, loss_mix, weight, logits_ic
 
     def diagnostics(self) -> dict[str, float]:
         """``teacher_a_dist`` / ``teacher_b_dist``: each teacher's relative parameter distance
