@@ -41,10 +41,21 @@ class DemoDataConfig:
     seed: int = 0  # the whole dataset is a pure function of this seed
 
 
+class StrongColour(StrEnum):
+    """Whether the strong view changes colour (``data.strong.colour``)."""
+
+    fixed = "fixed"  # hue and grayscale_p as set
+    # measured at train start on the labelled set (``data.check.colour_separability``): when
+    # colour alone tells the classes apart (score >= COLOUR_CUE), the strong view keeps it (hue
+    # 0, grayscale_p 0); otherwise it varies it as UniMatch does (hue 0.25, grayscale_p 0.2)
+    auto = "auto"
+
+
 @dataclass
 class StrongAugConfig:
     """Per-image photometric "strong" view, applied before normalisation (UniMatch style)."""
 
+    colour: StrongColour = StrongColour.fixed
     jitter_p: float = 0.8
     brightness: float = 0.5
     contrast: float = 0.5

@@ -152,4 +152,56 @@ def class_pixel_counts(source: SegSource, num_classes: int) -> np.ndarray:
     return counts
 
 
-__all__ = ["SETS", "CheckReport", "SetReport", "check_set", "class_pixel_counts"]
+def _chromaticity(index: int, source: SegSource, num_classes: int, per_image: int):
+    """(N, 2) chromaticity ``(R, G) / (R + G + B)`` and (N,) class of up to ``per_image``
+    labelled pixels of one sample (an even stride over its valid pixels); None if unreadable."""
+    try:
+        sample = source.load(index)
+    except BadSampleError:
+        return None
+    if sample.mask is None:
+        return None
+    mask = np.asarray(sample.mask, np.int64).ravel()  # (H W,)
+    rgb = np.asarray(sample.image, np.float64).reshape(-1, 3)  # (H W, 3)
+    keep = np.flatnonzero(mask < num_classes)
+    keep = keep[:: max(1, len(keep) // per_image)]
+    total = rgb[keep].sum(1, keepdims=True) + 1.0  # +1: black pixels are grey, not undefined
+    return (rgb[keep, :2] + 1.0 / 3) / total, mask[keep]
+
+
+def colour_separability(source: SegSource, num_classes: int, per_image: int = 4096) -> float:
+    """How well colour alone, without brightness, tells the classes of ``source``'s masks
+    apart: 0 = chance, 1 = perfectly. Each labelled pixel's chromaticity ``(R, G) / (R + G +
+    B)`` is classified by a per-class Gaussian (diagonal, equal priors) fitted on the same
+    pixels; the score is the balanced accuracy (mean recall over the classes present) rescaled
+    so that chance (1 / classes present) is 0. Greyscale images score 0 (every pixel is
+    (1/3, 1/3)). Unreadable samples are left out (training reports them)."""
+    workers = min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        fn = lambda i: _chromaticity(i, source, num_classes, per_image)  # noqa: E731
+        parts = [p for p in _map_in_chunks(pool, fn, range(len(source))) if p is not None]
+    if not parts:
+        return 0.0
+    chroma = np.concatenate([p[0] for p in parts])  # (N, 2)
+    labels = np.concatenate([p[1] for p in parts])  # (N,)
+    present = np.unique(labels)
+    if len(present) < 2:
+        return 0.0
+    # (C, 2) mean and variance per present class; 1e-5: a flat class keeps a finite density
+    mean = np.stack([chroma[labels == c].mean(0) for c in present])
+    var = np.stack([chroma[labels == c].var(0) for c in present]) + 1e-5
+    loglik = -0.5 * (((chroma[:, None] - mean) ** 2) / var + np.log(var)).sum(-1)  # (N, C)
+    predicted = present[loglik.argmax(1)]
+    recall = np.mean([np.mean(predicted[labels == c] == c) for c in present])
+    chance = 1.0 / len(present)
+    return float(max(0.0, (recall - chance) / (1.0 - chance)))
+
+
+__all__ = [
+    "SETS",
+    "CheckReport",
+    "SetReport",
+    "check_set",
+    "class_pixel_counts",
+    "colour_separability",
+]

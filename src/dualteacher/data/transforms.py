@@ -16,6 +16,7 @@ label values are never interpolated.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -23,7 +24,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from dualteacher.config import IGNORE_INDEX, DataConfig, StrongAugConfig
+from dualteacher.config import IGNORE_INDEX, DataConfig, StrongAugConfig, StrongColour
 
 
 class RandomScale(v2.Transform):
@@ -95,6 +96,25 @@ def pad_bottom_right(x: torch.Tensor, size: int, fill: float) -> torch.Tensor:
     ``fill`` (mmseg's ``Pad``: 0 for a normalised image, ``IGNORE_INDEX`` for a mask)."""
     ph, pw = max(0, size - x.shape[-2]), max(0, size - x.shape[-1])
     return torch.nn.functional.pad(x, (0, pw, 0, ph), value=fill) if ph or pw else x
+
+
+# data.strong.colour=auto: colour_separability at or above this is a colour cue. Chosen on the
+# gain suite's tuning draws: 0.00-0.18 where colour is random or absent (gray, shapes, ten
+# textures, scratches), 0.57-0.61 where classes have their colours (demo, small objects).
+COLOUR_CUE = 0.35
+UNIMATCH_HUE, UNIMATCH_GRAYSCALE_P = 0.25, 0.2  # UniMatch's strong view (the fields' defaults)
+
+
+def strong_for_colour(cfg: StrongAugConfig, separability: float) -> StrongAugConfig:
+    """The strong view ``data.strong.colour=auto`` resolves to, from the labelled set's
+    ``colour_separability``: where colour is a class cue, keep it (hue 0, no greyscale), since
+    a teacher's label for a recoloured pixel would teach the student to ignore that cue; where
+    it is not, vary it as UniMatch does, so that the student learns not to rely on colour."""
+    if separability >= COLOUR_CUE:
+        return replace(cfg, colour=StrongColour.fixed, hue=0.0, grayscale_p=0.0)
+    return replace(
+        cfg, colour=StrongColour.fixed, hue=UNIMATCH_HUE, grayscale_p=UNIMATCH_GRAYSCALE_P
+    )
 
 
 def strong_transform(cfg: StrongAugConfig) -> v2.Compose:

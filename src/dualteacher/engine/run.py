@@ -18,7 +18,7 @@ resumed run) never read ``model.pretrained``.
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -32,16 +32,19 @@ from dualteacher.checkpoint import (
 from dualteacher.config import (
     ClassWeights,
     Config,
+    DataConfig,
     EpochUnit,
+    StrongColour,
     load_config,
     to_dict,
     without_pretrained,
 )
 from dualteacher.data import DataBundle, build_data, run_index
 from dualteacher.data.base import EvalSet
-from dualteacher.data.check import class_pixel_counts
+from dualteacher.data.check import class_pixel_counts, colour_separability
 from dualteacher.data.fingerprint import data_changes, data_fingerprint
 from dualteacher.data.loaders import build_train_loaders
+from dualteacher.data.transforms import COLOUR_CUE, strong_for_colour
 from dualteacher.device import check_amp, select_device
 from dualteacher.engine import init_from
 from dualteacher.engine.distributed import (
@@ -302,6 +305,9 @@ class TrainingRun:
     lr_line: str  # the effective learning rate and why (optim.scale_lr)
     bundle: DataBundle | None  # None: no dataset (``bench`` feeds random batches)
     resumed_from: Path | None = None
+    # cfg.data as the training loaders use it: data.strong.colour=auto resolved from the
+    # labelled set (recomputed on resume from the same, fingerprinted data); None: cfg.data
+    train_data: DataConfig | None = None
 
     @property
     def val_set(self) -> EvalSet:
@@ -322,7 +328,7 @@ class TrainingRun:
         cfg, method = self.cfg, self.method
         return build_train_loaders(
             self.bundle,
-            cfg.data,
+            self.train_data or cfg.data,
             seed=cfg.train.seed,
             start_step=self.state.step,
             need_unlabeled=method.uses_unlabeled,
@@ -393,6 +399,20 @@ def build_training(
         if verbose and dist.is_main and weights is not None:
             shown = ", ".join(f"{c} {w:.2f}" for c, w in zip(classes, weights.tolist()))
             print(f"class weights ({cfg.method.class_weights}, from the labelled masks): {shown}")
+    train_data = cfg.data  # what the training loaders build, with data.strong.colour resolved
+    auto = cfg.data.strong.colour == StrongColour.auto
+    if auto and bundle is not None and method.needs_strong_view:
+        # every rank reads the same labelled set, so they resolve the same view
+        score = colour_separability(bundle.labeled, num_classes)
+        strong = strong_for_colour(cfg.data.strong, score)
+        train_data = replace(cfg.data, strong=strong)
+        if verbose and dist.is_main:
+            cue = "a class cue: kept" if score >= COLOUR_CUE else "not a class cue: varied"
+            print(
+                f"strong view (data.strong.colour=auto): colour separates the labelled "
+                f"classes at {score:.2f} (cue from {COLOUR_CUE}), {cue} (hue {strong.hue}, "
+                f"grayscale_p {strong.grayscale_p})"
+            )
     optim_cfg, lr_line = scaled_optim_config(cfg, dist.world_size)
     optimizer = build_optimizer(method.student, optim_cfg)
     epoch_steps, total = run_length(cfg, bundle, dist.world_size)
@@ -433,6 +453,7 @@ def build_training(
         lr_line=lr_line,
         bundle=bundle,
         resumed_from=resume[0] if resume is not None else None,
+        train_data=train_data,
     )
 
 
