@@ -168,3 +168,21 @@ def test_check_hints_at_class_weights_for_a_rare_class(tmp_path, capsys):
         capsys, "data.name=folder", f"data.root={root}", "method.class_weights=sqrt_inverse"
     )
     assert code == 0 and "classes under 2 %" not in out
+
+
+def test_check_says_what_the_auto_strong_view_would_do(tmp_path, capsys, monkeypatch):
+    """The labelled set's colour separability and data.strong.colour=auto's choice: keep colour
+    on the demo (each class its colour), vary it below the cue; not measured on a sample."""
+    small = ["data.demo.num_labeled=6", "data.demo.num_unlabeled=4", "data.demo.num_val=4"]
+    code, out = run_check(capsys, *small)
+    assert code == 0, out
+    line = next(ln for ln in out.splitlines() if ln.startswith("colour separates"))
+    score = float(line.split(" at ")[1].split()[0])
+    assert score >= 0.35 and line.endswith("strong view keeps colour (hue 0, no greyscale)")
+    import dualteacher.study.check as study_check
+
+    monkeypatch.setattr(study_check, "colour_separability", lambda source, k: 0.2)
+    code, out = run_check(capsys, *small)
+    assert "at 0.20 (0: chance" in out and "strong view varies it (hue 0.25, greyscale 0.2)" in out
+    code, out = run_check(capsys, *small, "--sample", "2")
+    assert "colour separates" not in out  # the labelled set was sampled, not read whole

@@ -58,6 +58,9 @@ class CheckReport:
     warnings: list[str]
     sample: int | None = None  # --sample N: at most N samples read per set
     seed: int = 0
+    # how well colour alone separates the labelled classes (``colour_separability``); None
+    # when the labelled set was not read whole
+    colour_separability: float | None = None
 
     @property
     def ok(self) -> bool:

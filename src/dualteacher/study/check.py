@@ -20,8 +20,9 @@ import os
 
 from dualteacher.config import ClassWeights, Config
 from dualteacher.data import build_data
-from dualteacher.data.check import SETS, CheckReport, SetReport, check_set
+from dualteacher.data.check import SETS, CheckReport, SetReport, check_set, colour_separability
 from dualteacher.data.files import image_key
+from dualteacher.data.transforms import COLOUR_CUE, UNIMATCH_GRAYSCALE_P, UNIMATCH_HUE
 from dualteacher.methods import METHODS
 
 # A class below this share of the labelled pixels gets the class-weights hint: on the gain
@@ -84,8 +85,14 @@ def check_data(
                     f"{', '.join(rare)}; plain cross-entropy tends never to predict such a "
                     "class: method.class_weights=sqrt_inverse weighs it up (docs/methods.md)"
                 )
+    labeled = sets[0]
+    colour = (
+        colour_separability(bundle.labeled, k)
+        if labeled.readable and labeled.sampled is None
+        else None
+    )
     return CheckReport(
-        cfg.data.name, cfg.data.root, bundle.classes, sets, errors, warnings, sample, seed
+        cfg.data.name, cfg.data.root, bundle.classes, sets, errors, warnings, sample, seed, colour
     )
 
 
@@ -167,6 +174,18 @@ def format_report(report: CheckReport) -> str:
         lines.append(f"{'class':<{width}}" + "".join(f"{s.name:>14}" for s in scored))
         for i, c in enumerate([*report.classes, "(ignore)"]):
             lines.append(f"{c:<{width}}" + "".join(f"{int(s.pixels[i]):>14,}" for s in scored))
+    if report.colour_separability is not None:
+        score = report.colour_separability
+        view = (
+            "keeps colour (hue 0, no greyscale)"
+            if score >= COLOUR_CUE
+            else f"varies it (hue {UNIMATCH_HUE}, greyscale {UNIMATCH_GRAYSCALE_P})"
+        )
+        lines += [
+            "",
+            f"colour separates the labelled classes at {score:.2f} (0: chance, 1: perfectly; "
+            f"a class cue from {COLOUR_CUE}): data.strong.colour=auto's strong view {view}",
+        ]
     for w in report.warnings:
         lines.append(f"warning: {w}")
     problems = [(s.name, p) for s in report.sets for p in s.problems]
