@@ -71,6 +71,7 @@ def test_training_loaders_get_the_resolved_view(tmp_path, monkeypatch, score, hu
     run.batches()
     assert seen[0].strong.hue == hue and seen[0].strong.grayscale_p == (0.0 if hue == 0 else 0.2)
     # colour fixed: the view as written
-    cfg = load_config("demo", [*TINY, "method.dual_teacher.mode=clean", "data.strong.hue=0.1"])
+    fixed = ["method.dual_teacher.mode=clean", "data.strong.colour=fixed", "data.strong.hue=0.1"]
+    cfg = load_config("demo", [*TINY, *fixed])
     cfg.train.out_dir = str(tmp_path / "fixed")
     assert build_training(cfg, verbose=False).train_data.strong.hue == 0.1
