@@ -144,15 +144,17 @@ def class_pixel_counts(source: SegSource, num_classes: int) -> np.ndarray:
     A sample that cannot be read is left out here: training meets it and reports it as it
     does any bad sample (``data.skip_bad``)."""
     counts = np.zeros(num_classes, np.int64)
-    workers = min(8, os.cpu_count() or 1)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        scans = _map_in_chunks(
-            pool, lambda i: _scan_one(source, i, num_classes), range(len(source))
-        )
-        for _, sample_counts, _, _ in scans:
-            if sample_counts is not None:  # (K + 1,): the classes, then ignore
-                counts += sample_counts[:num_classes]
+    for _, sample_counts, _, _ in _map_samples(source, lambda i: _scan_one(source, i, num_classes)):
+        if sample_counts is not None:  # (K + 1,): the classes, then ignore
+            counts += sample_counts[:num_classes]
     return counts
+
+
+def _map_samples(source: SegSource, fn):
+    """``fn(i)`` for every sample index of ``source``, in order, read by a thread pool (PIL
+    decoding releases the GIL), as a list."""
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        return list(_map_in_chunks(pool, fn, range(len(source))))
 
 
 def _chromaticity(index: int, source: SegSource, num_classes: int, per_image: int):
@@ -179,10 +181,8 @@ def colour_separability(source: SegSource, num_classes: int, per_image: int = 40
     pixels; the score is the balanced accuracy (mean recall over the classes present) rescaled
     so that chance (1 / classes present) is 0. Greyscale images score 0 (every pixel is
     (1/3, 1/3)). Unreadable samples are left out (training reports them)."""
-    workers = min(8, os.cpu_count() or 1)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        fn = lambda i: _chromaticity(i, source, num_classes, per_image)  # noqa: E731
-        parts = [p for p in _map_in_chunks(pool, fn, range(len(source))) if p is not None]
+    parts = _map_samples(source, lambda i: _chromaticity(i, source, num_classes, per_image))
+    parts = [p for p in parts if p is not None]
     if not parts:
         return 0.0
     chroma = np.concatenate([p[0] for p in parts])  # (N, 2)

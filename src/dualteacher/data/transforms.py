@@ -105,12 +105,17 @@ COLOUR_CUE = 0.35
 UNIMATCH_HUE, UNIMATCH_GRAYSCALE_P = 0.25, 0.2  # UniMatch's strong view (the fields' defaults)
 
 
+def colour_is_cue(separability: float) -> bool:
+    """Whether a labelled set's ``colour_separability`` makes colour a class cue."""
+    return separability >= COLOUR_CUE
+
+
 def strong_for_colour(cfg: StrongAugConfig, separability: float) -> StrongAugConfig:
     """The strong view ``data.strong.colour=auto`` resolves to, from the labelled set's
     ``colour_separability``: where colour is a class cue, keep it (hue 0, no greyscale), since
     a teacher's label for a recoloured pixel would teach the student to ignore that cue; where
     it is not, vary it as UniMatch does, so that the student learns not to rely on colour."""
-    if separability >= COLOUR_CUE:
+    if colour_is_cue(separability):
         return replace(cfg, colour=StrongColour.fixed, hue=0.0, grayscale_p=0.0)
     return replace(
         cfg, colour=StrongColour.fixed, hue=UNIMATCH_HUE, grayscale_p=UNIMATCH_GRAYSCALE_P

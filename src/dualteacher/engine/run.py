@@ -44,7 +44,7 @@ from dualteacher.data.base import EvalSet
 from dualteacher.data.check import class_pixel_counts, colour_separability
 from dualteacher.data.fingerprint import data_changes, data_fingerprint
 from dualteacher.data.loaders import build_train_loaders
-from dualteacher.data.transforms import COLOUR_CUE, strong_for_colour
+from dualteacher.data.transforms import COLOUR_CUE, colour_is_cue, strong_for_colour
 from dualteacher.device import check_amp, select_device
 from dualteacher.engine import init_from
 from dualteacher.engine.distributed import (
@@ -407,7 +407,7 @@ def build_training(
         strong = strong_for_colour(cfg.data.strong, score)
         train_data = replace(cfg.data, strong=strong)
         if verbose and dist.is_main:
-            cue = "a class cue: kept" if score >= COLOUR_CUE else "not a class cue: varied"
+            cue = "a class cue: kept" if colour_is_cue(score) else "not a class cue: varied"
             print(
                 f"strong view (data.strong.colour=auto): colour separates the labelled "
                 f"classes at {score:.2f} (cue from {COLOUR_CUE}), {cue} (hue {strong.hue}, "

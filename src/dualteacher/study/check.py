@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import os
 
-from dualteacher.config import ClassWeights, Config
+from dualteacher.config import ClassWeights, Config, StrongAugConfig
 from dualteacher.data import build_data
 from dualteacher.data.check import SETS, CheckReport, SetReport, check_set, colour_separability
 from dualteacher.data.files import image_key
-from dualteacher.data.transforms import COLOUR_CUE, UNIMATCH_GRAYSCALE_P, UNIMATCH_HUE
+from dualteacher.data.transforms import COLOUR_CUE, colour_is_cue, strong_for_colour
 from dualteacher.methods import METHODS
 
 # A class below this share of the labelled pixels gets the class-weights hint: on the gain
@@ -176,10 +176,11 @@ def format_report(report: CheckReport) -> str:
             lines.append(f"{c:<{width}}" + "".join(f"{int(s.pixels[i]):>14,}" for s in scored))
     if report.colour_separability is not None:
         score = report.colour_separability
+        strong = strong_for_colour(StrongAugConfig(), score)  # the view `auto` resolves to
         view = (
             "keeps colour (hue 0, no greyscale)"
-            if score >= COLOUR_CUE
-            else f"varies it (hue {UNIMATCH_HUE}, greyscale {UNIMATCH_GRAYSCALE_P})"
+            if colour_is_cue(score)
+            else f"varies it (hue {strong.hue}, greyscale {strong.grayscale_p})"
         )
         lines += [
             "",
