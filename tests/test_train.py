@@ -2,12 +2,14 @@ import json
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import torch
 
 from dualteacher.checkpoint import load_checkpoint
 from dualteacher.cli import main
 from dualteacher.config import load_config
+from dualteacher.engine.run import length_line
 from dualteacher.engine.trainer import train
 
 from .conftest import TINY
@@ -22,6 +24,11 @@ def test_cli_train_and_eval_end_to_end(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert "done: 4 steps" in proc.stdout
+    # 4 steps x 2 images, over 16 unlabelled and 8 labelled images
+    assert (
+        "run length: 4 steps: 0.5 passes over the 16 unlabelled images (2 per step), "
+        "1.0 passes over the 8 labelled (2 per step)" in proc.stdout
+    )
     for name in ("config.yaml", "metrics.jsonl", "latest.pt", "best.pt"):
         assert (out / name).is_file(), name
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -74,3 +81,19 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path):
     assert any(k.startswith("teachers.0.") for k in a)
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_run_length_counts_every_process_and_accumulated_batch():
+    cfg = load_config("configs/demo.yaml", ["train.accum_steps=3"])
+    bundle = SimpleNamespace(labeled=[0] * 40, unlabeled=[0] * 1000)
+    # demo.yaml: 8 labelled and 4 unlabelled per micro-batch; x 2 processes x 3 micro-batches
+    line = length_line(cfg, bundle, 500, world_size=2, uses_unlabeled=True)
+    assert line == (
+        "run length: 500 steps: 12.0 passes over the 1000 unlabelled images (24 per step), "
+        "600.0 passes over the 40 labelled (48 per step)"
+    )
+    # supervised reads no unlabelled images
+    assert length_line(cfg, bundle, 500, 2, uses_unlabeled=False) == (
+        "run length: 500 steps: 600.0 passes over the 40 labelled (48 per step)"
+    )
+    assert length_line(cfg, None, 500, 1, True) is None

@@ -258,6 +258,8 @@ def _loop(
         out_dir.mkdir(parents=True, exist_ok=True)
         write_text(out_dir / "config.yaml", to_yaml(cfg))
         print(run.lr_line)
+        if run.length_line is not None:
+            print(run.length_line)
         if run.resumed_from is None and state.init_from is not None:
             print(init_source_line(state.init_from))
         if run.resumed_from is not None:
