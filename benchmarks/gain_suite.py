@@ -560,6 +560,8 @@ def run_suite(
                     "final_vs_final": paired_difference(dt["miou_per_seed"], sup["miou_per_seed"]),
                     "supervised_best_per_seed": sup_best,
                     "final_vs_best": paired_difference(dt["miou_per_seed"], sup_best),
+                    "class_diff": class_differences(summary["classes"], dt, sup),
+                    "spread_ratio": spread_ratio(dt["miou_per_seed"], sup["miou_per_seed"]),
                 }
             )
     suite = {
@@ -593,6 +595,39 @@ def _method_row(r: dict) -> dict:
     row = {k: r[k] for k in keep}
     row |= {k: r[k] for k in ("best_miou_per_seed", "best_step_per_seed", "steps", "step_seconds")}
     return row
+
+
+def class_differences(classes: list[str], dt: dict, sup: dict) -> dict[str, float | None]:
+    """Per class, Dual Teacher's final IoU minus the reference's, the mean over the seeds where
+    both define it (None where no seed does): what "no class falls more than 5 points below
+    supervised" is judged on."""
+    out: dict[str, float | None] = {}
+    for k, name in enumerate(classes):
+        pairs = [
+            (a[k], b[k])
+            for a, b in zip(dt["class_iou_per_seed"], sup["class_iou_per_seed"])
+            if a[k] is not None and b[k] is not None
+        ]
+        out[name] = float(np.mean([a - b for a, b in pairs])) if pairs else None
+    return out
+
+
+def worst_class(diff: dict[str, float | None]) -> tuple[str, float] | None:
+    """``(class, difference)`` of the class that Dual Teacher loses most on (or gains least)."""
+    defined = [(v, name) for name, v in diff.items() if v is not None]
+    if not defined:
+        return None
+    value, name = min(defined)
+    return name, value
+
+
+def spread_ratio(dt: list[float], sup: list[float]) -> float | None:
+    """Dual Teacher's standard deviation over seeds divided by the reference's (None with one
+    seed, inf where the reference does not vary)."""
+    if len(dt) < 2:
+        return None
+    a, b = float(np.std(dt, ddof=1)), float(np.std(sup, ddof=1))
+    return a / b if b > 0 else math.inf
 
 
 def _suite_mean(rows: list[dict], key: str, paired_difference) -> dict:
@@ -635,6 +670,8 @@ _HEAD = [
     "DT best",
     "DT final - sup final [95%]; per seed",
     "DT final - sup best [95%]; per seed",
+    "worst class: DT - sup final",
+    "std DT / sup final",
 ]
 
 
@@ -651,6 +688,8 @@ def _cells(result: dict) -> list[list[str]]:
                 _pm(t["best_miou"], t["best_miou_std"]),
                 _diff(r["final_vs_final"]),
                 _diff(r["final_vs_best"]),
+                _worst_text(r),
+                _ratio_text(r.get("spread_ratio")),
             ]
         )
     su = result["suite"]
@@ -660,9 +699,30 @@ def _cells(result: dict) -> list[list[str]]:
             *[""] * 4,
             _diff(su["final_vs_final"], per_seed=False),
             _diff(su["final_vs_best"], per_seed=False),
+            _worst_text(min(result["datasets"], key=_worst_value), with_dataset=True),
+            "",
         ]
     )
     return rows
+
+
+def _worst_value(row: dict) -> float:
+    worst = worst_class(row.get("class_diff") or {})
+    return worst[1] if worst is not None else math.inf
+
+
+def _worst_text(row: dict, with_dataset: bool = False) -> str:
+    """``beans -4.8`` (``ten_textures: beans -4.8`` for the suite row); ``-`` for a suite run
+    before per-class IoUs were recorded."""
+    worst = worst_class(row.get("class_diff") or {})
+    if worst is None:
+        return "-"
+    text = f"{worst[0]} {worst[1]:+.1f}"
+    return f"{row['dataset']}: {text}" if with_dataset else text
+
+
+def _ratio_text(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio:.1f}x"
 
 
 def format_table(result: dict) -> str:
@@ -700,7 +760,10 @@ def _footnote(result: dict) -> str:
     return (
         "Paired differences: same seed, same data; mean, Student-t 95 % interval over seeds, "
         "per seed. Suite mean: mean of the per-dataset paired means, 95 % interval over the "
-        "datasets (suite.json: also over all dataset x seed differences, ci95_pooled)."
+        "datasets (suite.json: also over all dataset x seed differences, ci95_pooled). Worst "
+        "class: the class whose final IoU Dual Teacher lowers most against sup final, mean over "
+        "seeds (suite row: the lowest of any dataset). std DT / sup final: the ratio of their "
+        "standard deviations over seeds."
     )
 
 

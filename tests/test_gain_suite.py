@@ -193,6 +193,18 @@ def test_suite_prints_one_table_and_writes_suite_json(suite, capsys):
         )
         assert len(d["ci95"]) == 2 and d["ci95"][0] <= d["mean"] <= d["ci95"][1]
         assert Path(r["truth"]).is_dir() and not Path(r["truth"]).is_relative_to(r["root"])
+        # per class: DT's final IoU minus supervised's, mean over seeds, in the classes' order
+        assert list(r["class_diff"]) == summary["classes"]
+        for k, name in enumerate(summary["classes"]):
+            pairs = [
+                (a[k], b[k])
+                for a, b in zip(dt["class_iou_per_seed"], sup["class_iou_per_seed"])
+                if a[k] is not None and b[k] is not None
+            ]
+            want = np.mean([a - b for a, b in pairs]) if pairs else None
+            assert r["class_diff"][name] == (None if want is None else pytest.approx(want))
+        sd = np.std(dt["miou_per_seed"], ddof=1) / np.std(sup["miou_per_seed"], ddof=1)
+        assert r["spread_ratio"] == pytest.approx(sd)
     for key in ("final_vs_final", "final_vs_best"):
         s = doc["suite"][key]
         means = [r[key]["mean"] for r in doc["datasets"]]
@@ -202,6 +214,23 @@ def test_suite_prints_one_table_and_writes_suite_json(suite, capsys):
     assert "| scratches@100 |" in md and "SUITE MEAN" in md
     table = gs.format_table(doc)
     assert table.count("\n") >= 5 and "shapes@100" in table and "SUITE MEAN (2 datasets)" in table
+    worst = min(
+        ((v, r["dataset"], c) for r in doc["datasets"] for c, v in r["class_diff"].items()),
+        key=lambda t: t[0] if t[0] is not None else np.inf,
+    )
+    assert f"{worst[1]}: {worst[2]} {worst[0]:+.1f}" in table.splitlines()[-3]  # the suite row
+
+
+def test_worst_class_and_spread_ratio_by_hand():
+    dt = {"class_iou_per_seed": [[50.0, 10.0, None], [52.0, 20.0, None]]}
+    sup = {"class_iou_per_seed": [[40.0, 18.0, 5.0], [44.0, 20.0, None]]}
+    diff = gs.class_differences(["a", "b", "c"], dt, sup)
+    assert diff == {"a": pytest.approx(9.0), "b": pytest.approx(-4.0), "c": None}
+    assert gs.worst_class(diff) == ("b", pytest.approx(-4.0))
+    assert gs.worst_class({"c": None}) is None
+    assert gs.spread_ratio([1.0, 3.0], [2.0, 3.0]) == pytest.approx(2.0)
+    assert gs.spread_ratio([1.0, 3.0], [2.0, 2.0]) == float("inf")
+    assert gs.spread_ratio([1.0], [2.0]) is None
 
 
 def test_suite_rejects_an_unknown_split_or_dataset(tmp_path):

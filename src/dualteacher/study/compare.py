@@ -336,6 +336,7 @@ def compare(
         "jobs": jobs,
         "model": cfg.model.name,
         "data": cfg.data.name,
+        "classes": list(bundle.classes),  # the order of class_iou_per_seed
         "select": _select_info(bundle, cfg),
         "time_to_accuracy": tta,
     }
@@ -813,6 +814,10 @@ def _summarise(spec: RunSpec, rs: list[TrainResult], seeds: list[int], plan: dic
         "best_select_miou_per_seed": [r.best_select_miou for r in rs],
         "stopped_by_time": [r.stopped_by_time for r in rs],
         "final_miou_teachers": {t: _mean([r.final[t].miou for r in rs]) for t in teachers},
+        # the student's final per-class IoU (%), per seed; None where a class is undefined
+        "class_iou_per_seed": [
+            [None if math.isnan(v) else v for v in r.final["student"].iou] for r in rs
+        ],
         "run_dirs": [r.out_dir for r in rs],
     }
     if "probe_step_seconds" in plan:
