@@ -74,15 +74,22 @@ def steps_per_epoch(
     micro-batch. Dual Teacher switches teachers by it."""
     if cfg.train.epoch_steps:
         return cfg.train.epoch_steps
+    batch_x, batch_u = global_batches(cfg, world_size)
     if cfg.train.epoch_unit == EpochUnit.unlabeled:
         if not num_unlabeled:
             raise ConfigError(
                 "train.epoch_unit=unlabeled, but the unlabelled set is empty: give unlabelled "
                 "images (data.unlabeled) or set train.epoch_unit=labeled"
             )
-        batch_u = cfg.data.batch_size_u or cfg.data.batch_size
-        return max(1, num_unlabeled // (batch_u * world_size * cfg.train.accum_steps))
-    return max(1, num_labeled // (cfg.data.batch_size * world_size * cfg.train.accum_steps))
+        return max(1, num_unlabeled // batch_u)
+    return max(1, num_labeled // batch_x)
+
+
+def global_batches(cfg: Config, world_size: int = 1) -> tuple[int, int]:
+    """``(labelled, unlabelled)`` images per optimizer step, over every process and
+    accumulated micro-batch (``data.batch_size_u`` null: the labelled batch size)."""
+    per_step = world_size * cfg.train.accum_steps
+    return cfg.data.batch_size * per_step, (cfg.data.batch_size_u or cfg.data.batch_size) * per_step
 
 
 def total_steps(cfg: Config, epoch_steps: int) -> int:
@@ -124,20 +131,13 @@ def length_line(
     600 to 1200 steps, 2.4 to 4.8 passes over 1000 unlabelled images); None without data."""
     if bundle is None:
         return None
-    # images per optimizer step, over every process and accumulated micro-batch
-    per_step = world_size * cfg.train.accum_steps
-    batch_x, batch_u = cfg.data.batch_size, cfg.data.batch_size_u or cfg.data.batch_size
-    parts = [
-        f"{total * batch_x * per_step / len(bundle.labeled):.1f} passes over the "
-        f"{len(bundle.labeled)} labelled ({batch_x * per_step} per step)"
-    ]
+    batch_x, batch_u = global_batches(cfg, world_size)
+    sets = [(len(bundle.labeled), batch_x, "labelled")]
     if uses_unlabeled and bundle.unlabeled is not None and len(bundle.unlabeled):
-        n = len(bundle.unlabeled)
-        parts.insert(
-            0,
-            f"{total * batch_u * per_step / n:.1f} passes over the {n} unlabelled images "
-            f"({batch_u * per_step} per step)",
-        )
+        sets.insert(0, (len(bundle.unlabeled), batch_u, "unlabelled images"))
+    parts = [
+        f"{total * b / n:.1f} passes over the {n} {what} ({b} per step)" for n, b, what in sets
+    ]
     return f"run length: {total} steps: " + ", ".join(parts)
 
 
@@ -333,7 +333,17 @@ class TrainingRun:
     # cfg.data as the training loaders use it: data.strong.colour=auto resolved from the
     # labelled set (recomputed on resume from the same, fingerprinted data); None: cfg.data
     train_data: DataConfig | None = None
-    length_line: str | None = None  # the run's length in passes over its data
+
+    @property
+    def length_line(self) -> str | None:
+        """The run's length in passes over its data (``length_line``)."""
+        return length_line(
+            self.cfg,
+            self.bundle,
+            self.total_steps,
+            self.dist.world_size,
+            self.method.uses_unlabeled,
+        )
 
     @property
     def val_set(self) -> EvalSet:
@@ -480,7 +490,6 @@ def build_training(
         bundle=bundle,
         resumed_from=resume[0] if resume is not None else None,
         train_data=train_data,
-        length_line=length_line(cfg, bundle, total, dist.world_size, method.uses_unlabeled),
     )
 
 
@@ -491,6 +500,7 @@ __all__ = [
     "build_run",
     "build_training",
     "eval_interval",
+    "global_batches",
     "length_line",
     "run_length",
     "seed_all",
