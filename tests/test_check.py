@@ -186,3 +186,39 @@ def test_check_says_what_the_auto_strong_view_would_do(tmp_path, capsys, monkeyp
     assert "at 0.20 (0: chance" in out and "strong view varies it (hue 0.25, greyscale 0.2)" in out
     code, out = run_check(capsys, *small, "--sample", "2")
     assert "colour separates" not in out  # the labelled set was sampled, not read whole
+
+
+def test_object_extents_measures_each_connected_region_but_the_skipped_class():
+    """Each 4-connected region of a class counts once, by the longer side of its box."""
+    from dualteacher.data.base import ArraySource
+    from dualteacher.data.check import object_extents
+
+    mask = np.zeros((1, 20, 30), np.uint8)
+    mask[0, 2:5, 3:10] = 1  # 3 x 7: extent 7
+    mask[0, 10:19, 20:22] = 1  # 9 x 2, a second region of class 1: 9
+    mask[0, 12:14, 2:4] = 2  # 2 x 2: 2
+    mask[0, 0, 29] = 255  # ignore: not a class
+    images = np.zeros((1, 20, 30, 3), np.uint8)
+    assert sorted(object_extents(ArraySource(images, mask), 3, skip=0)) == [2, 7, 9]
+    assert sorted(object_extents(ArraySource(images, mask), 3, skip=1)) == [2, 30]
+
+
+def test_check_hints_at_a_larger_crop_when_objects_do_not_fit_it(tmp_path, capsys):
+    """The folder's cat / dog regions are 36 x 22 px in 36 x 44 images: at a 16 px crop most
+    steps see them cut, so check suggests a crop that shows them whole (2 x the median extent,
+    at most the image side, in multiples of 32); not at a crop that holds the whole image, nor
+    for objects under half the crop."""
+    root = trees.make_folder(tmp_path)
+    code, out = run_check(capsys, "data.name=folder", f"data.root={root}", "data.crop_size=16")
+    assert code == 0, out
+    hint = next(ln for ln in out.splitlines() if "training crop" in ln)
+    assert "over 36 px wide or tall" in hint and "(data.crop_size=16)" in hint
+    assert "data.crop_size=64 shows most of them whole (the images are up to 44 px)" in hint
+    code, out = run_check(capsys, "data.name=folder", f"data.root={root}", "data.crop_size=48")
+    assert code == 0 and "training crop" not in out  # the crop holds whole images
+    for i in range(4):  # small objects: 6 x 6 squares on background, under half of 16
+        mask = np.zeros((trees.H, trees.W), np.uint8)
+        mask[5:11, 5:11], mask[20:26, 30:36] = 1, 2
+        trees.save_mask(root / "train" / "masks" / f"img{i}.png", mask)
+    code, out = run_check(capsys, "data.name=folder", f"data.root={root}", "data.crop_size=16")
+    assert code == 0 and "training crop" not in out, out

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy import ndimage
 from tqdm.auto import tqdm
 
 from dualteacher.config import IGNORE_INDEX
@@ -200,6 +201,36 @@ def colour_separability(source: SegSource, num_classes: int, per_image: int = 40
     return float(max(0.0, (recall - chance) / (1.0 - chance)))
 
 
+def _extents(index: int, source: SegSource, num_classes: int, skip: int) -> list[int]:
+    """The extents (max of bounding-box height and width, px) of the connected regions of
+    every class but ``skip`` in one sample's mask; [] if unreadable or unlabelled."""
+    try:
+        sample = source.load(index)
+    except BadSampleError:
+        return []
+    if sample.mask is None:
+        return []
+    mask = np.asarray(sample.mask)  # (H, W) class ids
+    out = []
+    for c in np.unique(mask):
+        if c == skip or c >= num_classes:
+            continue
+        regions, _ = ndimage.label(mask == c)  # 4-connected regions of class c
+        for box in ndimage.find_objects(regions):
+            out.append(max(box[0].stop - box[0].start, box[1].stop - box[1].start))
+    return out
+
+
+def object_extents(source: SegSource, num_classes: int, skip: int) -> np.ndarray:
+    """(N,) int: the extent in pixels (the longer side of the bounding box) of every connected
+    region of one class in ``source``'s masks, the class ``skip`` left out (the most common
+    one: a background spans the image and says nothing of object size). A crop smaller than
+    a region shows a training step only part of it, which is enough for texture and colour
+    but not for classes told apart by their outline (docs/gain.md, "Crop")."""
+    parts = _map_samples(source, lambda i: _extents(i, source, num_classes, skip))
+    return np.array([e for p in parts for e in p], np.int64)
+
+
 __all__ = [
     "SETS",
     "CheckReport",
@@ -207,4 +238,5 @@ __all__ = [
     "check_set",
     "class_pixel_counts",
     "colour_separability",
+    "object_extents",
 ]
