@@ -203,6 +203,25 @@ def test_object_extents_measures_each_connected_region_but_the_skipped_class():
     assert sorted(object_extents(ArraySource(images, mask), 3, skip=1)) == [2, 30]
 
 
+def test_the_crop_hint_suggests_twice_the_median_extent_up_to_the_image_side():
+    from dualteacher.data.base import ArraySource
+    from dualteacher.data.check import SetReport
+    from dualteacher.study.check import crop_hint
+
+    masks = np.zeros((3, 100, 100), np.uint8)
+    for i, side in enumerate((30, 40, 50)):  # one square per image: median extent 40
+        masks[i, 10 : 10 + side, 10 : 10 + side] = 1
+    source = ArraySource(np.zeros((3, 100, 100, 3), np.uint8), masks)
+    labeled = SetReport(
+        "labeled", "test", 3, 3, pixels=np.array([20000, 5000, 0]), max_size=(100, 100)
+    )
+    hint = crop_hint(source, 2, labeled, 32, ["background", "thing"])
+    assert "over 40 px" in hint and "data.crop_size=96 shows" in hint  # 2 x 40, to 32s
+    assert crop_hint(source, 2, labeled, 96, ["b", "t"]) is None  # 40 <= 96 / 2
+    masks[:, 10:90, 10:80] = 1  # 80 px objects: 2 x 80 = 160 is over the side, 100 -> 128
+    assert "data.crop_size=128 shows" in crop_hint(source, 2, labeled, 64, ["b", "t"])
+
+
 def test_check_hints_at_a_larger_crop_when_objects_do_not_fit_it(tmp_path, capsys):
     """The folder's cat / dog regions are 36 x 22 px in 36 x 44 images: at a 16 px crop most
     steps see them cut, so check suggests a crop that shows them whole (2 x the median extent,
