@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The gain suite: six real-pixel datasets of different character (folder layout, true masks of
+# The gain suite: seven real-pixel datasets of different character (folder layout, true masks of
 # the unlabelled images kept aside), supervised (2x the steps: its plateau) vs. Dual Teacher,
 # several seeds, one table. See benchmarks/gain_suite.py; settings are chosen on --split tuning
 # only, --split heldout reports them.

@@ -80,6 +80,10 @@ def test_defaults_cover_the_kinds_of_data_the_suite_promises():
     small = d["small_objects"]
     crop = int(next(o for o in small.overrides if o.startswith("data.crop_size=")).split("=")[1])
     assert small.image_size > crop  # trained on crops smaller than the image
+    # the folder case: shapes in 128 px images, trained on whole images
+    s128 = d["shapes128"]
+    assert s128.render is d["shapes"].render and s128.num_labeled == 40
+    assert s128.image_size == 128 and "data.crop_size=128" in s128.overrides
     assert all(ds.character for ds in d.values())
 
 
