@@ -330,8 +330,8 @@ DATASETS: dict[str, Dataset] = {
         Dataset(
             "shapes128",
             "shapes at 128 px, the size of a user's folder the issue names (40 labelled, 1000 "
-            "unlabelled, 200 val): objects of 40-65 px, trained on whole images (a 64 px crop "
-            "cuts most of them: `check` says so)",
+            "unlabelled, 200 val): objects up to ~77 px (median 50), trained on whole images "
+            "(a 64 px crop cuts most of them: `check` says so)",
             ["background", *_SHAPES],
             render_shapes,
             image_size=128,
