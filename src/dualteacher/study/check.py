@@ -126,7 +126,7 @@ def crop_hint(source, k: int, labeled: SetReport, crop: int, classes: list[str])
     median = float(np.median(extents))
     if median <= CROP_MEDIAN * crop:
         return None
-    suggest = min(-(-int(2 * median) // 32) * 32, -(-side // 32) * 32)
+    suggest = -(-min(int(2 * median), side) // 32) * 32  # rounded up to a multiple of 32
     return (
         f"half of the labelled objects (connected regions of each class but "
         f"{classes[skip]}, the most common) are over {median:.0f} px wide or tall, more than "
