@@ -105,12 +105,14 @@ USER_ERRORS = {
 
 
 @pytest.mark.parametrize("case", list(USER_ERRORS))
-def test_user_errors_are_one_message_without_traceback(case, tmp_path, capsys):
+def test_user_errors_are_one_message_without_traceback(case, tmp_path, capsys, monkeypatch):
     make_args, culprit = USER_ERRORS[case]
+    monkeypatch.chdir(tmp_path)  # where the default run folder runs/<data>_<method> would go
     code, _, err = cli(capsys, *make_args(tmp_path))
     assert code == 2, err
     assert err.startswith("error: ") and culprit in err, err
     assert "Traceback" not in err
+    assert not (tmp_path / "runs").exists()  # a run that never started leaves no empty folder
 
 
 def test_debug_shows_the_traceback(capsys):

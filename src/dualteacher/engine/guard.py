@@ -28,6 +28,7 @@ The counters live in ``engine.state.TrainState``, so they travel in every checkp
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
 import statistics
@@ -64,9 +65,12 @@ def _say(msg: str) -> None:
         os.write(2, (msg + "\n").encode())
 
 
-def check_writable(out_dir: Path) -> None:
+def check_writable(out_dir: Path) -> list[Path]:
     """Create ``out_dir`` and write a file in it, so that a read-only or mistyped output path is
-    reported before anything is built."""
+    reported before anything is built. Returns the folders it created, deepest first, for
+    ``remove_empty`` when the run fails before writing anything (a bad data root must not leave
+    an empty ``runs/<data>_<method>`` behind)."""
+    created = list(itertools.takewhile(lambda p: not p.exists(), (out_dir, *out_dir.parents)))
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         probe = out_dir / f".write_test_{os.getpid()}"
@@ -78,6 +82,16 @@ def check_writable(out_dir: Path) -> None:
             f"{e.strerror or e}. Give a writable directory with --out DIR, or fix its "
             "permissions."
         ) from None
+    return created
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove each of ``folders`` (deepest first) that is still empty; keep anything with a file."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (or gone): it and its parents stay
+            return
 
 
 def nan_fix() -> str:

@@ -41,6 +41,7 @@ from dualteacher.engine.guard import (
     NonFiniteSteps,
     StopSignals,
     check_writable,
+    remove_empty,
     save_after_fault,
 )
 from dualteacher.engine.init_from import describe as init_source_line
@@ -221,10 +222,15 @@ def train(
     check_values(cfg)  # a Config built in Python (compare, tests) is checked as a loaded one
     cfg = with_absolute_paths(cfg)  # stored so: eval / resume work from any folder
     out_dir = Path(cfg.train.out_dir or default_out_dir(cfg))
+    created: list[Path] = []
     if int(os.environ.get("RANK", "0")) == 0:  # torchrun's rank; the group joins later
-        check_writable(out_dir)
+        created = check_writable(out_dir)
     with StopSignals() as signals, backend_settings(cfg.train):
-        run = build_training(cfg, bundle=bundle, resume_dir=out_dir)
+        try:
+            run = build_training(cfg, bundle=bundle, resume_dir=out_dir)
+        except BaseException:  # bad data, config or checkpoint: nothing of the run was written
+            remove_empty(created)
+            raise
         checkpoints = Checkpointer(
             out_dir,
             cfg.train.keep_last,
