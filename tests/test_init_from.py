@@ -135,4 +135,4 @@ def test_mistakes_are_one_line_naming_both_sides(sources, tmp_path, capsys):
     # a run directory that holds another run: continuing there would mix two runs
     err = _one_line(capsys, "train", "demo", *TINY, "--init-from", src, "--out", src.parent)
     assert "did not start from a checkpoint" in err and "--out NEW_DIR" in err
-    assert not any((tmp_path / "new").iterdir())  # nothing written before the errors
+    assert not (tmp_path / "new").exists()  # nothing written, not even the folder
