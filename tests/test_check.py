@@ -179,9 +179,9 @@ def test_check_says_what_the_auto_strong_view_would_do(tmp_path, capsys, monkeyp
     line = next(ln for ln in out.splitlines() if ln.startswith("colour separates"))
     score = float(line.split(" at ")[1].split()[0])
     assert score >= 0.35 and line.endswith("strong view keeps colour (hue 0, no greyscale)")
-    import dualteacher.study.check as study_check
+    from dualteacher.data.check import LabelledStats
 
-    monkeypatch.setattr(study_check, "colour_separability", lambda source, k: 0.2)
+    monkeypatch.setattr(LabelledStats, "colour_separability", lambda self: 0.2)
     code, out = run_check(capsys, *small)
     assert "at 0.20 (0: chance" in out and "strong view varies it (hue 0.25, greyscale 0.2)" in out
     code, out = run_check(capsys, *small, "--sample", "2")
@@ -191,35 +191,34 @@ def test_check_says_what_the_auto_strong_view_would_do(tmp_path, capsys, monkeyp
 def test_object_extents_measures_each_connected_region_but_the_skipped_class():
     """Each 4-connected region of a class counts once, by the longer side of its box."""
     from dualteacher.data.base import ArraySource
-    from dualteacher.data.check import object_extents
+    from dualteacher.data.check import labelled_stats
 
     mask = np.zeros((1, 20, 30), np.uint8)
     mask[0, 2:5, 3:10] = 1  # 3 x 7: extent 7
     mask[0, 10:19, 20:22] = 1  # 9 x 2, a second region of class 1: 9
     mask[0, 12:14, 2:4] = 2  # 2 x 2: 2
     mask[0, 0, 29] = 255  # ignore: not a class
-    images = np.zeros((1, 20, 30, 3), np.uint8)
-    assert sorted(object_extents(ArraySource(images, mask), 3, skip=0)) == [2, 7, 9]
-    assert sorted(object_extents(ArraySource(images, mask), 3, skip=1)) == [2, 30]
+    stats = labelled_stats(ArraySource(np.zeros((1, 20, 30, 3), np.uint8), mask), 3)
+    assert sorted(stats.object_extents(skip=0)) == [2, 7, 9]
+    assert sorted(stats.object_extents(skip=1)) == [2, 30]
+    assert stats.max_side == 30
 
 
 def test_the_crop_hint_suggests_twice_the_median_extent_up_to_the_image_side():
     from dualteacher.data.base import ArraySource
-    from dualteacher.data.check import SetReport
-    from dualteacher.study.check import crop_hint
+    from dualteacher.data.check import labelled_stats
 
     masks = np.zeros((3, 100, 100), np.uint8)
     for i, side in enumerate((30, 40, 50)):  # one square per image: median extent 40
         masks[i, 10 : 10 + side, 10 : 10 + side] = 1
-    source = ArraySource(np.zeros((3, 100, 100, 3), np.uint8), masks)
-    labeled = SetReport(
-        "labeled", "test", 3, 3, pixels=np.array([20000, 5000, 0]), max_size=(100, 100)
-    )
-    hint = crop_hint(source, 2, labeled, 32, ["background", "thing"])
+    stats = labelled_stats(ArraySource(np.zeros((3, 100, 100, 3), np.uint8), masks), 2)
+    hint = stats.crop_warning(32, ["background", "thing"])
     assert "over 40 px" in hint and "data.crop_size=96 shows" in hint  # 2 x 40, to 32s
-    assert crop_hint(source, 2, labeled, 96, ["b", "t"]) is None  # 40 <= 96 / 2
+    assert stats.crop_warning(96, ["b", "t"]) is None  # 40 <= 96 / 2
+    assert stats.crop_warning(100, ["b", "t"]) is None  # the crop holds the whole image
     masks[:, 10:90, 10:80] = 1  # 80 px objects: 2 x 80 = 160 is over the side, 100 -> 128
-    assert "data.crop_size=128 shows" in crop_hint(source, 2, labeled, 64, ["b", "t"])
+    stats = labelled_stats(ArraySource(np.zeros((3, 100, 100, 3), np.uint8), masks), 2)
+    assert "data.crop_size=128 shows" in stats.crop_warning(64, ["b", "t"])
 
 
 def test_check_hints_at_a_larger_crop_when_objects_do_not_fit_it(tmp_path, capsys):
@@ -241,3 +240,31 @@ def test_check_hints_at_a_larger_crop_when_objects_do_not_fit_it(tmp_path, capsy
         trees.save_mask(root / "train" / "masks" / f"img{i}.png", mask)
     code, out = run_check(capsys, "data.name=folder", f"data.root={root}", "data.crop_size=16")
     assert code == 0 and "training crop" not in out, out
+
+
+def test_training_reads_the_labelled_set_once_and_warns_of_the_crop(tmp_path, capsys, monkeypatch):
+    """The class weights, the auto strong view and the crop warning come from one read of the
+    labelled set, and `train` prints the warning that `check` gives (the folder's objects are
+    36 px, the crop 16 px)."""
+    from dualteacher.data.files import FileSource
+    from dualteacher.engine.run import build_training
+
+    root = trees.make_folder(tmp_path)
+    reads = []
+    load = FileSource.load
+    monkeypatch.setattr(
+        FileSource, "load", lambda self, i: reads.append((self, i)) or load(self, i)
+    )
+    args = [
+        "data.name=folder",
+        f"data.root={root}",
+        "data.crop_size=16",
+        "method.class_weights=sqrt_inverse",
+        "data.strong.colour=auto",
+        f"train.out_dir={tmp_path / 'run'}",
+    ]
+    run = build_training(load_config("demo", args))
+    out = capsys.readouterr().out
+    labelled = sorted(i for source, i in reads if source is run.bundle.labeled)
+    assert labelled == list(range(len(run.bundle.labeled)))  # each labelled sample once
+    assert "warning: half of the labelled objects" in out and "data.crop_size=64 shows" in out

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from dualteacher.config import ClassWeights, load_config
 from dualteacher.data.base import ArraySource
-from dualteacher.data.check import class_pixel_counts
+from dualteacher.data.check import labelled_stats
 from dualteacher.engine.run import build_training
 from dualteacher.methods.losses import class_weights
 
@@ -36,7 +36,7 @@ def test_class_pixel_counts_reads_every_mask_without_ignore():
     masks = rng.integers(0, 3, size=(4, 6, 5)).astype(np.uint8)
     masks[0, 0, :] = 255  # ignore is not a class
     images = np.zeros((4, 6, 5, 3), np.uint8)
-    counts = class_pixel_counts(ArraySource(images, masks), 3)
+    counts = labelled_stats(ArraySource(images, masks), 3).pixels
     expected = [int((masks == c).sum()) for c in range(3)]
     assert counts.tolist() == expected and sum(expected) == 4 * 30 - 5
 

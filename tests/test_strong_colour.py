@@ -9,7 +9,7 @@ import pytest
 import dualteacher.engine.run as run_module
 from dualteacher.config import StrongAugConfig, StrongColour, load_config
 from dualteacher.data.base import ArraySource
-from dualteacher.data.check import colour_separability
+from dualteacher.data.check import LabelledStats, labelled_stats
 from dualteacher.data.transforms import COLOUR_CUE, strong_for_colour
 from dualteacher.engine.run import build_training
 
@@ -34,16 +34,16 @@ def test_colour_separability_is_1_for_colour_classes_0_for_grey_and_random_colou
     rng = np.random.default_rng(0)
     red, green = np.array([200, 40, 40]), np.array([40, 200, 40])
     by_colour = ArraySource(*_images(lambda r: (red, green), rng))
-    assert colour_separability(by_colour, 2) == pytest.approx(1.0)
+    assert labelled_stats(by_colour, 2).colour_separability() == pytest.approx(1.0)
     grey = ArraySource(*_images(lambda r: (np.full(3, 150), np.full(3, 150)), rng))
-    assert colour_separability(grey, 2) == 0.0  # every pixel (1/3, 1/3): chance
+    assert labelled_stats(grey, 2).colour_separability() == 0.0  # every pixel (1/3, 1/3): chance
     # each half a random colour, whatever its class: near chance
     random = ArraySource(*_images(lambda r: r.integers(30, 255, (2, 3)), rng, n=40))
-    assert colour_separability(random, 2) < 0.2
+    assert labelled_stats(random, 2).colour_separability() < 0.2
     # ignore pixels and classes beyond num_classes are not counted; one class left: 0
     images, masks = _images(lambda r: (red, green), rng)
     masks[:, :, 8:] = 255
-    assert colour_separability(ArraySource(images, masks), 2) == 0.0
+    assert labelled_stats(ArraySource(images, masks), 2).colour_separability() == 0.0
 
 
 def test_the_rule_keeps_a_colour_cue_and_varies_colour_otherwise():
@@ -60,7 +60,7 @@ def test_training_loaders_get_the_resolved_view(tmp_path, monkeypatch, score, hu
     """On the demo data (each class its colour) the rule keeps colour; a low score varies it.
     The run's config keeps `auto` (a resumed run resolves it again from the same data)."""
     if score is not None:
-        monkeypatch.setattr(run_module, "colour_separability", lambda source, k: score)
+        monkeypatch.setattr(LabelledStats, "colour_separability", lambda self: score)
     overrides = ["method.dual_teacher.mode=clean", "data.strong.colour=auto", "data.strong.hue=0.1"]
     cfg = load_config("demo", [*TINY, *overrides, f"train.out_dir={tmp_path / 'run'}"])
     run = build_training(cfg, verbose=False)

@@ -17,6 +17,7 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 from scipy import ndimage
@@ -28,6 +29,16 @@ from dualteacher.data.base import SegSource
 from dualteacher.errors import BadSampleError
 
 SETS = ("labeled", "unlabeled", "val")  # and "select" when data.select holds one out
+# Labelled pixels per sample whose colour ``LabelledStats.colour_separability`` reads (an even
+# stride): enough for a stable score, little memory for thousands of masks.
+CHROMA_PER_IMAGE = 4096
+# The crop warning fires when the labelled objects' median extent is more than this share of
+# the training crop (and the images are larger than it): a random crop of side C shows an
+# object of extent e whole in about ((C - e) / (C + e))^2 of the crops that show any of it,
+# 1/9 at e = C / 2. On the gain suite's shapes at 128 px (median 50 px) 64 px crops left
+# supervised 6 mIoU below whole images and Dual Teacher's gain at +0.4 (+16 on whole images);
+# small objects in 160 px images (median 15 px) trained well on 64 px crops (docs/gain.md).
+CROP_MEDIAN = 0.5
 
 
 @dataclass
@@ -43,6 +54,7 @@ class SetReport:
     sampled: int | None = None  # samples read when only a random sample was (--sample)
     # what reading did beyond plain 8-bit RGB, by kind ("depth", "orientation"): (file, text)
     notes: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    stats: LabelledStats | None = None  # check_set(stats=True) on a set read whole
 
     @property
     def bad_files(self) -> int:
@@ -68,19 +80,145 @@ class CheckReport:
         return not self.errors and not any(s.problems for s in self.sets)
 
 
-def _scan_one(source: SegSource, index: int, num_classes: int):
-    """(image size, per-class pixel counts or None, problem or None, notes) of one sample."""
+class _Read(NamedTuple):
+    """What reading one sample gave (``_scan_one``)."""
+
+    size: tuple[int, int] | None  # (H, W) of the image; None when unreadable
+    counts: np.ndarray | None  # (K + 1,) pixels per class, ignore last; None: no mask
+    problem: BadSampleError | None
+    notes: list[tuple[str, str, str]]  # (kind, file, text)
+    chroma: tuple[np.ndarray, np.ndarray] | None = None  # (N, 2) chromaticity, (N,) class
+    regions: np.ndarray | None = None  # (M, 2) class id, extent in px of each region
+
+
+def _scan_one(source: SegSource, index: int, num_classes: int, per_image: int = 0) -> _Read:
+    """Read one sample. ``per_image`` > 0 (the labelled set for ``LabelledStats``): also the
+    chromaticity of up to ``per_image`` of its labelled pixels and the extent of each connected
+    region of its mask, from the same read."""
     try:
         sample = source.load(index)
     except BadSampleError as e:
-        return None, None, e, ()
-    counts = None
+        return _Read(None, None, e, [])
+    counts = chroma = regions = None
     if sample.mask is not None:
-        hist = np.bincount(np.asarray(sample.mask, np.int64).ravel(), minlength=256)
+        mask = np.asarray(sample.mask, np.int64)  # (H, W) class ids
+        hist = np.bincount(mask.ravel(), minlength=256)
         counts = np.append(hist[:num_classes], hist[IGNORE_INDEX])
+        if per_image > 0:
+            chroma = _chromaticity(np.asarray(sample.image), mask, num_classes, per_image)
+            regions = _regions(mask, num_classes)
     entries = getattr(source, "entries", None)
     where = str(entries[index].image) if entries is not None else sample.name
-    return sample.image.shape[:2], counts, None, [(k, where, text) for k, text in sample.notes]
+    notes = [(k, where, text) for k, text in sample.notes]
+    return _Read(sample.image.shape[:2], counts, None, notes, chroma, regions)
+
+
+def _chromaticity(image: np.ndarray, mask: np.ndarray, num_classes: int, per_image: int):
+    """(N, 2) chromaticity ``(R, G) / (R + G + B)`` and (N,) class of up to ``per_image``
+    labelled pixels of one sample (an even stride over its valid pixels)."""
+    labels = mask.ravel()  # (H W,)
+    rgb = image.astype(np.float64).reshape(-1, 3)  # (H W, 3)
+    keep = np.flatnonzero(labels < num_classes)
+    keep = keep[:: max(1, len(keep) // per_image)]
+    total = rgb[keep].sum(1, keepdims=True) + 1.0  # +1: black pixels are grey, not undefined
+    return (rgb[keep, :2] + 1.0 / 3) / total, labels[keep]
+
+
+def _regions(mask: np.ndarray, num_classes: int) -> np.ndarray:
+    """(M, 2) int64: class id and extent (the longer side of the bounding box, px) of every
+    4-connected region of each class in one (H, W) mask; ignore and out-of-range ids left out."""
+    out = []
+    for c in np.unique(mask):
+        if c >= num_classes:
+            continue
+        labelled, _ = ndimage.label(mask == c)
+        for box in ndimage.find_objects(labelled):
+            out.append((c, max(box[0].stop - box[0].start, box[1].stop - box[1].start)))
+    return np.array(out, np.int64).reshape(-1, 2)
+
+
+@dataclass
+class LabelledStats:
+    """What one read of the labelled set measures for training's data-driven settings: class
+    pixel counts (``method.class_weights``), how well colour separates the classes
+    (``data.strong.colour: auto``) and the size of the labelled objects against the crop
+    (``crop_warning``). Unreadable samples are left out (training reports them)."""
+
+    pixels: np.ndarray  # (K,) int64 labelled pixels per class (ignore not counted)
+    chroma: np.ndarray  # (N, 2) chromaticity of a stride of each sample's labelled pixels
+    chroma_class: np.ndarray  # (N,) their class ids
+    regions: np.ndarray  # (M, 2) class id, extent in px of every connected region
+    max_side: int  # the longest image side read
+
+    @classmethod
+    def of(cls, reads: list[_Read], num_classes: int) -> LabelledStats:
+        reads = [r for r in reads if r.counts is not None and r.chroma is not None]
+        pixels = np.zeros(num_classes, np.int64)
+        for r in reads:
+            pixels += r.counts[:num_classes]  # (K + 1,): the classes, then ignore
+        return cls(
+            pixels,
+            np.concatenate([r.chroma[0] for r in reads]) if reads else np.zeros((0, 2)),
+            np.concatenate([r.chroma[1] for r in reads]) if reads else np.zeros(0, np.int64),
+            np.concatenate([r.regions for r in reads]) if reads else np.zeros((0, 2), np.int64),
+            max((max(r.size) for r in reads), default=0),
+        )
+
+    def colour_separability(self) -> float:
+        """How well colour alone, without brightness, tells the labelled classes apart: 0 =
+        chance, 1 = perfectly. Each pixel's chromaticity is classified by a per-class Gaussian
+        (diagonal, equal priors) fitted on the same pixels; the score is the balanced accuracy
+        (mean recall over the classes present) rescaled so that chance (1 / classes present)
+        is 0. Greyscale images score 0 (every pixel is (1/3, 1/3))."""
+        chroma, labels = self.chroma, self.chroma_class
+        present = np.unique(labels)
+        if len(present) < 2:
+            return 0.0
+        # (C, 2) mean and variance per present class; 1e-5: a flat class keeps a finite density
+        mean = np.stack([chroma[labels == c].mean(0) for c in present])
+        var = np.stack([chroma[labels == c].var(0) for c in present]) + 1e-5
+        loglik = -0.5 * (((chroma[:, None] - mean) ** 2) / var + np.log(var)).sum(-1)  # (N, C)
+        predicted = present[loglik.argmax(1)]
+        recall = np.mean([np.mean(predicted[labels == c] == c) for c in present])
+        chance = 1.0 / len(present)
+        return float(max(0.0, (recall - chance) / (1.0 - chance)))
+
+    def object_extents(self, skip: int) -> np.ndarray:
+        """(N,) int: the extent of every region of each class but ``skip`` (the most common
+        one: a background spans the image and says nothing of object size)."""
+        return self.regions[self.regions[:, 0] != skip, 1]
+
+    def crop_warning(self, crop: int, classes: list[str]) -> str | None:
+        """A warning when most labelled objects are too large for a ``crop`` px training crop
+        to show them whole, or None. A step then sees them in part, which is enough where
+        texture or colour tells the classes apart but not where their outline does."""
+        if self.max_side <= crop:  # the crop holds whole images (padded where smaller)
+            return None
+        skip = int(np.argmax(self.pixels))  # the most common class: a background
+        extents = self.object_extents(skip)
+        if len(extents) == 0:
+            return None
+        median = float(np.median(extents))
+        if median <= CROP_MEDIAN * crop:
+            return None
+        side = self.max_side
+        suggest = -(-min(int(2 * median), side) // 32) * 32  # rounded up to a multiple of 32
+        return (
+            f"half of the labelled objects (connected regions of each class but "
+            f"{classes[skip]}, the most common) are over {median:.0f} px wide or tall, more "
+            f"than half the training crop (data.crop_size={crop}): most steps see them cut by "
+            "the crop, enough where texture or colour tells the classes apart, not where their "
+            f"outline does. data.crop_size={suggest} shows most of them whole (the images are "
+            f"up to {side} px), at more time per step (docs/gain.md, Crop)"
+        )
+
+
+def labelled_stats(
+    source: SegSource, num_classes: int, per_image: int = CHROMA_PER_IMAGE
+) -> LabelledStats:
+    """Read every sample of ``source`` once (threads) for its ``LabelledStats``."""
+    reads = _map_samples(source, lambda i: _scan_one(source, i, num_classes, per_image))
+    return LabelledStats.of(reads, num_classes)
 
 
 def _map_in_chunks(pool: ThreadPoolExecutor, fn, items: Sequence[int], chunk: int = 1024):
@@ -98,9 +236,11 @@ def check_set(
     progress: bool,
     sample: int | None = None,
     seed: int = 0,
+    stats: bool = False,
 ) -> SetReport:
     """Read every sample of ``source``, or ``sample`` of them drawn from ``seed`` (threads: PIL
-    decoding releases the GIL)."""
+    decoding releases the GIL). ``stats`` (the labelled set): the same read also gives the
+    set's ``LabelledStats``, kept in ``report.stats`` when every sample was read."""
     if source is None:
         return SetReport(name, "none", 0)
     report = SetReport(name, getattr(source, "origin", "in memory"), len(source))
@@ -118,10 +258,15 @@ def check_set(
         return size[0] * size[1], size
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = _map_in_chunks(pool, lambda i: _scan_one(source, i, num_classes), indices)
-        for size, counts, problem, notes in tqdm(
-            results, total=len(indices), desc=name, disable=not progress, leave=False
-        ):
+        per_image = CHROMA_PER_IMAGE if stats and report.sampled is None else 0
+        reads = []  # kept for LabelledStats only
+        results = _map_in_chunks(
+            pool, lambda i: _scan_one(source, i, num_classes, per_image), indices
+        )
+        for read in tqdm(results, total=len(indices), desc=name, disable=not progress, leave=False):
+            size, counts, problem, notes = read[:4]
+            if per_image:
+                reads.append(read)
             for kind, where, text in notes:
                 report.notes.setdefault(kind, []).append((where, text))
             if problem is not None:
@@ -136,19 +281,9 @@ def check_set(
                 report.max_size = size
             if counts is not None:
                 report.pixels = counts if report.pixels is None else report.pixels + counts
+    if per_image:
+        report.stats = LabelledStats.of(reads, num_classes)
     return report
-
-
-def class_pixel_counts(source: SegSource, num_classes: int) -> np.ndarray:
-    """(K,) int64: how many pixels of each class the masks of ``source`` hold (ignore and
-    out-of-range ids not counted), read as ``check_set`` reads them (``_scan_one``, threads).
-    A sample that cannot be read is left out here: training meets it and reports it as it
-    does any bad sample (``data.skip_bad``)."""
-    counts = np.zeros(num_classes, np.int64)
-    for _, sample_counts, _, _ in _map_samples(source, lambda i: _scan_one(source, i, num_classes)):
-        if sample_counts is not None:  # (K + 1,): the classes, then ignore
-            counts += sample_counts[:num_classes]
-    return counts
 
 
 def _map_samples(source: SegSource, fn):
@@ -158,85 +293,12 @@ def _map_samples(source: SegSource, fn):
         return list(_map_in_chunks(pool, fn, range(len(source))))
 
 
-def _chromaticity(index: int, source: SegSource, num_classes: int, per_image: int):
-    """(N, 2) chromaticity ``(R, G) / (R + G + B)`` and (N,) class of up to ``per_image``
-    labelled pixels of one sample (an even stride over its valid pixels); None if unreadable."""
-    try:
-        sample = source.load(index)
-    except BadSampleError:
-        return None
-    if sample.mask is None:
-        return None
-    mask = np.asarray(sample.mask, np.int64).ravel()  # (H W,)
-    rgb = np.asarray(sample.image, np.float64).reshape(-1, 3)  # (H W, 3)
-    keep = np.flatnonzero(mask < num_classes)
-    keep = keep[:: max(1, len(keep) // per_image)]
-    total = rgb[keep].sum(1, keepdims=True) + 1.0  # +1: black pixels are grey, not undefined
-    return (rgb[keep, :2] + 1.0 / 3) / total, mask[keep]
-
-
-def colour_separability(source: SegSource, num_classes: int, per_image: int = 4096) -> float:
-    """How well colour alone, without brightness, tells the classes of ``source``'s masks
-    apart: 0 = chance, 1 = perfectly. Each labelled pixel's chromaticity ``(R, G) / (R + G +
-    B)`` is classified by a per-class Gaussian (diagonal, equal priors) fitted on the same
-    pixels; the score is the balanced accuracy (mean recall over the classes present) rescaled
-    so that chance (1 / classes present) is 0. Greyscale images score 0 (every pixel is
-    (1/3, 1/3)). Unreadable samples are left out (training reports them)."""
-    parts = _map_samples(source, lambda i: _chromaticity(i, source, num_classes, per_image))
-    parts = [p for p in parts if p is not None]
-    if not parts:
-        return 0.0
-    chroma = np.concatenate([p[0] for p in parts])  # (N, 2)
-    labels = np.concatenate([p[1] for p in parts])  # (N,)
-    present = np.unique(labels)
-    if len(present) < 2:
-        return 0.0
-    # (C, 2) mean and variance per present class; 1e-5: a flat class keeps a finite density
-    mean = np.stack([chroma[labels == c].mean(0) for c in present])
-    var = np.stack([chroma[labels == c].var(0) for c in present]) + 1e-5
-    loglik = -0.5 * (((chroma[:, None] - mean) ** 2) / var + np.log(var)).sum(-1)  # (N, C)
-    predicted = present[loglik.argmax(1)]
-    recall = np.mean([np.mean(predicted[labels == c] == c) for c in present])
-    chance = 1.0 / len(present)
-    return float(max(0.0, (recall - chance) / (1.0 - chance)))
-
-
-def _extents(index: int, source: SegSource, num_classes: int, skip: int) -> list[int]:
-    """The extents (max of bounding-box height and width, px) of the connected regions of
-    every class but ``skip`` in one sample's mask; [] if unreadable or unlabelled."""
-    try:
-        sample = source.load(index)
-    except BadSampleError:
-        return []
-    if sample.mask is None:
-        return []
-    mask = np.asarray(sample.mask)  # (H, W) class ids
-    out = []
-    for c in np.unique(mask):
-        if c == skip or c >= num_classes:
-            continue
-        regions, _ = ndimage.label(mask == c)  # 4-connected regions of class c
-        for box in ndimage.find_objects(regions):
-            out.append(max(box[0].stop - box[0].start, box[1].stop - box[1].start))
-    return out
-
-
-def object_extents(source: SegSource, num_classes: int, skip: int) -> np.ndarray:
-    """(N,) int: the extent in pixels (the longer side of the bounding box) of every connected
-    region of one class in ``source``'s masks, the class ``skip`` left out (the most common
-    one: a background spans the image and says nothing of object size). A crop smaller than
-    a region shows a training step only part of it, which is enough for texture and colour
-    but not for classes told apart by their outline (docs/gain.md, "Crop")."""
-    parts = _map_samples(source, lambda i: _extents(i, source, num_classes, skip))
-    return np.array([e for p in parts for e in p], np.int64)
-
-
 __all__ = [
+    "CROP_MEDIAN",
     "SETS",
     "CheckReport",
+    "LabelledStats",
     "SetReport",
     "check_set",
-    "class_pixel_counts",
-    "colour_separability",
-    "object_extents",
+    "labelled_stats",
 ]

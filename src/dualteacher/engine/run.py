@@ -41,7 +41,7 @@ from dualteacher.config import (
 )
 from dualteacher.data import DataBundle, build_data, run_index
 from dualteacher.data.base import EvalSet
-from dualteacher.data.check import class_pixel_counts, colour_separability
+from dualteacher.data.check import labelled_stats
 from dualteacher.data.fingerprint import data_changes, data_fingerprint
 from dualteacher.data.loaders import build_train_loaders
 from dualteacher.data.transforms import COLOUR_CUE, colour_is_cue, strong_for_colour
@@ -426,20 +426,28 @@ def build_training(
     loaded = resume is not None or source is not None  # model.pretrained is never read then
     method = _build_method(without_pretrained(cfg) if loaded else cfg, num_classes, device, verbose)
     record = init_from.load_source(method, cfg, *source) if source is not None else None
-    if cfg.method.class_weights != ClassWeights.none and bundle is not None:
-        # Every rank reads the same labelled masks, so the weights agree without a broadcast.
-        weights = class_weights(
-            class_pixel_counts(bundle.labeled, num_classes), cfg.method.class_weights
-        )
+    weighted = cfg.method.class_weights != ClassWeights.none
+    auto = cfg.data.strong.colour == StrongColour.auto and method.needs_strong_view
+    # One read of the labelled set serves the class weights, the strong view and the crop
+    # warning. Every rank reads the same labelled set, so they agree without a broadcast.
+    stats = (
+        labelled_stats(bundle.labeled, num_classes)
+        if bundle is not None and (weighted or auto)
+        else None
+    )
+    if verbose and dist.is_main and stats is not None:
+        warning = stats.crop_warning(cfg.data.crop_size, classes)
+        if warning:
+            print(f"warning: {warning}")
+    if weighted and stats is not None:
+        weights = class_weights(stats.pixels, cfg.method.class_weights)
         method.set_class_weights(weights)
         if verbose and dist.is_main and weights is not None:
             shown = ", ".join(f"{c} {w:.2f}" for c, w in zip(classes, weights.tolist()))
             print(f"class weights ({cfg.method.class_weights}, from the labelled masks): {shown}")
     train_data = cfg.data  # what the training loaders build, with data.strong.colour resolved
-    auto = cfg.data.strong.colour == StrongColour.auto
-    if auto and bundle is not None and method.needs_strong_view:
-        # every rank reads the same labelled set, so they resolve the same view
-        score = colour_separability(bundle.labeled, num_classes)
+    if auto and stats is not None:
+        score = stats.colour_separability()
         strong = strong_for_colour(cfg.data.strong, score)
         train_data = replace(cfg.data, strong=strong)
         if verbose and dist.is_main:

@@ -18,18 +18,9 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
-
 from dualteacher.config import ClassWeights, Config, StrongAugConfig
 from dualteacher.data import build_data
-from dualteacher.data.check import (
-    SETS,
-    CheckReport,
-    SetReport,
-    check_set,
-    colour_separability,
-    object_extents,
-)
+from dualteacher.data.check import SETS, CheckReport, SetReport, check_set
 from dualteacher.data.files import image_key
 from dualteacher.data.transforms import COLOUR_CUE, colour_is_cue, strong_for_colour
 from dualteacher.methods import METHODS
@@ -37,13 +28,6 @@ from dualteacher.methods import METHODS
 # A class below this share of the labelled pixels gets the class-weights hint: on the gain
 # suite's scratches (0.7 % defect pixels) no method predicted the class without weights.
 RARE_SHARE = 0.02
-# The crop hint fires when the labelled objects' median extent is more than this share of the
-# training crop (and the images are larger than it): a random crop of side C shows an object of
-# extent e whole in about ((C - e) / (C + e))^2 of the crops that show any of it, 1/9 at
-# e = C / 2. On the gain suite's shapes at 128 px (median 50 px) 64 px crops left supervised
-# 6 mIoU below whole images and Dual Teacher's gain at +0.4 (+16 on whole images); small
-# objects in 160 px images (median 15 px) trained well on 64 px crops (docs/gain.md, "Crop").
-CROP_MEDIAN = 0.5
 
 
 def check_data(
@@ -59,7 +43,10 @@ def check_data(
     bundle = build_data(cfg.data, verify=False)
     k = bundle.num_classes
     names = SETS + (("select",) if bundle.select is not None else ())
-    sets = [check_set(s, getattr(bundle, s), k, workers, progress, sample, seed) for s in names]
+    sets = [
+        check_set(s, getattr(bundle, s), k, workers, progress, sample, seed, s == "labeled")
+        for s in names
+    ]
     errors, warnings = [], []
     for s in sets:
         source = getattr(bundle, s.name)
@@ -101,39 +88,12 @@ def check_data(
                     f"{', '.join(rare)}; plain cross-entropy tends never to predict such a "
                     "class: method.class_weights=sqrt_inverse weighs it up (docs/methods.md)"
                 )
-    labeled = sets[0]
-    whole = labeled.readable and labeled.sampled is None  # every labelled mask was read
-    colour = colour_separability(bundle.labeled, k) if whole else None
-    if whole and labeled.pixels is not None:
-        hint = crop_hint(bundle.labeled, k, labeled, cfg.data.crop_size, bundle.classes)
-        warnings += [hint] if hint else []
+    stats = sets[0].stats if sets[0].readable else None  # None: the labelled set was sampled
+    colour = stats.colour_separability() if stats is not None else None
+    hint = stats.crop_warning(cfg.data.crop_size, bundle.classes) if stats is not None else None
+    warnings += [hint] if hint else []
     return CheckReport(
         cfg.data.name, cfg.data.root, bundle.classes, sets, errors, warnings, sample, seed, colour
-    )
-
-
-def crop_hint(source, k: int, labeled: SetReport, crop: int, classes: list[str]) -> str | None:
-    """A warning when most labelled objects are too large for the training crop to show them
-    whole, or None. A step then sees them in part, which is enough where texture or colour
-    tells the classes apart but not where their outline does."""
-    side = max(labeled.max_size) if labeled.max_size else 0  # the largest image's longer side
-    if side <= crop:  # the crop holds whole images (padded where smaller)
-        return None
-    skip = int(np.argmax(labeled.pixels[:k]))  # the most common class: a background
-    extents = object_extents(source, k, skip)
-    if len(extents) == 0:
-        return None
-    median = float(np.median(extents))
-    if median <= CROP_MEDIAN * crop:
-        return None
-    suggest = -(-min(int(2 * median), side) // 32) * 32  # rounded up to a multiple of 32
-    return (
-        f"half of the labelled objects (connected regions of each class but "
-        f"{classes[skip]}, the most common) are over {median:.0f} px wide or tall, more than "
-        f"half the training crop (data.crop_size={crop}): most steps see them cut by the "
-        "crop, enough where texture or colour tells the classes apart, not where their "
-        f"outline does. data.crop_size={suggest} shows most of them whole (the images are up "
-        f"to {side} px), at more time per step (docs/gain.md, Crop)"
     )
 
 
