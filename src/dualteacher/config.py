@@ -45,9 +45,10 @@ class StrongColour(StrEnum):
     """Whether the strong view changes colour (``data.strong.colour``)."""
 
     fixed = "fixed"  # hue and grayscale_p as set
-    # measured at train start on the labelled set (``data.check.LabelledStats.colour_separability``): when
-    # colour alone tells the classes apart (score >= COLOUR_CUE), the strong view keeps it (hue
-    # 0, grayscale_p 0); otherwise it varies it as UniMatch does (hue 0.25, grayscale_p 0.2)
+    # measured at train start on the labelled set
+    # (``data.check.LabelledStats.colour_separability``): when colour alone tells the classes
+    # apart (score >= COLOUR_CUE), the strong view keeps it (hue 0, grayscale_p 0); otherwise
+    # it varies it as UniMatch does (hue 0.25, grayscale_p 0.2)
     auto = "auto"
 
 
