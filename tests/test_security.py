@@ -490,3 +490,21 @@ def test_classes_yaml_with_a_python_tag_runs_nothing(tmp_path):
     with pytest.raises(DataError, match=r"classes\.yaml is not valid YAML: could not determine"):
         _folder_data(root)
     assert not marker.exists()
+
+
+def test_a_run_resumes_when_only_settings_its_method_never_reads_changed():
+    # compare reuses a finished supervised run by resuming it: a strong view or another
+    # method's setting changed since cannot have changed that run, so it must not be refused
+    sup = ["method.name=supervised", *TINY]
+    state = {"config": to_dict(load_config("demo", sup))}
+    unread = ["data.strong.hue=0.3", "data.batch_size_u=2", "method.unimatch.fp_dropout=0.3"]
+    check_resume_config(state, load_config("demo", [*sup, *unread]), "latest.pt")
+    with pytest.raises(CheckpointError, match="class_weights"):  # what it reads still counts
+        check_resume_config(state, load_config("demo", [*sup, "method.class_weights=none"]), "p")
+    # Dual Teacher reads the strong view (and its own section), not UniMatch's
+    dt = ["method.name=dual_teacher", *TINY]
+    state = {"config": to_dict(load_config("demo", dt))}
+    check_resume_config(state, load_config("demo", [*dt, "method.unimatch.fp_dropout=0.3"]), "p")
+    for changed in ["data.strong.hue=0.3", "method.dual_teacher.ic_weight=0.5"]:
+        with pytest.raises(CheckpointError, match=changed.split("=")[0]):
+            check_resume_config(state, load_config("demo", [*dt, changed]), "latest.pt")

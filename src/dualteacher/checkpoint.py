@@ -308,13 +308,14 @@ RESUMABLE_CHANGES = (
 )
 
 
-def config_changes(stored: dict, current: dict) -> list[str]:
-    """``key: checkpoint value -> current value`` for every key that changes the training."""
+def config_changes(stored: dict, current: dict, unread: tuple[str, ...] = ()) -> list[str]:
+    """``key: checkpoint value -> current value`` for every key that changes the training;
+    ``unread``: key prefixes the run never reads (``methods.unread_settings``), skipped too."""
     a, b = flatten(stored), flatten(current)
     out = []
     # A key on one side only comes from another package version: its old behaviour is unknown.
     for key in sorted(set(a) & set(b)):
-        if key.startswith(RESUMABLE_CHANGES):
+        if key.startswith(RESUMABLE_CHANGES + unread):
             continue
         # YAML / OmegaConf round trips turn tuples into lists
         va, vb = (list(v) if isinstance(v, tuple) else v for v in (a[key], b[key]))

@@ -60,7 +60,7 @@ from dualteacher.engine.optim import build_optimizer, build_scheduler, scaled_op
 from dualteacher.engine.state import TrainState
 from dualteacher.engine.step import StepRunner
 from dualteacher.errors import CheckpointError, ConfigError, DataError
-from dualteacher.methods import Method, build_seeded_method, seed_all
+from dualteacher.methods import Method, build_seeded_method, seed_all, unread_settings
 from dualteacher.methods.losses import class_weights
 from dualteacher.models.windows import check_eval_config
 
@@ -243,10 +243,11 @@ def check_compatible(state: dict, cfg: Config, bundle: DataBundle | None, path) 
 
 def check_resume_config(state: dict, cfg: Config, path, changes: list[str] | None = None) -> None:
     """A run resumes only with the config it was started with, up to the keys that do not
-    change the training (``RESUMABLE_CHANGES``), and on the same data (``changes``: the
+    change the training (``RESUMABLE_CHANGES``) or that its method never reads (a supervised
+    run's strong view: ``unread_settings``), and on the same data (``changes``: the
     ``data_changes`` of its fingerprint), unless ``train.resume_with_changes``."""
     if changes is None:
-        changes = config_changes(state["config"], to_dict(cfg))
+        changes = config_changes(state["config"], to_dict(cfg), unread_settings(cfg.method.name))
     if not changes:
         return
     listed = "\n  ".join(changes)

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from dataclasses import fields, is_dataclass
 
 import numpy as np
 import torch
 
-from dualteacher.config import Config
+from dualteacher.config import Config, MethodConfig
 from dualteacher.errors import ConfigError
 from dualteacher.methods.base import Method, StepInfo
 from dualteacher.methods.dual_teacher import DualTeacher
@@ -36,6 +37,25 @@ METHODS: dict[str, type[Method]] = {
     "fixmatch": FixMatch,
     "unimatch": UniMatch,
 }
+
+
+# Settings of the unlabelled side: a method that trains on labelled images only never reads them.
+UNLABELLED_SETTINGS = (
+    "data.strong.",
+    "data.batch_size_u",
+    "method.conf_thresh",
+    "method.ema_momentum",
+)
+
+
+def unread_settings(name: str) -> tuple[str, ...]:
+    """Config key prefixes that method ``name`` never reads: the other methods' sections
+    (``method.unimatch.`` for Dual Teacher) and, for a method without unlabelled images, the
+    unlabelled side's settings. Changing one of them cannot change that method's training."""
+    sections = [f.name for f in fields(MethodConfig) if is_dataclass(f.default_factory)]
+    others = tuple(f"method.{s}." for s in sections if s != name)
+    method = METHODS.get(name)
+    return others + (UNLABELLED_SETTINGS if method and not method.uses_unlabeled else ())
 
 
 def build_method(cfg: Config, student: SegModel, make_model: Callable[[], SegModel]) -> Method:
@@ -67,4 +87,12 @@ def build_seeded_method(
     return build_method(cfg, make_model(), make_model).to(device)
 
 
-__all__ = ["METHODS", "Method", "StepInfo", "build_method", "build_seeded_method", "seed_all"]
+__all__ = [
+    "METHODS",
+    "Method",
+    "StepInfo",
+    "build_method",
+    "build_seeded_method",
+    "seed_all",
+    "unread_settings",
+]
