@@ -246,6 +246,9 @@ def test_training_reads_the_labelled_set_once_and_warns_of_the_crop(tmp_path, ca
     """The class weights, the auto strong view and the crop warning come from one read of the
     labelled set, and `train` prints the warning that `check` gives (the folder's objects are
     36 px, the crop 16 px)."""
+    import torch
+
+    from dualteacher.data.check import labelled_stats
     from dualteacher.data.files import FileSource
     from dualteacher.engine.run import build_training
 
@@ -261,6 +264,7 @@ def test_training_reads_the_labelled_set_once_and_warns_of_the_crop(tmp_path, ca
         "data.crop_size=16",
         "method.class_weights=sqrt_inverse",
         "data.strong.colour=auto",
+        "method.dual_teacher.distribution_alignment=true",
         f"train.out_dir={tmp_path / 'run'}",
     ]
     run = build_training(load_config("demo", args))
@@ -268,3 +272,8 @@ def test_training_reads_the_labelled_set_once_and_warns_of_the_crop(tmp_path, ca
     labelled = sorted(i for source, i in reads if source is run.bundle.labeled)
     assert labelled == list(range(len(run.bundle.labeled)))  # each labelled sample once
     assert "warning: half of the labelled objects" in out and "data.crop_size=64 shows" in out
+    # the same read gives distribution alignment its prior: the labelled class pixel shares
+    pixels = labelled_stats(run.bundle.labeled, run.bundle.num_classes).pixels
+    shares = torch.as_tensor(pixels / pixels.sum(), dtype=torch.float32)
+    torch.testing.assert_close(run.method.class_prior, shares)
+    assert "distribution alignment to the labelled class shares" in out

@@ -887,3 +887,68 @@ def test_fused_forward_is_one_student_pass_with_the_same_losses(k, draws):
         torch.testing.assert_close(steps[True][0][key], steps[False][0][key], msg=key)
     for g_fused, g_apart in zip(steps[True][1], steps[False][1]):
         torch.testing.assert_close(g_fused, g_apart)
+
+
+def test_distribution_alignment_moves_pseudo_labels_towards_the_labelled_shares():
+    """distribution_alignment: the teacher's softmax times class_prior / (bias-corrected EMA of
+    its mean softmax over valid pixels), renormalised; ignore pixels do not enter the mean."""
+    method = make_method("clean", "method.dual_teacher.distribution_alignment=true")
+    assert method.needs_class_prior
+    # a teacher that leans to class 0 everywhere (0.6 / 0.3 / 0.1) on data labelled 1/3 each
+    prob = torch.tensor([0.6, 0.3, 0.1]).view(1, K, 1, 1).expand(2, K, 4, 4).clone()
+    valid = torch.ones(2, 4, 4, dtype=torch.bool)
+    valid[1] = False
+    prob[1] = torch.tensor([0.0, 0.0, 1.0]).view(K, 1, 1)  # ignore pixels: must not count
+    method.set_class_prior(torch.full((K,), 1 / 3))
+    conf, pl = method._aligned(prob, valid, update=True)
+    # one step: the mean is the valid pixels' softmax; aligned = 1/3 each, argmax the first
+    torch.testing.assert_close(
+        method.pred_mean / (1 - method.dt.class_thresh_momentum), prob[0, :, 0, 0]
+    )
+    torch.testing.assert_close(conf[0], torch.full((4, 4), 1 / 3))
+    # labelled masks say class 1 is most common: the same teacher output now labels class 1
+    method.set_class_prior(torch.tensor([0.2, 0.7, 0.1]))
+    conf, pl = method._aligned(prob, valid, update=False)
+    assert pl[0].eq(1).all() and int(method.pred_seen) == 1  # update=False kept the mean
+    expected = torch.tensor([0.2, 0.7, 0.1])  # 0.6 * 0.2/0.6, 0.3 * 0.7/0.3, 0.1 * 0.1/0.1
+    torch.testing.assert_close(conf[0], torch.full((4, 4), float(expected.max() / expected.sum())))
+    # off (the default): the argmax of the softmax, class 0
+    plain = make_method("clean")
+    assert not plain.needs_class_prior and "pred_mean" not in plain.state_dict()
+    assert "pred_mean" in method.state_dict()  # a checkpoint carries it: resume is exact
+
+
+@pytest.mark.parametrize("k", [0, 1])
+def test_distribution_alignment_labels_the_training_step(k, draws):
+    """The step's pseudo-labels (IC term) are the aligned ones, and the step updates the mean
+    once even where faithful's second teacher forward predicts again."""
+    method = make_method(
+        "clean", "method.dual_teacher.distribution_alignment=true", "method.conf_thresh=0.3"
+    )
+    method.set_class_prior(torch.tensor([0.1, 0.1, 0.8]))
+    bx, bu = make_batches()
+    calls = record_forwards(method)
+    out = method.training_step(bx, bu, StepInfo(step=4 * k + 1, epoch_steps=4))
+    assert int(method.pred_seen) == 1
+    valid = ~bu["ignore"]
+    prob = calls[TEACHER_NAMES[k]][0].output.softmax(1)
+    mean = method.pred_mean / (1 - method.dt.class_thresh_momentum)
+    aligned = prob * (method.class_prior / mean).view(1, K, 1, 1)
+    conf, pl = (aligned / aligned.sum(1, keepdim=True)).max(1)
+    pl = pl.masked_fill(~valid, 255)
+    (strong,) = [c for c in calls["student"] if len(c.input) == B]
+    ce = F.cross_entropy(strong.output, pl, reduction="none", ignore_index=255)
+    torch.testing.assert_close(
+        out["loss_ic"], (ce * ((conf >= 0.3) & (pl != 255))).sum() / valid.sum()
+    )
+    plain_pl = prob.argmax(1).masked_fill(~valid, 255)
+    assert not torch.equal(pl, plain_pl)  # the prior changed what is taught
+
+
+def test_distribution_alignment_counts_one_prediction_per_step():
+    """faithful predicts twice per step (ic_second_teacher_forward): the mean moves once."""
+    method = make_method("faithful", "method.dual_teacher.distribution_alignment=true")
+    assert method.flags.ic_second_teacher_forward
+    bx, bu = make_batches()
+    method.training_step(bx, bu, StepInfo(step=1, epoch_steps=4))
+    assert int(method.pred_seen) == 1

@@ -213,6 +213,13 @@ class DualTeacherConfig:
     # (docs/gain.md, "Confident pseudo-labels are all background").
     threshold: Threshold = Threshold.fixed
     class_thresh_momentum: float = 0.99
+    # false (official): pseudo-labels are the teacher's softmax argmax. true: distribution
+    # alignment (ReMixMatch, Berthelot et al. 2020): the softmax is multiplied by the labelled
+    # masks' class shares over a running mean (momentum class_thresh_momentum) of the teacher's
+    # own softmax on unlabelled pixels and renormalised, so that a class the teacher
+    # under-predicts against the labels is not starved of pseudo-labels (docs/gain.md,
+    # "Distribution alignment").
+    distribution_alignment: bool = False
     # false (official): the student's IC forward on the strong view is its own pass. true: it
     # joins the labelled + mixed batch, one student forward of B + 2 B_u images instead of two
     # (fewer, larger kernels: faster on a CPU, docs/scaling.md); the same losses, except that

@@ -433,7 +433,7 @@ def build_training(
     # warning. Every rank reads the same labelled set, so they agree without a broadcast.
     stats = (
         labelled_stats(bundle.labeled, num_classes)
-        if bundle is not None and (weighted or auto)
+        if bundle is not None and (weighted or auto or method.needs_class_prior)
         else None
     )
     if verbose and dist.is_main and stats is not None:
@@ -446,6 +446,12 @@ def build_training(
         if verbose and dist.is_main and weights is not None:
             shown = ", ".join(f"{c} {w:.2f}" for c, w in zip(classes, weights.tolist()))
             print(f"class weights ({cfg.method.class_weights}, from the labelled masks): {shown}")
+    if method.needs_class_prior and stats is not None:
+        shares = torch.as_tensor(stats.pixels, dtype=torch.float64)
+        method.set_class_prior(shares / shares.sum().clamp(min=1))
+        if verbose and dist.is_main:
+            shown = ", ".join(f"{c} {p:.3f}" for c, p in zip(classes, method.class_prior.tolist()))
+            print(f"distribution alignment to the labelled class shares: {shown}")
     train_data = cfg.data  # what the training loaders build, with data.strong.colour resolved
     if auto and stats is not None:
         score = stats.colour_separability()

@@ -103,6 +103,8 @@ class Method(nn.Module):
     uses_unlabeled: bool = True  # needs the unlabelled loader
     needs_strong_view: bool = False  # needs ``batch_u["image_s"]`` from the data pipeline
     num_strong_views: int = 1  # with needs_strong_view: image_s, image_s2, ... (UniMatch: 2)
+    # Wants the labelled masks' class shares (``set_class_prior``) before training.
+    needs_class_prior: bool = False
     # Weak views padded bottom/right with the normalised mean colour (mmseg, the official Dual
     # Teacher code) instead of black at a random offset (``data.transforms``).
     official_pad: bool = False
@@ -158,6 +160,10 @@ class Method(nn.Module):
         """Weigh each labelled pixel's cross-entropy by its class: ``weights`` (K,), or None."""
         device = next(self.student.parameters()).device
         self.class_weights = None if weights is None else weights.float().to(device)
+
+    def set_class_prior(self, shares: torch.Tensor) -> None:
+        """The labelled masks' class pixel shares (K,), summing to 1, for methods that set
+        ``needs_class_prior``; others ignore it."""
 
     def supervised_loss(self, logits_x: torch.Tensor, mask_x: torch.Tensor) -> torch.Tensor:
         """Cross-entropy over labelled pixels, mean over the non-ignored ones (with class

@@ -197,6 +197,22 @@ class DualTeacher(Method):
             self.register_buffer("class_conf", torch.zeros(student.num_classes))
             self.register_buffer("class_seen", torch.zeros(student.num_classes, dtype=torch.long))
 
+        self.align = self.dt.distribution_alignment
+        self.needs_class_prior = self.align
+        if self.align:
+            # class_prior (K,): the labelled masks' class shares (``set_class_prior``; uniform
+            # until set). Not a buffer: every start recomputes it from the same labelled set.
+            # pred_mean (K,): EMA of the teacher's mean softmax over valid unlabelled pixels,
+            # from 0, pred_seen: its steps (bias correction); buffers, so resume is exact.
+            k = student.num_classes
+            self.class_prior = torch.full((k,), 1.0 / k)
+            self.register_buffer("pred_mean", torch.zeros(k))
+            self.register_buffer("pred_seen", torch.zeros((), dtype=torch.long))
+
+    def set_class_prior(self, shares: torch.Tensor) -> None:
+        if self.align:
+            self.class_prior = shares.float().to(self.pred_mean.device)
+
     def active(self, info: StepInfo) -> int:
         return active_teacher(info.epoch, self.dt.switch_every)
 
@@ -204,12 +220,38 @@ class DualTeacher(Method):
         return {"student": self.student, **dict(zip(TEACHER_NAMES, self.teachers))}
 
     @torch.no_grad()
-    def _predict(self, teacher: nn.Module, x: torch.Tensor, valid: torch.Tensor):
-        """``conf, pl`` (B, H, W) of ``teacher`` on ``x``; ``pl`` is ignore where not ``valid``."""
+    def _predict(self, teacher: nn.Module, x: torch.Tensor, valid: torch.Tensor, first=True):
+        """``conf, pl`` (B, H, W) of ``teacher`` on ``x``; ``pl`` is ignore where not ``valid``.
+        ``first``: the step's first prediction, the one that updates the alignment's mean."""
         teacher.train(self.flags.teachers_train_mode)
         with phase("teacher_fwd"):
-            _, conf, pl = pseudo_label(teacher(x))
+            prob, conf, pl = pseudo_label(teacher(x))
+        if self.align:
+            conf, pl = self._aligned(prob, valid, update=first)
         return conf, pl.masked_fill(~valid, self.ignore_index)
+
+    @torch.no_grad()
+    def _aligned(self, prob: torch.Tensor, valid: torch.Tensor, update: bool):
+        """Distribution alignment: ``conf, pl`` (B, H, W) = max over classes of the softmax
+        ``prob`` (B, K, H, W) times ``class_prior / mean prediction``, renormalised. With
+        ``update``, the valid pixels' (B, H, W) mean softmax (all processes') first enters the
+        running mean."""
+        k = prob.shape[1]
+        m = self.dt.class_thresh_momentum
+        if update:
+            w = valid.unsqueeze(1).to(prob.dtype)  # (B, 1, H, W)
+            stats = torch.cat([(prob * w).sum(dim=(0, 2, 3)), w.sum().reshape(1)])  # (K + 1,)
+            if dist.is_available() and dist.is_initialized():
+                dist.all_reduce(stats)
+            if stats[k] > 0:
+                self.pred_mean.mul_(m).add_(stats[:k].to(self.pred_mean) / stats[k], alpha=1 - m)
+                self.pred_seen += 1
+        if int(self.pred_seen) == 0:
+            return prob.max(dim=1)
+        mean = self.pred_mean / (1 - m ** self.pred_seen.float())  # bias-corrected, sums to 1
+        ratio = (self.class_prior / mean.clamp(min=1e-8)).to(prob)  # (K,)
+        aligned = prob * ratio.view(1, k, 1, 1)
+        return (aligned / aligned.sum(dim=1, keepdim=True)).max(dim=1)
 
     # ----------------------------------------------------------------------------------------
     def training_step(self, batch_x: Batch, batch_u: Batch | None, info: StepInfo) -> dict:
@@ -241,7 +283,7 @@ class DualTeacher(Method):
             )
 
         if f.ic_second_teacher_forward:  # differs from the first in train mode (dropout, BN)
-            conf, pl = self._predict(teacher, x_u, valid_u)
+            conf, pl = self._predict(teacher, x_u, valid_u, first=False)
         valid_ic = y != self.ignore_index if f.ic_mask_from_labeled else valid_u
         if logits_s is None:
             logits_s = self.student_forward(x_s)  # (B_u, K, H, W)
