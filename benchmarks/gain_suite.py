@@ -45,6 +45,8 @@ pseudo-label class balance against the truth's, and teacher-student pixel agreem
 
     python benchmarks/gain_suite.py --split tuning --seeds 3 --jobs 2 --out runs/gain_suite
     python benchmarks/gain_suite.py --split tuning --datasets shapes,scratches --steps-dt 600
+    python benchmarks/gain_suite.py --split tuning --warm-start --seeds 2 --out runs/knob \\
+        --supervised-from runs/gain_suite method.dual_teacher.ic_weight=0.5   # same supervised runs
     python benchmarks/gain_suite.py diagnose \\
         runs/gain_suite/tuning/shapes_draw100/dual_teacher_seed0 \\
         --truth runs/gain_suite/data/shapes_draw100/truth
@@ -55,6 +57,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -517,9 +520,13 @@ def run_suite(
     sizes: dict | None = None,
     config: str = BASE_CONFIG,
     warm_start: bool = False,
+    supervised_from: str | Path | None = None,
 ) -> dict:
     """Generate (or reuse) the datasets of ``split``'s draws, run ``compare`` on each, write
-    ``OUT/<split>/suite.md`` and ``suite.json``; returns the latter's content."""
+    ``OUT/<split>/suite.md`` and ``suite.json``; returns the latter's content.
+    ``supervised_from``: another suite's OUT whose datasets and supervised runs (same steps
+    and seeds) this one copies and reuses, so a Dual Teacher setting is screened against
+    the very same supervised runs (``copy_supervised``)."""
     from dualteacher.config import load_config
     from dualteacher.study.compare import compare, paired_difference
 
@@ -532,6 +539,8 @@ def run_suite(
     for draw in DRAWS[split]:
         for ds in select(datasets):
             where = dataset_dir(out, ds.name, draw)
+            if supervised_from is not None:
+                copy_supervised(Path(supervised_from), out, split, ds.name, draw)
             print(f"\n##### {ds.name} (draw {draw}): {where}")
             meta = write_dataset(ds, draw, where, **sizes)
             cfg = load_config(
@@ -599,6 +608,27 @@ def run_suite(
     print("\n" + format_table(result))
     print(f"\nwrote {out / split / 'suite.md'} and {out / split / 'suite.json'}")
     return result
+
+
+def copy_supervised(source: Path, out: Path, split: str, name: str, draw: int) -> list[Path]:
+    """Copy ``source``'s dataset folder and supervised run folders of one dataset and draw
+    into ``out`` (where ``out`` has none of its own), and return the copies. compare then
+    reuses those runs as finished: a continued run started from a copy of the same checkpoint
+    is the same plan (``same_checkpoint``), and a supervised run does not read the Dual
+    Teacher settings that differ. Copies, not links: no write of this suite reaches
+    ``source``."""
+    made = []
+    runs = source / split / f"{name}_draw{draw}"
+    if not runs.is_dir():
+        raise SystemExit(f"--supervised-from {source}: no {runs} (run that suite first)")
+    pairs = [(dataset_dir(source, name, draw), dataset_dir(out, name, draw))]
+    pairs += [(d, out / split / runs.name / d.name) for d in sorted(runs.glob("supervised*"))]
+    for src, dst in pairs:
+        if dst.exists() or not src.is_dir():
+            continue
+        shutil.copytree(src, dst, symlinks=True)
+        made.append(dst)
+    return made
 
 
 def _method_row(r: dict) -> dict:
@@ -1058,6 +1088,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--num-labeled", type=int, help="labelled images of every dataset")
     p.add_argument("--num-unlabeled", type=int, help="unlabelled images of every dataset")
     p.add_argument("--num-val", type=int, help="validation images of every dataset")
+    p.add_argument(
+        "--supervised-from",
+        metavar="OUT",
+        help="reuse another suite's datasets and supervised runs (copied, same steps and "
+        "seeds): screen a Dual Teacher setting against the same supervised runs",
+    )
     p.add_argument("--list", action="store_true", help="list the datasets and draws, and stop")
     p.add_argument("overrides", nargs="*", help="config overrides key=value for every run")
     a = p.parse_args(argv)
@@ -1083,6 +1119,7 @@ def main(argv: list[str] | None = None) -> dict:
         sizes=_sizes(a),
         config=a.config,
         warm_start=a.warm_start,
+        supervised_from=a.supervised_from,
     )
 
 

@@ -158,9 +158,10 @@ def test_demo_row_is_the_demo_data_of_that_seed(written):
 
 
 # ------------------------------------------------------------------------------ end to end
-def _tiny_suite(out, datasets: str, **kw) -> dict:
+def _tiny_suite(out, datasets: str, extra=(), **kw) -> dict:
     """The tuning suite on tiny images: 2 seeds, supervised 4 steps, Dual Teacher 2."""
     overrides = [o for o in TINY if not o.startswith("data.demo.")] + ["train.eval_every=1"]
+    overrides += list(extra)
     sizes = {"image_size": 32, **SIZES}
     return gs.run_suite(
         "tuning", out, seeds=2, datasets=datasets, steps_sup=4, steps_dt=2,
@@ -326,3 +327,25 @@ def test_warm_start_suite_measures_dual_teacher_against_supervised_continued(tmp
         [a - b for a, b in zip(dt["miou_per_seed"], best)]
     )
     assert "warm start" in (tmp_path / "tuning" / "suite.md").read_text()
+
+    # --supervised-from: a Dual Teacher setting screened against the very same supervised runs
+    runs = tmp_path / "tuning" / "shapes_draw100"
+    sources = sorted(runs.glob("supervised*/latest.pt"))
+    assert len(sources) == 4  # first and continued runs, two seeds
+    stamps = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sources}
+    other = _tiny_suite(
+        tmp_path / "b",
+        "shapes",
+        warm_start=True,
+        supervised_from=tmp_path,
+        extra=["method.dual_teacher.ic_weight=0.5"],
+    )
+    (row_b,) = other["datasets"]
+    assert row_b["supervised"]["miou_per_seed"] == row["supervised"]["miou_per_seed"]
+    assert row_b["supervised_best_per_seed"] == row["supervised_best_per_seed"]
+    copied = tmp_path / "b" / "tuning" / "shapes_draw100"
+    for src, (mtime, data) in stamps.items():
+        assert (src.stat().st_mtime_ns, src.read_bytes()) == (mtime, data)  # source untouched
+        assert (copied / src.parent.name / "latest.pt").read_bytes() == data  # not retrained
+    dt_b = json.loads(Path(row_b["summary"]).read_text())["results"][1]
+    assert dt_b["run_dirs"][0].startswith(str(copied))  # Dual Teacher trained anew there

@@ -138,7 +138,7 @@ def adopt_recorded_source(stored: dict[str, Any], cfg: Config, path) -> Config:
     given = cfg.train.init_from
     if given is None:
         return replace(cfg, train=replace(cfg.train, init_from=recorded))
-    if recorded is not None and _same_file(given, recorded):
+    if recorded is not None and same_checkpoint(given, recorded):
         return replace(cfg, train=replace(cfg.train, init_from=recorded))
     started = f"was started from {recorded}" if recorded else "did not start from a checkpoint"
     raise CheckpointError(
@@ -148,8 +148,18 @@ def adopt_recorded_source(stored: dict[str, Any], cfg: Config, path) -> Config:
     )
 
 
-def _same_file(a: str, b: str) -> bool:
-    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+def same_checkpoint(a: str | Path, b: str | Path) -> bool:
+    """Whether ``a`` and ``b`` hold the same checkpoint: one file (through a link or another
+    spelling of its path), or a copy of the same bytes (a run folder copied elsewhere)."""
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    if pa.resolve() == pb.resolve():
+        return True
+    try:
+        if pa.samefile(pb):
+            return True
+        return pa.stat().st_size == pb.stat().st_size and file_sha256(pa) == file_sha256(pb)
+    except OSError:  # one of them is gone: nothing says they are the same
+        return False
 
 
 __all__ = [
@@ -158,5 +168,6 @@ __all__ = [
     "describe",
     "load_source",
     "read_source",
+    "same_checkpoint",
     "teachers_of",
 ]

@@ -60,6 +60,7 @@ import yaml
 from dualteacher.checkpoint import find_resume_checkpoint
 from dualteacher.config import Config, check_values, load_config, to_yaml
 from dualteacher.data import build_data, run_index
+from dualteacher.engine.init_from import same_checkpoint
 from dualteacher.engine.run import run_length
 from dualteacher.engine.trainer import TrainResult, measure_step_seconds
 from dualteacher.errors import (
@@ -420,6 +421,19 @@ def run_budget(cfg: Config, by_time: bool) -> dict:
     return values
 
 
+def same_budget(recorded: dict | None, budget: dict) -> bool:
+    """Whether a run directory's recorded budget is ``budget``. A warm start's source counts as
+    a checkpoint, as resuming judges it (``same_checkpoint``): the same file by another path,
+    or a copy of it (supervised runs copied into another suite's folder), is the same plan."""
+    if not isinstance(recorded, dict):
+        return False
+    key = "train.init_from"
+    a, b = recorded.get(key), budget.get(key)
+    if a is not None and b is not None and same_checkpoint(a, b):
+        recorded = {**recorded, key: b}
+    return recorded == budget
+
+
 def _describe(budget: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in budget.items() if v is not None) or "the config's"
 
@@ -463,7 +477,7 @@ def check_budget(cfg: Config, fresh: bool, by_time: bool) -> None:
             record = json.loads(record_path.read_text())
         except (OSError, json.JSONDecodeError):
             record = None
-    if record is not None and record.get("budget") == budget:
+    if record is not None and same_budget(record.get("budget"), budget):
         return
     if not _started(run_dir):  # nothing trained there yet: this compare plans it
         write_json(record_path, {"budget": budget})
@@ -472,7 +486,7 @@ def check_budget(cfg: Config, fresh: bool, by_time: bool) -> None:
         planned, source = record.get("budget") or {}, ""
     else:
         planned, source = _budget_of_run(run_dir, by_time)
-        if planned == budget:  # an older compare's run of this budget: reused, now recorded
+        if same_budget(planned, budget):  # an older compare's run of this budget: reused
             write_json(record_path, {"budget": budget})
             return
     if not fresh:
