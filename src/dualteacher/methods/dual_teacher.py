@@ -249,7 +249,7 @@ class DualTeacher(Method):
         if int(self.pred_seen) == 0:
             return prob.max(dim=1)
         mean = self.pred_mean / (1 - m ** self.pred_seen.float())  # bias-corrected, sums to 1
-        ratio = (self.class_prior / mean.clamp(min=1e-8)).to(prob)  # (K,)
+        ratio = (self.class_prior.to(mean) / mean.clamp(min=1e-8)).to(prob)  # (K,)
         aligned = prob * ratio.view(1, k, 1, 1)
         return (aligned / aligned.sum(dim=1, keepdim=True)).max(dim=1)
 
