@@ -610,14 +610,13 @@ def run_suite(
     return result
 
 
-def copy_supervised(source: Path, out: Path, split: str, name: str, draw: int) -> list[Path]:
+def copy_supervised(source: Path, out: Path, split: str, name: str, draw: int) -> None:
     """Copy ``source``'s dataset folder and supervised run folders of one dataset and draw
-    into ``out`` (where ``out`` has none of its own), and return the copies. compare then
+    into ``out`` (where ``out`` has none of its own). compare then
     reuses those runs as finished: a continued run started from a copy of the same checkpoint
     is the same plan (``same_checkpoint``), and a supervised run does not read the Dual
     Teacher settings that differ. Copies, not links: no write of this suite reaches
     ``source``."""
-    made = []
     runs = source / split / f"{name}_draw{draw}"
     if not runs.is_dir():
         raise SystemExit(f"--supervised-from {source}: no {runs} (run that suite first)")
@@ -627,8 +626,6 @@ def copy_supervised(source: Path, out: Path, split: str, name: str, draw: int) -
         if dst.exists() or not src.is_dir():
             continue
         shutil.copytree(src, dst, symlinks=True)
-        made.append(dst)
-    return made
 
 
 def _method_row(r: dict) -> dict:

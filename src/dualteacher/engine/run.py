@@ -61,7 +61,7 @@ from dualteacher.engine.state import TrainState
 from dualteacher.engine.step import StepRunner
 from dualteacher.errors import CheckpointError, ConfigError, DataError
 from dualteacher.methods import Method, build_seeded_method, seed_all, unread_settings
-from dualteacher.methods.losses import class_weights
+from dualteacher.methods.losses import class_shares, class_weights
 from dualteacher.models.windows import check_eval_config
 
 
@@ -447,8 +447,7 @@ def build_training(
             shown = ", ".join(f"{c} {w:.2f}" for c, w in zip(classes, weights.tolist()))
             print(f"class weights ({cfg.method.class_weights}, from the labelled masks): {shown}")
     if method.needs_class_prior and stats is not None:
-        shares = torch.as_tensor(stats.pixels, dtype=torch.float64)
-        method.set_class_prior(shares / shares.sum().clamp(min=1))
+        method.set_class_prior(torch.as_tensor(class_shares(stats.pixels)))
         if verbose and dist.is_main:
             shown = ", ".join(f"{c} {p:.3f}" for c, p in zip(classes, method.class_prior.tolist()))
             print(f"distribution alignment to the labelled class shares: {shown}")

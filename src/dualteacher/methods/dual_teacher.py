@@ -159,6 +159,13 @@ def reco_augment(x, pl, conf, mean, std, pil_8bit: bool):
     return torch.stack(out_x), torch.stack(out_pl), torch.stack(out_conf)
 
 
+def _sum_over_processes(stats: torch.Tensor) -> torch.Tensor:
+    """``stats`` summed over every process under ``torchrun`` (in place); as is otherwise."""
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(stats)
+    return stats
+
+
 def rampup_weight(step: int, rampup_steps: int) -> float:
     """Sigmoid-shaped ramp from ~0.007 at step 0 to 1 at ``rampup_steps`` (and after)."""
     t = min(step / rampup_steps, 1.0)
@@ -236,20 +243,22 @@ class DualTeacher(Method):
         ``prob`` (B, K, H, W) times ``class_prior / mean prediction``, renormalised. With
         ``update``, the valid pixels' (B, H, W) mean softmax (all processes') first enters the
         running mean."""
+        # Tensor-only branches: no host synchronisation on the step's hot path.
         k = prob.shape[1]
         m = self.dt.class_thresh_momentum
         if update:
             w = valid.unsqueeze(1).to(prob.dtype)  # (B, 1, H, W)
             stats = torch.cat([(prob * w).sum(dim=(0, 2, 3)), w.sum().reshape(1)])  # (K + 1,)
-            if dist.is_available() and dist.is_initialized():
-                dist.all_reduce(stats)
-            if stats[k] > 0:
-                self.pred_mean.mul_(m).add_(stats[:k].to(self.pred_mean) / stats[k], alpha=1 - m)
-                self.pred_seen += 1
-        if int(self.pred_seen) == 0:
-            return prob.max(dim=1)
-        mean = self.pred_mean / (1 - m ** self.pred_seen.float())  # bias-corrected, sums to 1
-        ratio = (self.class_prior.to(mean) / mean.clamp(min=1e-8)).to(prob)  # (K,)
+            stats = _sum_over_processes(stats).to(self.pred_mean)
+            seen = stats[k] > 0  # a batch without valid pixels leaves the mean as it was
+            step = m * self.pred_mean + (1 - m) * stats[:k] / stats[k].clamp(min=1)
+            self.pred_mean.copy_(torch.where(seen, step, self.pred_mean))
+            self.pred_seen += seen.long()
+        # bias-corrected mean (sums to 1); before any update the ratio is 1: the plain softmax
+        mean = self.pred_mean / (1 - m ** self.pred_seen.float()).clamp(min=1e-12)
+        ratio = torch.where(
+            self.pred_seen > 0, self.class_prior.to(mean) / mean.clamp(min=1e-8), 1.0
+        ).to(prob)  # (K,)
         aligned = prob * ratio.view(1, k, 1, 1)
         return (aligned / aligned.sum(dim=1, keepdim=True)).max(dim=1)
 
@@ -343,10 +352,8 @@ class DualTeacher(Method):
         labels = pl[valid]
         sums = torch.zeros(k, device=conf.device).index_add_(0, labels, conf[valid].float())
         counts = torch.bincount(labels, minlength=k).float()
-        if dist.is_available() and dist.is_initialized():
-            stats = torch.cat([sums, counts])
-            dist.all_reduce(stats)
-            sums, counts = stats[:k], stats[k:]
+        stats = _sum_over_processes(torch.cat([sums, counts]))
+        sums, counts = stats[:k], stats[k:]
         present = (counts > 0).to(self.class_conf.device)
         mean = (sums / counts.clamp(min=1)).to(self.class_conf.device)
         m = self.dt.class_thresh_momentum

@@ -52,6 +52,13 @@ def masked_ce(
     return (ce * (keep & valid)).sum() / valid.sum().clamp(min=1)
 
 
+def class_shares(counts: np.ndarray) -> np.ndarray:
+    """(K,) each class's share of the labelled pixels from their ``counts`` (K,); zeros when
+    there are none."""
+    counts = np.asarray(counts, np.float64)
+    return counts / counts.sum() if counts.sum() > 0 else np.zeros_like(counts)
+
+
 def class_weights(counts: np.ndarray, rule: ClassWeights) -> torch.Tensor | None:
     """(K,) loss weights from the labelled pixel ``counts`` (K,) of each class, or None (rule
     ``none``). ``sqrt_inverse``: ``w_c = 1 / sqrt(f_c)``, ``f_c = counts_c / sum(counts)``,
@@ -60,10 +67,9 @@ def class_weights(counts: np.ndarray, rule: ClassWeights) -> torch.Tensor | None
     the largest weight of the others."""
     if rule == ClassWeights.none:
         return None
-    counts = np.asarray(counts, np.float64)
-    if counts.sum() <= 0:
+    freq = class_shares(counts)
+    if freq.sum() <= 0:
         return None
-    freq = counts / counts.sum()
     seen = freq > 0
     w = np.zeros_like(freq)
     w[seen] = 1.0 / np.sqrt(freq[seen])
