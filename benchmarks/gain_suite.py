@@ -28,7 +28,8 @@ parameters is reused, another one there is refused)::
                                            data.root: training never reads them)
     OUT/data/<name>_draw<seed>/dataset.json  its parameters (written last)
     OUT/<split>/<name>_draw<seed>/         that dataset's ``compare`` (runs, summary.json)
-    OUT/<split>/suite.md, suite.json       the table
+    OUT/<split>/suite.md, suite.json       the table (of every dataset run into OUT with the
+                                           same settings: ``--datasets`` may add them in turns)
 
 Statistics are ``dualteacher.study.compare``'s: per dataset the paired difference over training
 seeds (same seed, same data on both sides) with a Student-t 95 % interval. The suite mean is
@@ -584,11 +585,7 @@ def run_suite(
                     "spread_ratio": spread_ratio(dt["miou_per_seed"], sup["miou_per_seed"]),
                 }
             )
-    suite = {
-        key: _suite_mean(rows, key, paired_difference)
-        for key in ("final_vs_final", "final_vs_best")
-    }
-    result = {
+    settings = {
         "split": split,
         "draws": list(DRAWS[split]),
         "seeds": list(range(seeds)),
@@ -598,16 +595,40 @@ def run_suite(
         "config": config,
         "overrides": [*BASE_OVERRIDES, *overrides],
         "sizes": sizes,
-        "jobs": jobs,
-        "datasets": rows,
-        "suite": suite,
     }
+    rows = merge_rows(out / split / "suite.json", settings, rows)
+    suite = {
+        key: _suite_mean(rows, key, paired_difference)
+        for key in ("final_vs_final", "final_vs_best")
+    }
+    result = {**settings, "jobs": jobs, "datasets": rows, "suite": suite}
     (out / split).mkdir(parents=True, exist_ok=True)
     (out / split / "suite.json").write_text(json.dumps(result, indent=2))
     (out / split / "suite.md").write_text(format_markdown(result))
     print("\n" + format_table(result))
     print(f"\nwrote {out / split / 'suite.md'} and {out / split / 'suite.json'}")
     return result
+
+
+def merge_rows(path: Path, settings: dict, rows: list[dict]) -> list[dict]:
+    """``rows`` and the rows of the other datasets in the earlier ``suite.json`` at ``path``
+    when it was run with the same ``settings`` (steps, seeds, methods, overrides, ...): a suite
+    run a few datasets at a time (``--datasets``) into one ``--out`` ends with one table of
+    them all. A table of other settings is replaced (its runs stay where they are), and the
+    replacement is said."""
+    if not path.is_file():
+        return rows
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        print(f"note: {path} unreadable ({e}); it is replaced by this run's table")
+        return rows
+    if {k: earlier.get(k) for k in settings} != json.loads(json.dumps(settings)):
+        print(f"note: {path} holds a table of other settings; it is replaced by this run's")
+        return rows
+    new = {(r["dataset"], r["draw"]): r for r in rows}
+    merged = [new.pop((r["dataset"], r["draw"]), r) for r in earlier.get("datasets", [])]
+    return merged + list(new.values())  # a rerun row keeps its place, a new one comes last
 
 
 def copy_supervised(source: Path, out: Path, split: str, name: str, draw: int) -> None:

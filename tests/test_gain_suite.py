@@ -226,6 +226,22 @@ def test_suite_prints_one_table_and_writes_suite_json(suite, capsys):
     assert f"{worst[1]}: {worst[2]} {worst[0]:+.1f}" in table.splitlines()[-3]  # the suite row
 
 
+def test_suite_run_in_turns_keeps_every_datasets_row(suite, capsys):
+    """A rerun of some datasets into the same ``--out`` with the same settings reuses their
+    runs and keeps the other datasets' rows; another setting's table is replaced, and said."""
+    out, result = suite
+    again = _tiny_suite(out, "shapes")  # every run reused: nothing trains
+    assert [r["dataset"] for r in again["datasets"]] == ["scratches", "shapes"]
+    assert again["datasets"] == json.loads(json.dumps(result["datasets"]))
+    assert again["suite"] == json.loads(json.dumps(result["suite"]))
+    path = out / "tuning" / "suite.json"
+    settings = {k: again[k] for k in ("split", "steps", "overrides")}
+    rows = [again["datasets"][1]]
+    assert gs.merge_rows(path, settings, rows) == again["datasets"]
+    assert gs.merge_rows(path, {**settings, "steps": {"supervised": 8}}, rows) == rows
+    assert "holds a table of other settings" in capsys.readouterr().out
+
+
 def test_worst_class_and_spread_ratio_by_hand():
     dt = {"class_iou_per_seed": [[50.0, 10.0, None], [52.0, 20.0, None]]}
     sup = {"class_iou_per_seed": [[40.0, 18.0, 5.0], [44.0, 20.0, None]]}
