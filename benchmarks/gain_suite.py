@@ -901,6 +901,9 @@ def diagnose(
     - ``balance``: the class shares of the truth, of all pseudo-labels and of the confident
       ones;
     - ``agreement_with_student`` (teachers): the share of pixels with the student's class.
+
+    The softmax is the model's own: a run trained with ``distribution_alignment`` reweighted
+    it by a running mean that lives in the method, not in the models, and is not applied here.
     """
     import torch
     from PIL import Image
