@@ -895,6 +895,8 @@ def diagnose(
     - ``iou`` / ``precision`` / ``recall`` per class of all pseudo-labels against the truth,
       and ``confident.*`` the same for the confident pixels only (precision: of the pixels
       confidently labelled c, truly c; recall: of the truly-c pixels, confidently labelled c);
+      ``confused_with``: per true class, the other class that takes most of its pixels and
+      the percent of its pixels it takes (``confident.confused_with``: confidently);
     - ``confident_ratio_by_true_class`` (of the truly-c pixels, the share with a confident
       pseudo-label: a class the loss starves has a low one) and
       ``confident_ratio_by_pseudo_class`` (of the pixels labelled c, the share confident);
@@ -1006,11 +1008,19 @@ def _scores(mat, classes: list[str], recall_of=None) -> dict:
 
     iou = pct(tp, union)
     defined = [v for v in iou.values() if v is not None]
+    # per true class, the other class that takes most of its pixels: (K, K) with the diagonal
+    # out, row maximum -> (K,) counts and indices
+    off = mat.clone().fill_diagonal_(-1)
+    most, other = off.max(1)
     return {
         "miou": sum(defined) / len(defined) if defined else None,
         "iou": iou,
         "precision": pct(tp, pred),
         "recall": pct(tp, true_all),
+        "confused_with": {
+            n: ([classes[j], 100 * float(x) / float(y)] if y > 0 and x > 0 else None)
+            for n, j, x, y in zip(classes, other.tolist(), most, true_all)
+        },
     }
 
 
@@ -1035,7 +1045,8 @@ def format_diagnosis(d: dict) -> str:
             f"confident mIoU {f(m['confident']['miou'])}, "
             f"confident pixels {m['confident_share']:.1f} %{extra}",
             f"  {'class':<16}{'IoU':>6}{'prec':>6}{'rec':>6}{'cIoU':>6}{'cprec':>6}{'crec':>6}"
-            f"{'conf|true':>10}{'conf|pl':>8}{'truth%':>7}{'pl%':>6}{'cpl%':>6}",
+            f"{'conf|true':>10}{'conf|pl':>8}{'truth%':>7}{'pl%':>6}{'cpl%':>6}"
+            "  mostly mistaken for",
         ]
         for c in d["classes"]:
             b = m["balance"]
@@ -1046,15 +1057,21 @@ def format_diagnosis(d: dict) -> str:
                 f"{f(m['confident_ratio_by_true_class'][c]):>10}"
                 f"{f(m['confident_ratio_by_pseudo_class'][c]):>8}"
                 f"{f(b['truth'][c]):>7}{f(b['pseudo'][c]):>6}{f(b['confident_pseudo'][c]):>6}"
+                f"  {_confusion_text(m['confused_with'][c])}"
             )
     lines += [
         "",
         "IoU/prec/rec: all pseudo-labels against the truth; c*: confident pixels only (crec: of "
         "the truly-c pixels); conf|true: share of truly-c pixels that are confident; conf|pl: "
         "share of pixels labelled c that are confident; truth% / pl% / cpl%: class balance of "
-        "the truth, of all and of the confident pseudo-labels.",
+        "the truth, of all and of the confident pseudo-labels; mostly mistaken for: the "
+        "other class that takes most of the truly-c pixels, and their percent.",
     ]
     return "\n".join(lines)
+
+
+def _confusion_text(pair: list | None) -> str:
+    return "-" if pair is None else f"{pair[0]} {pair[1]:.1f} %"
 
 
 # ----------------------------------------------------------------------------------------- CLI

@@ -306,6 +306,15 @@ def test_diagnose_compares_pseudo_labels_with_the_truth(suite):
         _same(st["confident"]["precision"][name], precision)
         confident_share = 100 * said_c.sum() / confident.sum()
         assert st["balance"]["confident_pseudo"][name] == pytest.approx(confident_share)
+        # the other class that takes most of the truly-c pixels, and their percent
+        taken = np.bincount(pred[true_c], minlength=len(classes)).astype(float)
+        taken[c] = 0
+        if taken.max() > 0:
+            other, pct = st["confused_with"][name]
+            assert pct == pytest.approx(100 * taken.max() / true_c.sum())
+            assert taken[classes.index(other)] == taken.max() and other != name
+        else:
+            assert st["confused_with"][name] is None
     assert st["confident_share"] == pytest.approx(100 * confident.mean())
     assert 30 < st["confident_share"] < 70
     with torch.no_grad():
