@@ -1018,8 +1018,8 @@ def _scores(mat, classes: list[str], recall_of=None) -> dict:
         "precision": pct(tp, pred),
         "recall": pct(tp, true_all),
         "confused_with": {
-            n: ([classes[j], 100 * float(x) / float(y)] if y > 0 and x > 0 else None)
-            for n, j, x, y in zip(classes, other.tolist(), most, true_all)
+            n: ([classes[j], 100 * x / y] if y > 0 and x > 0 else None)
+            for n, j, x, y in zip(classes, other.tolist(), most.tolist(), true_all.tolist())
         },
     }
 
