@@ -12,6 +12,7 @@ reference with that one flag flipped gives another answer.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import defaultdict
 from dataclasses import dataclass, fields, replace
@@ -952,3 +953,65 @@ def test_distribution_alignment_counts_one_prediction_per_step():
     bx, bu = make_batches()
     method.training_step(bx, bu, StepInfo(step=1, epoch_steps=4))
     assert int(method.pred_seen) == 1
+
+
+def test_balance_confident_weighs_down_only_the_classes_handed_out_too_often():
+    """balance_confident: a confident pseudo-label of class c weighs min(1, p_c / q_c), q the
+    bias-corrected running share of the confident, valid pseudo-labels; unsure and ignore
+    pixels do not count in q, a class never handed out keeps 1, and no class weighs over 1."""
+    method = make_method("clean", "method.dual_teacher.balance_confident=true")
+    assert method.needs_class_prior and "conf_share" in method.state_dict()
+    method.set_class_prior(torch.tensor([0.5, 0.3, 0.2]))
+    torch.testing.assert_close(method.class_balance(), torch.ones(K))  # before any step
+    # 12 confident pixels: 9 of class 0, 3 of class 1; 2 unsure of class 2; 2 ignore
+    pl = torch.tensor([0] * 9 + [1] * 3 + [2] * 2 + [255] * 2).view(1, 4, 4)
+    conf = torch.tensor([0.99] * 12 + [0.5] * 2 + [0.99] * 2).view(1, 4, 4)
+    method._update_conf_share(conf, pl)
+    assert int(method.conf_share_seen) == 1
+    # q = (0.75, 0.25, 0): weights 0.5 / 0.75, min(1, 0.3 / 0.25), 1 (not handed out)
+    torch.testing.assert_close(method.class_balance(), torch.tensor([2 / 3, 1.0, 1.0]))
+    # a step without confident pixels leaves the running share as it was
+    method._update_conf_share(torch.zeros(1, 4, 4), pl)
+    assert int(method.conf_share_seen) == 1
+    plain = make_method("clean")
+    assert not plain.needs_class_prior and "conf_share" not in plain.state_dict()
+    assert plain._weigh(pl) is None
+
+
+@pytest.mark.parametrize("k", [0, 1])
+def test_balance_confident_weighs_every_unsupervised_term(k):
+    """The step's IC loss is the masked CE with each pixel weighed by its pseudo-label's
+    class_balance (this step's counts included); and both mixing branches weigh too: with a
+    labelled prior of zeros every confident label weighs 0, so the unsupervised losses vanish
+    where off they do not."""
+    method = make_method(
+        "clean", "method.dual_teacher.balance_confident=true", "method.conf_thresh=0.3"
+    )
+    method.set_class_prior(torch.tensor([0.1, 0.1, 0.8]))
+    bx, bu = make_batches()
+    calls = record_forwards(method)
+    out = method.training_step(bx, bu, StepInfo(step=4 * k + 1, epoch_steps=4))
+    valid = ~bu["ignore"]
+    conf, pl = _pseudo(calls[TEACHER_NAMES[k]][0], valid)
+    keep = (conf >= 0.3) & valid
+    shares = torch.bincount(pl[keep], minlength=K).float() / keep.sum()
+    expected_w = torch.where(shares > 0, (torch.tensor([0.1, 0.1, 0.8]) / shares).clamp(max=1), 1)
+    torch.testing.assert_close(method.class_balance(), expected_w)
+    assert float(expected_w.min()) < 1  # the draw does weigh a class down
+    (strong,) = [c for c in calls["student"] if len(c.input) == B]
+    ce = F.cross_entropy(strong.output, pl, reduction="none", ignore_index=255)
+    weighted = ce * expected_w[pl.clamp(max=K - 1)] * keep
+    torch.testing.assert_close(out["loss_ic"], weighted.sum() / valid.sum())
+
+    mix_key = f"loss_{BRANCHES[k]}"
+    for balance, mix_loss in itertools.product((False, True), ("masked", "weighted")):
+        zero = make_method(
+            "clean",
+            f"method.dual_teacher.balance_confident={str(balance).lower()}",
+            f"method.dual_teacher.mix_loss={mix_loss}",
+            "method.conf_thresh=0.3",
+        )
+        zero.set_class_prior(torch.zeros(K))
+        out = zero.training_step(bx, bu, StepInfo(step=4 * k + 1, epoch_steps=4))
+        assert (float(out[mix_key]) == 0.0) == balance, (balance, mix_loss, out[mix_key])
+        assert (float(out["loss_ic"]) == 0.0) == balance

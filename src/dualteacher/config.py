@@ -220,6 +220,13 @@ class DualTeacherConfig:
     # under-predicts against the labels is not starved of pseudo-labels (docs/gain.md,
     # "Distribution alignment").
     distribution_alignment: bool = False
+    # false (official): every confident pseudo-label weighs 1 in the unsupervised terms. true:
+    # one of class c weighs min(1, p_c / q_c), p_c the labelled masks' share of c, q_c a running
+    # mean (momentum class_thresh_momentum) of c's share of the teacher's confident pseudo-labels:
+    # a class the teacher hands out more often than the labels hold it (in practice the
+    # background) counts only as much as the labels say, and no class is weighed up, so no
+    # unsure label gains weight (docs/gain.md, "Confident background, weighed down").
+    balance_confident: bool = False
     # false (official): the student's IC forward on the strong view is its own pass. true: it
     # joins the labelled + mixed batch, one student forward of B + 2 B_u images instead of two
     # (fewer, larger kernels: faster on a CPU, docs/scaling.md); the same losses, except that

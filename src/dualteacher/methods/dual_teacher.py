@@ -205,20 +205,25 @@ class DualTeacher(Method):
             self.register_buffer("class_seen", torch.zeros(student.num_classes, dtype=torch.long))
 
         self.align = self.dt.distribution_alignment
-        self.needs_class_prior = self.align
+        self.balance = self.dt.balance_confident
+        self.needs_class_prior = self.align or self.balance
+        k = student.num_classes
+        # class_prior (K,): the labelled masks' class shares (``set_class_prior``; uniform
+        # until set). Not a buffer: every start recomputes it from the same labelled set.
+        self.class_prior = torch.full((k,), 1.0 / k)
         if self.align:
-            # class_prior (K,): the labelled masks' class shares (``set_class_prior``; uniform
-            # until set). Not a buffer: every start recomputes it from the same labelled set.
             # pred_mean (K,): EMA of the teacher's mean softmax over valid unlabelled pixels,
             # from 0, pred_seen: its steps (bias correction); buffers, so resume is exact.
-            k = student.num_classes
-            self.class_prior = torch.full((k,), 1.0 / k)
             self.register_buffer("pred_mean", torch.zeros(k))
             self.register_buffer("pred_seen", torch.zeros((), dtype=torch.long))
+        if self.balance:
+            # conf_share (K,): EMA of each class's share of the confident pseudo-labels, from 0;
+            # conf_share_seen: its steps (bias correction); buffers, so resume is exact.
+            self.register_buffer("conf_share", torch.zeros(k))
+            self.register_buffer("conf_share_seen", torch.zeros((), dtype=torch.long))
 
     def set_class_prior(self, shares: torch.Tensor) -> None:
-        if self.align:
-            self.class_prior = shares.float().to(self.pred_mean.device)
+        self.class_prior = shares.float().to(self.class_prior.device)
 
     def active(self, info: StepInfo) -> int:
         return active_teacher(info.epoch, self.dt.switch_every)
@@ -282,6 +287,8 @@ class DualTeacher(Method):
         conf, pl = self._predict(teacher, x_u, valid_u)
         if self.class_adaptive:
             self._update_class_conf(conf, pl)
+        if self.balance:
+            self._update_conf_share(conf, pl)
         # fused_forward: the IC view rides along in the branch's student forward
         x_ic = x_s if self.dt.fused_forward else None
         if k == 0:
@@ -296,7 +303,9 @@ class DualTeacher(Method):
         valid_ic = y != self.ignore_index if f.ic_mask_from_labeled else valid_u
         if logits_s is None:
             logits_s = self.student_forward(x_s)  # (B_u, K, H, W)
-        loss_ic = masked_ce(logits_s, pl, self._confident(conf, pl), valid_ic, self.ignore_index)
+        loss_ic = masked_ce(
+            logits_s, pl, self._confident(conf, pl), valid_ic, self.ignore_index, self._weigh(pl)
+        )
 
         if self.dt.rampup_steps:
             w = rampup_weight(info.step, self.dt.rampup_steps)
@@ -334,6 +343,42 @@ class DualTeacher(Method):
         m = self.class_conf / (1 - self.dt.class_thresh_momentum**self.class_seen).clamp(min=1e-12)
         scaled = self.conf_thresh * m / m[seen].max()
         return torch.where(seen, scaled, torch.full_like(m, self.conf_thresh))
+
+    def class_balance(self) -> torch.Tensor:
+        """(K,) weight of a confident pseudo-label of each class (``balance_confident``):
+        ``min(1, p_c / q_c)``, ``p`` the labelled shares, ``q`` the bias-corrected running share
+        of the confident pseudo-labels; 1 for a class not yet handed out, and 1 everywhere
+        before the first step (or with the option off)."""
+        k = self.student.num_classes
+        if not self.balance:
+            return torch.ones(k)
+        m = self.dt.class_thresh_momentum
+        q = self.conf_share / (1 - m ** self.conf_share_seen.float()).clamp(min=1e-12)
+        ratio = self.class_prior.to(q) / q.clamp(min=1e-8)
+        return torch.where(q > 0, ratio.clamp(max=1.0), torch.ones_like(q))
+
+    def _weigh(self, pl: torch.Tensor) -> torch.Tensor | None:
+        """(B, H, W) weight of each pixel's pseudo-label ``pl`` (B, H, W) in the unsupervised
+        losses, or None (every pixel 1: ``balance_confident`` off)."""
+        if not self.balance:
+            return None
+        w = self.class_balance()
+        return w[pl.clamp(max=len(w) - 1)]  # ignore pixels take any weight: masked by callers
+
+    @torch.no_grad()
+    def _update_conf_share(self, conf: torch.Tensor, pl: torch.Tensor) -> None:
+        """One EMA step of ``conf_share`` from the class counts of this step's confident,
+        valid pseudo-labels ``pl`` (B, H, W) (all processes' together); a step with none leaves
+        it as it was."""
+        k = len(self.conf_share)
+        labels = pl[self._confident(conf, pl) & (pl != self.ignore_index)]
+        counts = _sum_over_processes(torch.bincount(labels, minlength=k).float())
+        counts = counts.to(self.conf_share)
+        total = counts.sum()
+        m = self.dt.class_thresh_momentum
+        step = m * self.conf_share + (1 - m) * counts / total.clamp(min=1)
+        self.conf_share.copy_(torch.where(total > 0, step, self.conf_share))
+        self.conf_share_seen += (total > 0).long()
 
     def _confident(self, conf: torch.Tensor, pl: torch.Tensor) -> torch.Tensor:
         """(B, H, W) bool: the pseudo-labels ``pl`` (B, H, W) whose confidence ``conf`` reaches
@@ -388,13 +433,16 @@ class DualTeacher(Method):
         valid = pl_mix != self.ignore_index
         confident = self._confident(conf_w, pl_mix) & valid
         mask_ratio = confident.sum() / valid.sum().clamp(min=1)
+        pixel_w = self._weigh(pl_mix)
         if self.dt.mix_loss == MixLoss.masked:
-            loss_mix = masked_ce(logits_u, pl_mix, confident, valid, self.ignore_index)
+            loss_mix = masked_ce(logits_u, pl_mix, confident, valid, self.ignore_index, pixel_w)
             return loss_x, loss_mix, mask_ratio, logits_ic
         # Per image: weight = its share of confident pixels; loss = mean of the weighted CE
         # over the pixels with CE > 0 (ReCo's `compute_unsupervised_loss`).
         weight = confident.flatten(1).sum(1) / valid.flatten(1).sum(1).clamp(min=1)  # (B,)
         ce = F.cross_entropy(logits_u, pl_mix, reduction="none", ignore_index=self.ignore_index)
+        if pixel_w is not None:
+            ce = ce * pixel_w
         weighted = (weight.view(-1, 1, 1) * ce)[ce > 0]
         loss_mix = weighted.mean() if weighted.numel() else ce.sum() * 0
         return loss_x, loss_mix, mask_ratio, logits_ic
@@ -414,10 +462,13 @@ class DualTeacher(Method):
         valid = pl_cm != self.ignore_index  # all pixels in faithful (padding_in_unsup)
         confident = self._confident(conf_cm, pl_cm) & valid
         weight = confident.sum() / valid.sum().clamp(min=1)  # one scalar for the batch
+        pixel_w = self._weigh(pl_cm)
         if self.dt.mix_loss == MixLoss.masked:
-            loss_mix = masked_ce(logits_u, pl_cm, confident, valid, self.ignore_index)
+            loss_mix = masked_ce(logits_u, pl_cm, confident, valid, self.ignore_index, pixel_w)
             return loss_x, loss_mix, weight, logits_ic
         ce = F.cross_entropy(logits_u, pl_cm, reduction="none", ignore_index=self.ignore_index)
+        if pixel_w is not None:
+            ce = ce * pixel_w
         loss_mix = (weight * ce).sum() / valid.sum().clamp(min=1)  # official: mean over pixels
         return loss_x, loss_mix, weight, logits_ic
 
@@ -431,4 +482,6 @@ class DualTeacher(Method):
         }
         if self.class_adaptive:  # the lowest class threshold: how far a class was let in
             out["threshold_min"] = float(self.class_thresholds().min())
+        if self.balance:  # the most weighed-down class: how far the balance reaches
+            out["balance_min"] = float(self.class_balance().min())
         return out

@@ -41,14 +41,19 @@ def masked_ce(
     keep: torch.Tensor,
     valid: torch.Tensor,
     ignore_index: int = 255,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``sum(CE * keep) / count(valid)``: confident pixels trained, averaged over all valid ones.
+    """``sum(CE * keep * weight) / count(valid)``: confident pixels trained, averaged over all
+    valid ones.
 
     ``keep`` (B, H, W) bool marks confident pixels; ``valid`` (B, H, W) bool the pixels that
-    count in the denominator (not padding). This is UniMatch's and the official IC loss's
-    normalisation: a batch with few confident pixels gives a small loss, not a noisy one.
+    count in the denominator (not padding); ``weight`` (B, H, W), optional, each pixel's weight
+    (1 without). This is UniMatch's and the official IC loss's normalisation: a batch with few
+    confident pixels gives a small loss, not a noisy one.
     """
     ce = F.cross_entropy(logits, target, reduction="none", ignore_index=ignore_index)
+    if weight is not None:
+        ce = ce * weight
     return (ce * (keep & valid)).sum() / valid.sum().clamp(min=1)
 
 
