@@ -276,4 +276,8 @@ def test_training_reads_the_labelled_set_once_and_warns_of_the_crop(tmp_path, ca
     pixels = labelled_stats(run.bundle.labeled, run.bundle.num_classes).pixels
     shares = torch.as_tensor(pixels / pixels.sum(), dtype=torch.float32)
     torch.testing.assert_close(run.method.class_prior, shares)
-    assert "distribution alignment to the labelled class shares" in out
+    assert "labelled class shares (alignment / balance prior)" in out
+    # balance_confident alone wants the same prior
+    args[-2:-1] = ["method.dual_teacher.balance_confident=true"]
+    balanced = build_training(load_config("demo", [*args[:-1], f"train.out_dir={tmp_path / 'b'}"]))
+    torch.testing.assert_close(balanced.method.class_prior, shares)

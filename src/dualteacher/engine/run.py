@@ -450,7 +450,7 @@ def build_training(
         method.set_class_prior(torch.as_tensor(class_shares(stats.pixels)))
         if verbose and dist.is_main:
             shown = ", ".join(f"{c} {p:.3f}" for c, p in zip(classes, method.class_prior.tolist()))
-            print(f"distribution alignment to the labelled class shares: {shown}")
+            print(f"labelled class shares (alignment / balance prior): {shown}")
     train_data = cfg.data  # what the training loaders build, with data.strong.colour resolved
     if auto and stats is not None:
         score = stats.colour_separability()
