@@ -166,6 +166,12 @@ def _sum_over_processes(stats: torch.Tensor) -> torch.Tensor:
     return stats
 
 
+def bias_corrected(ema: torch.Tensor, seen: torch.Tensor, momentum: float) -> torch.Tensor:
+    """An EMA started from 0 divided by ``1 - momentum ** seen`` (as Adam's moments): the
+    average of the ``seen`` steps it took, from the first (``seen``: a count, or one per entry)."""
+    return ema / (1 - momentum ** seen.float()).clamp(min=1e-12)
+
+
 def rampup_weight(step: int, rampup_steps: int) -> float:
     """Sigmoid-shaped ramp from ~0.007 at step 0 to 1 at ``rampup_steps`` (and after)."""
     t = min(step / rampup_steps, 1.0)
@@ -260,7 +266,7 @@ class DualTeacher(Method):
             self.pred_mean.copy_(torch.where(seen, step, self.pred_mean))
             self.pred_seen += seen.long()
         # bias-corrected mean (sums to 1); before any update the ratio is 1: the plain softmax
-        mean = self.pred_mean / (1 - m ** self.pred_seen.float()).clamp(min=1e-12)
+        mean = bias_corrected(self.pred_mean, self.pred_seen, m)
         ratio = torch.where(
             self.pred_seen > 0, self.class_prior.to(mean) / mean.clamp(min=1e-8), 1.0
         ).to(prob)  # (K,)
@@ -338,9 +344,8 @@ class DualTeacher(Method):
             return torch.full((k,), self.conf_thresh)
         if not bool((self.class_seen > 0).any()):
             return torch.full((k,), self.conf_thresh, device=self.class_conf.device)
-        # Bias-corrected EMA (as Adam's moments): an average of the steps seen, from the first.
         seen = self.class_seen > 0
-        m = self.class_conf / (1 - self.dt.class_thresh_momentum**self.class_seen).clamp(min=1e-12)
+        m = bias_corrected(self.class_conf, self.class_seen, self.dt.class_thresh_momentum)
         scaled = self.conf_thresh * m / m[seen].max()
         return torch.where(seen, scaled, torch.full_like(m, self.conf_thresh))
 
@@ -352,8 +357,7 @@ class DualTeacher(Method):
         k = self.student.num_classes
         if not self.balance:
             return torch.ones(k)
-        m = self.dt.class_thresh_momentum
-        q = self.conf_share / (1 - m ** self.conf_share_seen.float()).clamp(min=1e-12)
+        q = bias_corrected(self.conf_share, self.conf_share_seen, self.dt.class_thresh_momentum)
         ratio = self.class_prior.to(q) / q.clamp(min=1e-8)
         return torch.where(q > 0, ratio.clamp(max=1.0), torch.ones_like(q))
 
