@@ -8,7 +8,9 @@ trains on them exactly as on a user's own folder. ``run`` trains supervised (to 
 Dual Teacher (``--steps-dt``) for every training seed through ``dualteacher.study.compare`` and
 prints one table: per dataset both methods' final and best mIoU, the paired differences
 Dual Teacher final - supervised final and Dual Teacher final - supervised best (mean, 95 %
-interval, per seed), and the suite mean.
+interval, per seed), and the suite mean; under it, the bar (``against_the_bar``): which
+datasets have Dual Teacher above supervised's best with the interval above 0, which classes fall
+more than 5 points, and where Dual Teacher's seed spread is over 1.5x supervised's, by name.
 
 Tuning and held-out. Every dataset is a pure function of its generator and a data seed, the
 *draw*. ``DRAWS`` (below, the one place this is declared) splits the draws: ``tuning`` draws
@@ -784,13 +786,61 @@ def _ratio_text(ratio: float | None) -> str:
     return "-" if ratio is None else f"{ratio:.1f}x"
 
 
+# The bar a recipe is held to (issue 23's "done when"): on every dataset Dual Teacher's final
+# mIoU above supervised's best with the paired interval above 0, the suite mean at least
+# BAR_MEAN above it, no class more than BAR_CLASS_DROP points below supervised's final, and
+# Dual Teacher's spread over seeds at most BAR_SPREAD times supervised's.
+BAR_MEAN = 3.0
+BAR_CLASS_DROP = 5.0
+BAR_SPREAD = 1.5
+
+
+def against_the_bar(result: dict) -> list[str]:
+    """Four lines that say, from the table alone, which datasets and classes meet the bar and
+    which do not (the names, not only the counts), so a claim about the bar is the command's
+    output and never a sum done by hand."""
+    rows = result["datasets"]
+    names = [f"{r['dataset']}@{r['draw']}" for r in rows]
+
+    def listed(pairs: list[tuple[str, str]]) -> str:
+        return ", ".join(f"{n} {v}" for n, v in pairs) if pairs else "none"
+
+    above = [n for n, r in zip(names, rows) if (r["final_vs_best"].get("ci95") or [0])[0] > 0]
+    below = [
+        (n, _diff(r["final_vs_best"], per_seed=False))
+        for n, r in zip(names, rows)
+        if n not in above
+    ]
+    mean = result["suite"]["final_vs_best"]["mean"]
+    drops = [
+        (f"{n}: {c}", f"{v:+.1f}")
+        for n, r in zip(names, rows)
+        for c, v in (r.get("class_diff") or {}).items()
+        if v is not None and v < -BAR_CLASS_DROP
+    ]
+    wide = [
+        (n, _ratio_text(r["spread_ratio"]))
+        for n, r in zip(names, rows)
+        if r.get("spread_ratio") is not None and r["spread_ratio"] > BAR_SPREAD
+    ]
+    return [
+        f"- DT final above sup best, 95 % interval above 0: {len(above)} of {len(rows)} "
+        f"datasets ({', '.join(above) or 'none'}); not: {listed(below)}",
+        f"- suite mean of DT final - sup best: {mean:+.2f} "
+        f"({'meets' if mean >= BAR_MEAN else 'below'} the bar of +{BAR_MEAN:.0f})",
+        f"- classes more than {BAR_CLASS_DROP:.0f} points below sup final: {listed(drops)}",
+        f"- std DT / sup final above {BAR_SPREAD}x: {listed(wide)}",
+    ]
+
+
 def format_table(result: dict) -> str:
-    """The terminal table: one row per dataset, then the suite mean."""
+    """The terminal table: one row per dataset, then the suite mean, then the bar."""
     cells = [_HEAD, *_cells(result)]
     widths = [max(len(row[i]) for row in cells) for i in range(len(_HEAD))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
     lines.insert(1, "-" * len(lines[0]))
-    return "\n".join([_caption(result), "", *lines, "", _footnote(result)])
+    bar = ["Against the bar:", *against_the_bar(result)]
+    return "\n".join([_caption(result), "", *lines, "", _footnote(result), "", *bar])
 
 
 def _mean_std(xs: list[float]) -> tuple[float, float | None]:
@@ -838,6 +888,10 @@ def format_markdown(result: dict) -> str:
         *("| " + " | ".join(row) + " |" for row in cells),
         "",
         _footnote(result),
+        "",
+        "Against the bar:",
+        "",
+        *against_the_bar(result),
         "",
         f"Config `{result['config']}` with overrides `{' '.join(result['overrides']) or '-'}`.",
         "",

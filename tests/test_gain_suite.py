@@ -223,7 +223,32 @@ def test_suite_prints_one_table_and_writes_suite_json(suite, capsys):
         ((v, r["dataset"], c) for r in doc["datasets"] for c, v in r["class_diff"].items()),
         key=lambda t: t[0] if t[0] is not None else np.inf,
     )
-    assert f"{worst[1]}: {worst[2]} {worst[0]:+.1f}" in table.splitlines()[-3]  # the suite row
+    suite_row = next(line for line in table.splitlines() if line.startswith("SUITE MEAN"))
+    assert f"{worst[1]}: {worst[2]} {worst[0]:+.1f}" in suite_row
+    assert table.splitlines()[-5:] == ["Against the bar:", *gs.against_the_bar(doc)]
+    assert "\n".join(gs.against_the_bar(doc)) in md
+
+
+def test_against_the_bar_names_what_misses_it():
+    """Each line of the bar, on rows just either side of its threshold."""
+
+    def row(name, lo, drop, ratio):
+        d = {"mean": lo + 1.0, "ci95": [lo, lo + 2.0], "per_seed": [lo + 1.0]}
+        return {
+            "dataset": name, "draw": 7, "final_vs_best": d, "spread_ratio": ratio,
+            "class_diff": {"bg": 1.0, "rare": drop, "gone": None},
+        }  # fmt: skip
+
+    rows = [row("a", 0.1, -5.1, 1.6), row("b", -0.1, -4.9, 1.4), row("c", 0.5, -2.0, None)]
+    result = {"datasets": rows, "suite": {"final_vs_best": {"mean": 2.9}}}
+    lines = gs.against_the_bar(result)
+    assert lines[0].startswith("- DT final above sup best, 95 % interval above 0: 2 of 3")
+    assert "(a@7, c@7); not: b@7 +0.90 [-0.10, +1.90]" in lines[0]
+    assert lines[1] == "- suite mean of DT final - sup best: +2.90 (below the bar of +3)"
+    assert lines[2] == "- classes more than 5 points below sup final: a@7: rare -5.1"
+    assert lines[3] == "- std DT / sup final above 1.5x: a@7 1.6x"
+    result["suite"]["final_vs_best"]["mean"] = 3.0
+    assert gs.against_the_bar(result)[1].endswith("(meets the bar of +3)")
 
 
 def test_suite_run_in_turns_keeps_every_datasets_row(suite, capsys):
