@@ -50,6 +50,7 @@ pseudo-label class balance against the truth's, and teacher-student pixel agreem
     python benchmarks/gain_suite.py --split tuning --datasets shapes,scratches --steps-dt 600
     python benchmarks/gain_suite.py --split tuning --warm-start --seeds 2 --out runs/knob \\
         --supervised-from runs/gain_suite method.dual_teacher.ic_weight=0.5   # same supervised runs
+    python benchmarks/gain_suite.py table runs/gain_suite/tuning/suite.json   # print it again
     python benchmarks/gain_suite.py diagnose \\
         runs/gain_suite/tuning/shapes_draw100/dual_teacher_seed0 \\
         --truth runs/gain_suite/data/shapes_draw100/truth
@@ -1161,6 +1162,19 @@ def main(argv: list[str] | None = None) -> dict:
         if a.json:
             Path(a.json).write_text(json.dumps(d, indent=2))
         return d
+    if argv[:1] == ["table"]:
+        p = argparse.ArgumentParser(
+            prog="gain_suite.py table",
+            description="Print a finished suite's table and its bar again (trains nothing)",
+        )
+        p.add_argument("suite_json", help="OUT/<split>/suite.json")
+        a = p.parse_args(argv[1:])
+        path = Path(a.suite_json)
+        if not path.is_file():
+            raise SystemExit(f"{path}: no such file (give OUT/<split>/suite.json of a suite run)")
+        result = json.loads(path.read_text())
+        print(format_table(result))
+        return result
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--split", choices=list(DRAWS), help="which draws (DRAWS): required")
     p.add_argument("--seeds", type=int, default=3, help="training seeds 0..N-1 per method")

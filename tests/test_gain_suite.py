@@ -229,6 +229,15 @@ def test_suite_prints_one_table_and_writes_suite_json(suite, capsys):
     assert "\n".join(gs.against_the_bar(doc)) in md
 
 
+def test_table_prints_a_finished_suite_again(suite, capsys, tmp_path):
+    out, result = suite
+    capsys.readouterr()
+    assert gs.main(["table", str(out / "tuning" / "suite.json")]) == json.loads(json.dumps(result))
+    assert capsys.readouterr().out == gs.format_table(result) + "\n"
+    with pytest.raises(SystemExit, match="no such file"):
+        gs.main(["table", str(tmp_path / "suite.json")])
+
+
 def test_against_the_bar_names_what_misses_it():
     """Each line of the bar, on rows just either side of its threshold."""
 
