@@ -692,6 +692,11 @@ def spread_ratio(dt: list[float], sup: list[float]) -> float | None:
     return a / b if b > 0 else math.inf
 
 
+def _row_name(row: dict) -> str:
+    """``shapes@2026``: a suite row's dataset and draw, as every table names it."""
+    return f"{row['dataset']}@{row['draw']}"
+
+
 def _suite_mean(rows: list[dict], key: str, paired_difference) -> dict:
     """Mean over datasets of the per-dataset paired means; 95 % interval over datasets (one
     value per dataset) and, as ``ci95_pooled``, over all dataset x seed differences."""
@@ -703,7 +708,7 @@ def _suite_mean(rows: list[dict], key: str, paired_difference) -> dict:
         "mean": over_datasets["mean"],
         "std_over_datasets": over_datasets["std"],
         "ci95": over_datasets["ci95"],
-        "per_dataset": dict(zip([f"{r['dataset']}@{r['draw']}" for r in rows], means)),
+        "per_dataset": dict(zip(map(_row_name, rows), means)),
         "mean_pooled": over_all["mean"],
         "ci95_pooled": over_all["ci95"],
         "n_datasets": len(rows),
@@ -743,7 +748,7 @@ def _cells(result: dict) -> list[list[str]]:
         s, t = r["supervised"], r["dual_teacher"]
         rows.append(
             [
-                f"{r['dataset']}@{r['draw']}",
+                _row_name(r),
                 _pm(s["miou"], s["miou_std"]),
                 _pm(*_mean_std(r.get("supervised_best_per_seed", s["best_miou_per_seed"]))),
                 _pm(t["miou"], t["miou_std"]),
@@ -801,17 +806,17 @@ def against_the_bar(result: dict) -> list[str]:
     which do not (the names, not only the counts), so a claim about the bar is the command's
     output and never a sum done by hand."""
     rows = result["datasets"]
-    names = [f"{r['dataset']}@{r['draw']}" for r in rows]
+    names = [_row_name(r) for r in rows]
 
     def listed(pairs: list[tuple[str, str]]) -> str:
         return ", ".join(f"{n} {v}" for n, v in pairs) if pairs else "none"
 
-    above = [n for n, r in zip(names, rows) if (r["final_vs_best"].get("ci95") or [0])[0] > 0]
-    below = [
-        (n, _diff(r["final_vs_best"], per_seed=False))
-        for n, r in zip(names, rows)
-        if n not in above
-    ]
+    above, below = [], []  # one pass: each dataset lands in exactly one of the two
+    for n, r in zip(names, rows):
+        if (r["final_vs_best"].get("ci95") or [0])[0] > 0:
+            above.append(n)
+        else:
+            below.append((n, _diff(r["final_vs_best"], per_seed=False)))
     mean = result["suite"]["final_vs_best"]["mean"]
     drops = [
         (f"{n}: {c}", f"{v:+.1f}")
@@ -902,7 +907,7 @@ def format_markdown(result: dict) -> str:
     for r in result["datasets"]:
         z = r["sizes"]
         lines.append(
-            f"| {r['dataset']}@{r['draw']} | {r['num_classes']} | {z['num_labeled']} / "
+            f"| {_row_name(r)} | {r['num_classes']} | {z['num_labeled']} / "
             f"{z['num_unlabeled']} / {z['num_val']} | {z['image_size']} | {r['character']} |"
         )
     return "\n".join(lines) + "\n"
