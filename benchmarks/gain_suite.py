@@ -45,6 +45,9 @@ checkpoint's teachers and student over the unlabelled images and compares their 
 with the true masks kept aside: per-class IoU / precision / recall (all pseudo-labels and the
 confident ones), per-class confident-pixel ratio at the run's ``method.conf_thresh``,
 pseudo-label class balance against the truth's, and teacher-student pixel agreement.
+``panel [LABEL=]CKPT ... --data OUT/data/<name>_draw<seed>/data --class C --out PNG`` follows
+one class through several checkpoints on the validation images: its IoU, precision, recall
+and the class that takes most of its pixels, and a figure of the images where it is largest.
 
     python benchmarks/gain_suite.py --split tuning --seeds 3 --jobs 2 --out runs/gain_suite
     python benchmarks/gain_suite.py --split tuning --datasets shapes,scratches --steps-dt 600
@@ -54,6 +57,8 @@ pseudo-label class balance against the truth's, and teacher-student pixel agreem
     python benchmarks/gain_suite.py diagnose \\
         runs/gain_suite/tuning/shapes_draw100/dual_teacher_seed0 \\
         --truth runs/gain_suite/data/shapes_draw100/truth
+    python benchmarks/gain_suite.py panel sup=RUN_A dt=RUN_B \\
+        --data runs/gain_suite/data/ten_textures_draw100/data --class beans --out beans.png
 """
 
 from __future__ import annotations
@@ -1084,6 +1089,101 @@ def _scores(mat, classes: list[str], recall_of=None) -> dict:
     }
 
 
+def class_panel(
+    data: str | Path,
+    checkpoints: dict[str, str | Path],
+    cls: str,
+    out: str | Path,
+    n: int = 6,
+    device: str | None = None,
+) -> dict:
+    """Where one class's validation pixels go, for several checkpoints of one dataset.
+
+    ``data``: a folder dataset (``val/images``, ``val/masks``, ``classes.yaml``: a suite
+    dataset's ``data/``); ``checkpoints``: label -> checkpoint file or run directory. Draws to
+    ``out`` (PNG) the ``n`` validation images where ``cls`` covers the most pixels: image, true
+    mask and each checkpoint's student prediction, ``cls`` in yellow and the most common class
+    in dark grey. Returns, per checkpoint over the whole validation set, ``cls``'s IoU,
+    precision and recall (percent) and the class that takes most of its pixels with its share
+    (``confused_with``), as ``diagnose`` scores them, and the images drawn."""
+    import torch
+    import yaml
+    from PIL import Image
+
+    from dualteacher.metrics import ConfusionMatrix
+    from dualteacher.plots import default_palette, label_colors, plot_samples
+    from dualteacher.serving.segmenter import load_segmenter
+
+    data = Path(data)
+    listed = yaml.safe_load((data / "classes.yaml").read_text())["classes"]
+    classes = [c if isinstance(c, str) else c["name"] for c in listed]
+    if cls not in classes:
+        raise SystemExit(f"{data / 'classes.yaml'}: no class {cls!r} (it has {', '.join(classes)})")
+    k, target_id = len(classes), classes.index(cls)
+    names = sorted(p.stem for p in (data / "val" / "masks").glob("*.png"))
+    if not names:
+        raise SystemExit(f"{data / 'val' / 'masks'}: no masks (.png) found")
+    masks = np.stack([np.asarray(Image.open(data / "val" / "masks" / f"{m}.png")) for m in names])
+    images = [
+        np.array(Image.open(_image_of(data / "val" / "images", m)).convert("RGB")) for m in names
+    ]
+    counts = np.bincount(masks.ravel(), minlength=256)[:k]
+    common = int(np.argmax(counts))  # the most common class: a background
+    preds: dict[str, np.ndarray] = {}
+    result: dict = {"class": cls, "images": [], "checkpoints": {}}
+    for label, source in checkpoints.items():
+        seg = load_segmenter(_checkpoint(source), models="student", device=device or "cpu")
+        if seg.classes != classes:
+            raise SystemExit(f"{source}: trained on classes {seg.classes}, {data} has {classes}")
+        with torch.no_grad():  # (N, H, W) class ids, 32 images per forward
+            preds[label] = np.concatenate(
+                [
+                    seg.logits(seg.to_input(images[i : i + 32]), "student").argmax(1).cpu().numpy()
+                    for i in range(0, len(images), 32)
+                ]
+            )
+        cm = ConfusionMatrix(k)
+        cm.update(torch.from_numpy(preds[label]), torch.from_numpy(masks).long())
+        s = _scores(cm.mat, classes)
+        result["checkpoints"][label] = {
+            "checkpoint": str(_checkpoint(source)),
+            **{key: s[key][cls] for key in ("iou", "precision", "recall", "confused_with")},
+        }
+    # the n images with the most pixels of cls, most first
+    order = np.argsort(-(masks == target_id).sum((1, 2)), kind="stable")[:n]
+    result["images"] = [names[i] for i in order]
+    lut = label_colors(default_palette(), k)
+    lut[common], lut[target_id] = (60, 60, 60), (255, 215, 0)
+    samples = [
+        {
+            "name": names[i],
+            "image": images[i],
+            "mask": masks[i],
+            "preds": {label: p[i] for label, p in preds.items()},
+        }
+        for i in order
+    ]
+    plot_samples(samples, classes, lut, out)
+    return result
+
+
+def format_panel(r: dict) -> str:
+    lines = [f"{r['class']} on the validation images (student of each checkpoint):"]
+    for label, s in r["checkpoints"].items():
+        other = s["confused_with"]
+        where = f", {other[1]:.1f} % of its pixels called {other[0]}" if other else ""
+        lines.append(
+            f"  {label}: IoU {_pct(s['iou'])}, precision {_pct(s['precision'])}, "
+            f"recall {_pct(s['recall'])}{where}"
+        )
+    lines.append(f"  drawn: {', '.join(r['images'])}")
+    return "\n".join(lines)
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
 def format_diagnosis(d: dict) -> str:
     """Per model, one line per class: IoU, precision/recall (all and confident), confident
     ratio, balance."""
@@ -1167,6 +1267,36 @@ def main(argv: list[str] | None = None) -> dict:
         if a.json:
             Path(a.json).write_text(json.dumps(d, indent=2))
         return d
+    if argv[:1] == ["panel"]:
+        p = argparse.ArgumentParser(
+            prog="gain_suite.py panel", description=class_panel.__doc__.splitlines()[0]
+        )
+        p.add_argument(
+            "checkpoints",
+            nargs="+",
+            metavar="[LABEL=]CHECKPOINT",
+            help="checkpoint files or run directories (latest.pt), each optionally labelled",
+        )
+        p.add_argument(
+            "--data", required=True, help="the dataset's folder: OUT/data/<name>_draw<seed>/data"
+        )
+        p.add_argument("--class", dest="cls", required=True, help="the class to follow")
+        p.add_argument("--out", required=True, help="the PNG to write")
+        p.add_argument("--n", type=int, default=6, help="validation images drawn")
+        p.add_argument("--device", help="default: cpu")
+        a = p.parse_args(argv[1:])
+        sources: dict[str, str] = {}
+        for c in a.checkpoints:
+            # LABEL=PATH, or the run's folder name (a .pt file's parent)
+            label, path = c.split("=", 1) if "=" in c else (None, c)
+            label = label or (Path(path).parent.name if path.endswith(".pt") else Path(path).name)
+            if label in sources:
+                p.error(f"two checkpoints labelled {label!r}: give LABEL=CHECKPOINT")
+            sources[label] = path
+        r = class_panel(a.data, sources, a.cls, a.out, n=a.n, device=a.device)
+        print(format_panel(r))
+        print(f"wrote {a.out}")
+        return r
     if argv[:1] == ["table"]:
         p = argparse.ArgumentParser(
             prog="gain_suite.py table",

@@ -365,6 +365,57 @@ def test_diagnose_compares_pseudo_labels_with_the_truth(suite):
     assert all(f"  {c} " in text for c in classes) and "teacher_b: pseudo-label mIoU" in text
 
 
+def test_panel_follows_one_class_through_checkpoints(suite, tmp_path, capsys):
+    import torch
+
+    from dualteacher.serving.segmenter import load_segmenter
+
+    _, result = suite
+    row = next(r for r in result["datasets"] if r["dataset"] == "shapes")
+    runs = Path(row["summary"]).parent
+    sources = {"dt": runs / "dual_teacher_seed0", "sup": next(runs.glob("supervised*_seed1"))}
+    classes = gs.DATASETS["shapes"].classes
+    val = Path(row["root"], "val")
+    names = sorted(p.stem for p in (val / "masks").glob("*.png"))
+    masks = np.stack(_read(val / "masks"))
+    images = [np.array(Image.open(val / "images" / f"{n}.png").convert("RGB")) for n in names]
+    # the object class in the most validation images (the tiny draw has few)
+    c = 1 + int(np.argmax([((masks == k).sum((1, 2)) > 0).sum() for k in range(1, len(classes))]))
+    cls = classes[c]
+    out = tmp_path / "panel.png"
+    r = gs.class_panel(row["root"], sources, cls, out, n=2)
+    # the two images with the most disc pixels, most first
+    per_image = (masks == c).sum((1, 2))
+    assert r["images"] == [names[i] for i in np.argsort(-per_image, kind="stable")[:2]]
+    assert per_image[names.index(r["images"][0])] >= per_image[names.index(r["images"][1])] > 0
+    assert Image.open(out).size[0] > 0
+    for label, source in sources.items():
+        seg = load_segmenter(source / "latest.pt", models="student", device="cpu")
+        with torch.no_grad():
+            pred = seg.logits(seg.to_input(images), "student").argmax(1).numpy()
+        tp, true, said = ((pred == c) & (masks == c)).sum(), (masks == c).sum(), (pred == c).sum()
+        got = r["checkpoints"][label]
+        _same(got["iou"], 100 * tp / (true + said - tp) if true + said else None)
+        _same(got["recall"], 100 * tp / true if true else None)
+        _same(got["precision"], 100 * tp / said if said else None)
+        lost = np.bincount(pred[(masks == c) & (pred != c)], minlength=len(classes))
+        if lost.any():
+            assert got["confused_with"] == [
+                classes[int(lost.argmax())],
+                pytest.approx(100 * lost.max() / true),
+            ]
+    with pytest.raises(SystemExit, match="no class 'moon'"):
+        gs.class_panel(row["root"], sources, "moon", out)
+    with pytest.raises(SystemExit):
+        gs.main(["panel", str(sources["dt"]), str(sources["dt"]), "--data", row["root"],
+                 "--class", cls, "--out", str(out)])  # fmt: skip
+    assert "two checkpoints labelled 'dual_teacher_seed0'" in capsys.readouterr().err
+    r = gs.main(["panel", f"a={sources['dt']}", "--data", row["root"], "--class", cls,
+                 "--out", str(tmp_path / "cli.png"), "--n", "1"])  # fmt: skip
+    assert len(r["images"]) == 1 and (tmp_path / "cli.png").is_file()
+    assert f"{cls} on the validation images" in capsys.readouterr().out
+
+
 def test_warm_start_suite_measures_dual_teacher_against_supervised_continued(tmp_path):
     """``--warm-start``: Dual Teacher and supervised both continue from supervised's final
     checkpoint of the same seed; the paired difference is against the continued supervised
