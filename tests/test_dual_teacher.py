@@ -1015,3 +1015,59 @@ def test_balance_confident_weighs_every_unsupervised_term(k):
         out = zero.training_step(bx, bu, StepInfo(step=4 * k + 1, epoch_steps=4))
         assert (float(out[mix_key]) == 0.0) == balance, (balance, mix_loss, out[mix_key])
         assert (float(out["loss_ic"]) == 0.0) == balance
+
+
+def test_paste_labelled_pastes_whole_true_classes_confidently():
+    """paste_labelled: each mixed image gets, from one labelled image of the step, the pixels
+    of half (rounded down) of the classes its true mask shows, never an ignored one, with the
+    true label and confidence 1; every other pixel stays the mixed image's."""
+    method = make_method("clean", "method.dual_teacher.paste_labelled=true")
+    bx, g = make_batches()[0], torch.Generator().manual_seed(3)
+    x, y = bx["image"], bx["mask"]
+    x_mix = torch.randn(B, 3, H, W, generator=g)
+    pl_mix = torch.randint(0, K, (B, H, W), generator=g)
+    conf = torch.rand(B, H, W, generator=g) * 0.9
+    torch.manual_seed(0)
+    x_out, pl_out, conf_out = method._paste_labelled(x, y, x_mix, pl_mix, conf)
+    pasted_any = False
+    for i in range(B):
+        pasted = (x_out[i] != x_mix[i]).any(0)  # (H, W)
+        pasted_any |= bool(pasted.any())
+        torch.testing.assert_close(pl_out[i][~pasted], pl_mix[i][~pasted])
+        torch.testing.assert_close(conf_out[i][~pasted], conf[i][~pasted])
+        assert (conf_out[i][pasted] == 1).all()
+        # one labelled source j: the pasted pixels are its pixels and true labels, whole classes
+        sources = [
+            j for j in range(len(x))
+            if torch.equal(x_out[i][:, pasted], x[j][:, pasted])
+            and torch.equal(pl_out[i][pasted], y[j][pasted])
+        ]  # fmt: skip
+        assert sources, i
+        j = sources[0]
+        shown = set(torch.unique(y[j][y[j] != 255]).tolist())
+        chosen = set(torch.unique(y[j][pasted]).tolist())
+        assert 255 not in chosen and len(chosen) == len(shown) // 2
+        assert torch.equal(pasted, torch.isin(y[j], torch.tensor(sorted(chosen))))
+    assert pasted_any
+    with pytest.raises(ConfigError, match="paste_labelled"):
+        method._paste_labelled(x[..., :-1], y[..., :-1], x_mix, pl_mix, conf)
+
+
+@pytest.mark.parametrize("k", [0, 1])
+def test_paste_labelled_raises_the_confident_share_of_both_branches(k):
+    """The pasted pixels count as confident in the CutMix and ClassMix terms (mask_ratio: the
+    confident share of the mixed pixels), and the option off is the step as before."""
+    bx, bu = make_batches()
+    info = StepInfo(step=4 * k + 1, epoch_steps=4)
+    ratio = {}
+    for paste in ("false", "true"):
+        method = make_method("clean", f"method.dual_teacher.paste_labelled={paste}")
+        torch.manual_seed(5)
+        out = method.training_step(bx, bu, info)
+        ratio[paste] = float(out["mask_ratio"])
+        if paste == "false":
+            plain_method = make_method("clean")
+            torch.manual_seed(5)
+            plain = plain_method.training_step(bx, bu, info)
+            torch.testing.assert_close(out["loss"], plain["loss"])
+    assert ratio["true"] > ratio["false"] + 0.1, ratio

@@ -227,6 +227,12 @@ class DualTeacherConfig:
     # background) counts only as much as the labels say, and no class is weighed up, so no
     # unsure label gains weight (docs/gain.md, "Confident background, weighed down").
     balance_confident: bool = False
+    # false (official): the mixed images hold unlabelled pixels only. true: each mixed image
+    # also gets half the classes of a random labelled image of the step pasted in (ClassMix's
+    # mask on the true mask), with their true labels, confident: a labelled object meets the
+    # unlabelled images' backgrounds with a true label, not the teacher's guess (docs/gain.md,
+    # "Coffee beans"). The pasted pixels are the labelled weak view (no strong jitter).
+    paste_labelled: bool = False
     # false (official): the student's IC forward on the strong view is its own pass. true: it
     # joins the labelled + mixed batch, one student forward of B + 2 B_u images instead of two
     # (fewer, larger kernels: faster on a CPU, docs/scaling.md); the same losses, except that

@@ -428,6 +428,8 @@ class DualTeacher(Method):
             x_mix = mix(box, x_u[perm], x_u)
             pl_mix = mix(box, pl[perm], pl)
             conf_w = conf if self.flags.cutmix_unmixed_conf else mix(box, conf[perm], conf)
+            if self.dt.paste_labelled:
+                x_mix, pl_mix, conf_w = self._paste_labelled(x, y, x_mix, pl_mix, conf_w)
             x_mix, pl_mix, conf_w = reco_augment(
                 x_mix, pl_mix, conf_w, self.mean, self.std, self.flags.pil_8bit
             )
@@ -451,6 +453,23 @@ class DualTeacher(Method):
         loss_mix = weighted.mean() if weighted.numel() else ce.sum() * 0
         return loss_x, loss_mix, mask_ratio, logits_ic
 
+    def _paste_labelled(self, x, y, x_mix, pl_mix, conf_mix):
+        """``paste_labelled``: onto each mixed image (B_u, 3, H, W) the pixels of half the
+        classes (``classmix_mask``) of a labelled image drawn at random from the step's B,
+        with their true labels and confidence 1; ignored labelled pixels are not pasted."""
+        if x.shape[-2:] != x_mix.shape[-2:]:
+            raise ConfigError(
+                f"method.dual_teacher.paste_labelled: labelled crops {tuple(x.shape[-2:])} and "
+                f"unlabelled crops {tuple(x_mix.shape[-2:])} differ; give both one crop size"
+            )
+        src = torch.randint(len(x), (len(x_mix),), device=x.device)  # (B_u,) labelled partner
+        y_src = y[src]  # (B_u, H, W) true masks
+        paste = classmix_mask(y_src, self.ignore_index) & (y_src != self.ignore_index)
+        x_out = mix(paste, x[src], x_mix)
+        pl_out = mix(paste, y_src, pl_mix)
+        conf_out = mix(paste, torch.ones_like(conf_mix), conf_mix)
+        return x_out, pl_out, conf_out
+
     def _classmix_branch(self, x, y, x_s, conf, pl, x_ic=None):
         with phase("mixing"):
             keep = classmix_mask(pl, self.ignore_index)  # (B, H, W) True: own pixel
@@ -460,6 +479,8 @@ class DualTeacher(Method):
             # official code mixes the softmax).
             conf_cm = mix(keep, conf, conf[perm])
             pl_cm = mix(keep, pl, pl[perm])
+            if self.dt.paste_labelled:
+                x_cm, pl_cm, conf_cm = self._paste_labelled(x, y, x_cm, pl_cm, conf_cm)
 
         logits_x, logits_u, logits_ic = self._forward_pair(x, x_cm, x_ic)
         loss_x = self.supervised_loss(logits_x, y)
