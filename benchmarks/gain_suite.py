@@ -1107,16 +1107,15 @@ def class_panel(
     precision and recall (percent) and the class that takes most of its pixels with its share
     (``confused_with``), as ``diagnose`` scores them, and the images drawn."""
     import torch
-    import yaml
     from PIL import Image
 
+    from dualteacher.data.folder import read_classes
     from dualteacher.metrics import ConfusionMatrix
     from dualteacher.plots import default_palette, label_colors, plot_samples
     from dualteacher.serving.segmenter import load_segmenter
 
     data = Path(data)
-    listed = yaml.safe_load((data / "classes.yaml").read_text())["classes"]
-    classes = [c if isinstance(c, str) else c["name"] for c in listed]
+    classes = read_classes(data / "classes.yaml")[0]
     if cls not in classes:
         raise SystemExit(f"{data / 'classes.yaml'}: no class {cls!r} (it has {', '.join(classes)})")
     k, target_id = len(classes), classes.index(cls)
@@ -1130,9 +1129,10 @@ def class_panel(
     counts = np.bincount(masks.ravel(), minlength=256)[:k]
     common = int(np.argmax(counts))  # the most common class: a background
     preds: dict[str, np.ndarray] = {}
-    result: dict = {"class": cls, "images": [], "checkpoints": {}}
+    scores: dict[str, dict] = {}
     for label, source in checkpoints.items():
-        seg = load_segmenter(_checkpoint(source), models="student", device=device or "cpu")
+        ckpt = _checkpoint(source)
+        seg = load_segmenter(ckpt, models="student", device=device or "cpu")
         if seg.classes != classes:
             raise SystemExit(f"{source}: trained on classes {seg.classes}, {data} has {classes}")
         with torch.no_grad():  # (N, H, W) class ids, 32 images per forward
@@ -1145,13 +1145,12 @@ def class_panel(
         cm = ConfusionMatrix(k)
         cm.update(torch.from_numpy(preds[label]), torch.from_numpy(masks).long())
         s = _scores(cm.mat, classes)
-        result["checkpoints"][label] = {
-            "checkpoint": str(_checkpoint(source)),
+        scores[label] = {
+            "checkpoint": str(ckpt),
             **{key: s[key][cls] for key in ("iou", "precision", "recall", "confused_with")},
         }
     # the n images with the most pixels of cls, most first
     order = np.argsort(-(masks == target_id).sum((1, 2)), kind="stable")[:n]
-    result["images"] = [names[i] for i in order]
     lut = label_colors(default_palette(), k)
     lut[common], lut[target_id] = (60, 60, 60), (255, 215, 0)
     samples = [
@@ -1164,7 +1163,7 @@ def class_panel(
         for i in order
     ]
     plot_samples(samples, classes, lut, out)
-    return result
+    return {"class": cls, "images": [names[i] for i in order], "checkpoints": scores}
 
 
 def format_panel(r: dict) -> str:

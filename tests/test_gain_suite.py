@@ -384,7 +384,7 @@ def test_panel_follows_one_class_through_checkpoints(suite, tmp_path, capsys):
     cls = classes[c]
     out = tmp_path / "panel.png"
     r = gs.class_panel(row["root"], sources, cls, out, n=2)
-    # the two images with the most disc pixels, most first
+    # the two images with the most pixels of cls, most first
     per_image = (masks == c).sum((1, 2))
     assert r["images"] == [names[i] for i in np.argsort(-per_image, kind="stable")[:2]]
     assert per_image[names.index(r["images"][0])] >= per_image[names.index(r["images"][1])] > 0

@@ -464,7 +464,7 @@ class DualTeacher(Method):
             )
         src = torch.randint(len(x), (len(x_mix),), device=x.device)  # (B_u,) labelled partner
         y_src = y[src]  # (B_u, H, W) true masks
-        paste = classmix_mask(y_src, self.ignore_index) & (y_src != self.ignore_index)
+        paste = classmix_mask(y_src, self.ignore_index)  # never picks the ignore value
         x_out = mix(paste, x[src], x_mix)
         pl_out = mix(paste, y_src, pl_mix)
         conf_out = mix(paste, torch.ones_like(conf_mix), conf_mix)
