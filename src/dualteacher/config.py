@@ -231,8 +231,9 @@ class DualTeacherConfig:
     # also gets half the classes of a random labelled image of the step pasted in (ClassMix's
     # mask on the true mask), with their true labels, confident: a labelled object meets the
     # unlabelled images' backgrounds with a true label, not the teacher's guess (docs/gain.md,
-    # "Coffee beans": ten textures +2 mIoU, two seeds; off until the other tuning datasets
-    # have run it). The pasted pixels are the labelled weak view (no strong jitter).
+    # "Coffee beans": ten textures +2 mIoU, two seeds). Off: on the other tuning datasets it
+    # paid less the fewer the labelled images (the demo's 24: -5.1; docs/gain.md, "Labelled
+    # objects pasted"). The pasted pixels are the labelled weak view (no strong jitter).
     paste_labelled: bool = False
     # false (official): the student's IC forward on the strong view is its own pass. true: it
     # joins the labelled + mixed batch, one student forward of B + 2 B_u images instead of two
