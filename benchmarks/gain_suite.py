@@ -533,23 +533,25 @@ def run_suite(
 ) -> dict:
     """Generate (or reuse) the datasets of ``split``'s draws, run ``compare`` on each, write
     ``OUT/<split>/suite.md`` and ``suite.json``; returns the latter's content.
-    ``supervised_from``: another suite's OUT whose datasets and supervised runs (same steps
-    and seeds) this one copies and reuses, so a Dual Teacher setting is screened against
-    the very same supervised runs (``copy_supervised``)."""
+    ``supervised_from``: another suite's OUT whose datasets and supervised runs (same
+    supervised steps and seeds; its Dual Teacher budget may differ) this one copies and
+    reuses, so a Dual Teacher setting or length is screened against the very same supervised
+    runs (``copy_supervised``)."""
     from dualteacher.config import load_config
-    from dualteacher.study.compare import compare, paired_difference
+    from dualteacher.study.compare import compare, paired_difference, parse_run_specs
 
     if split not in DRAWS:
         raise SystemExit(f"--split {split}: choose one of {', '.join(DRAWS)}")
     out = Path(out)
     sizes = {k: v for k, v in (sizes or {}).items() if v is not None}
     methods = _methods(steps_sup, steps_dt, warm_start)
+    first = parse_run_specs(methods[:1])[0].dirname  # the first supervised row's run folders
     rows = []
     for draw in DRAWS[split]:
         for ds in select(datasets):
             where = dataset_dir(out, ds.name, draw)
             if supervised_from is not None:
-                copy_supervised(Path(supervised_from), out, split, ds.name, draw)
+                copy_supervised(Path(supervised_from), out, split, ds.name, draw, first)
             print(f"\n##### {ds.name} (draw {draw}): {where}")
             meta = write_dataset(ds, draw, where, **sizes)
             cfg = load_config(
@@ -639,18 +641,35 @@ def merge_rows(path: Path, settings: dict, rows: list[dict]) -> list[dict]:
     return merged + list(new.values())  # a rerun row keeps its place, a new one comes last
 
 
-def copy_supervised(source: Path, out: Path, split: str, name: str, draw: int) -> None:
+def copy_supervised(
+    source: Path, out: Path, split: str, name: str, draw: int, first: str = "supervised"
+) -> None:
     """Copy ``source``'s dataset folder and supervised run folders of one dataset and draw
     into ``out`` (where ``out`` has none of its own). compare then
     reuses those runs as finished: a continued run started from a copy of the same checkpoint
     is the same plan (``same_checkpoint``), and a supervised run does not read the Dual
     Teacher settings that differ. Copies, not links: no write of this suite reaches
-    ``source``."""
+    ``source``.
+
+    ``first``: this suite's first supervised row's folder name (``supervised_0.25x``). A run
+    folder's name carries the ratio of the supervised steps to Dual Teacher's, so a suite of
+    another Dual Teacher budget names the same 1200-step runs otherwise: the source's first
+    runs are copied under this suite's name (a run of other steps is then refused by compare's
+    budget check, never adopted), its continued runs only where the names match (their steps
+    are the Dual Teacher budget)."""
     runs = source / split / f"{name}_draw{draw}"
     if not runs.is_dir():
         raise SystemExit(f"--supervised-from {source}: no {runs} (run that suite first)")
     pairs = [(dataset_dir(source, name, draw), dataset_dir(out, name, draw))]
-    pairs += [(d, out / split / runs.name / d.name) for d in sorted(runs.glob("supervised*"))]
+    for d in sorted(runs.glob("supervised*")):
+        head, seed_sep, seed = d.name.rpartition("_seed")
+        if not seed_sep:  # one seed: compare names the folder without the suffix
+            head = d.name
+        if "_from_" in head:
+            if head == f"supervised_from_{first}":
+                pairs.append((d, out / split / runs.name / d.name))
+        else:
+            pairs.append((d, out / split / runs.name / f"{first}{seed_sep}{seed}"))
     for src, dst in pairs:
         if dst.exists() or not src.is_dir():
             continue
@@ -1331,8 +1350,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument(
         "--supervised-from",
         metavar="OUT",
-        help="reuse another suite's datasets and supervised runs (copied, same steps and "
-        "seeds): screen a Dual Teacher setting against the same supervised runs",
+        help="reuse another suite's datasets and supervised runs (copied; same supervised "
+        "steps and seeds, any Dual Teacher steps): screen a Dual Teacher setting or length "
+        "against the same supervised runs",
     )
     p.add_argument("--list", action="store_true", help="list the datasets and draws, and stop")
     p.add_argument("overrides", nargs="*", help="config overrides key=value for every run")

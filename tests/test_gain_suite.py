@@ -158,13 +158,13 @@ def test_demo_row_is_the_demo_data_of_that_seed(written):
 
 
 # ------------------------------------------------------------------------------ end to end
-def _tiny_suite(out, datasets: str, extra=(), **kw) -> dict:
+def _tiny_suite(out, datasets: str, extra=(), steps_dt: int = 2, **kw) -> dict:
     """The tuning suite on tiny images: 2 seeds, supervised 4 steps, Dual Teacher 2."""
     overrides = [o for o in TINY if not o.startswith("data.demo.")] + ["train.eval_every=1"]
     overrides += list(extra)
     sizes = {"image_size": 32, **SIZES}
     return gs.run_suite(
-        "tuning", out, seeds=2, datasets=datasets, steps_sup=4, steps_dt=2,
+        "tuning", out, seeds=2, datasets=datasets, steps_sup=4, steps_dt=steps_dt,
         overrides=overrides, sizes=sizes, **kw,
     )  # fmt: skip
 
@@ -459,3 +459,21 @@ def test_warm_start_suite_measures_dual_teacher_against_supervised_continued(tmp
         assert (copied / src.parent.name / "latest.pt").read_bytes() == data  # not retrained
     dt_b = json.loads(Path(row_b["summary"]).read_text())["results"][1]
     assert dt_b["run_dirs"][0].startswith(str(copied))  # Dual Teacher trained anew there
+
+    # another Dual Teacher budget (ratio 4x, not 2x): the same first supervised runs, renamed
+    longer = _tiny_suite(tmp_path / "c", "shapes", warm_start=True, supervised_from=tmp_path,
+                         steps_dt=1)  # fmt: skip
+    (row_c,) = longer["datasets"]
+    assert longer["methods"][0] == "supervised:4.0x"
+    first_c = json.loads(Path(row_c["summary"]).read_text())["results"][0]
+    first_a = json.loads(Path(row["summary"]).read_text())["results"][0]
+    assert first_c["miou_per_seed"] == first_a["miou_per_seed"]
+    runs_c = tmp_path / "c" / "tuning" / "shapes_draw100"
+    for seed in (0, 1):
+        src = runs / f"supervised_2x_seed{seed}" / "latest.pt"
+        assert (runs_c / f"supervised_4x_seed{seed}" / "latest.pt").read_bytes() == stamps[src][1]
+    # the 2x continued runs are of another length: not copied, the 4x ones trained there
+    assert sorted(d.name for d in runs_c.glob("supervised_from_*")) == [
+        "supervised_from_supervised_4x_seed0",
+        "supervised_from_supervised_4x_seed1",
+    ]
