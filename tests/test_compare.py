@@ -316,7 +316,7 @@ def test_compare_warm_start_row_starts_from_its_seeds_source_run(tmp_path, jobs,
     cfg = load_config("demo", [*TINY, "train.threads=1", "train.eval_every=1"])
     out = tmp_path / "cmp"
     methods = ["dual_teacher@supervised:2x", "supervised:2x"]  # the source listed second
-    seeds = [0, 1, 2] if jobs == 2 else [0, 1]
+    seeds = [0, 1]  # the slot order over more seeds: test_parallel_slots_take_sources_first
     summary = compare(cfg, methods, out, seeds=seeds, steps=2, jobs=jobs)
     warm, sup = summary["results"]
     assert warm["method"] == "dual_teacher@supervised:2x" and warm["steps"] == 2
@@ -330,13 +330,55 @@ def test_compare_warm_start_row_starts_from_its_seeds_source_run(tmp_path, jobs,
     assert sum(warm["start_seconds_per_seed"]) / len(seeds) == pytest.approx(sup["seconds"])
     assert set(warm["vs"]) == {"supervised:2x"}
     assert "A row `A@B` starts each seed" in (out / "summary.md").read_text()
-    if jobs == 2:  # each warm run starts after its own source; a free slot takes sources first
+    if jobs == 2:  # each warm run starts after its own source, in the worker processes too
         printed = capsys.readouterr().out
         for seed in seeds:
             done = printed.index(f"finished supervised_2x_seed{seed}")
             assert printed.index(f"started dual_teacher_from_supervised_2x_seed{seed}") > done
-        first_warm = printed.index("started dual_teacher_from")
-        assert printed.index("started supervised_2x_seed2") < first_warm
+
+
+def test_parallel_slots_take_sources_first(tmp_path, monkeypatch, capsys):
+    """``_train_in_parallel``'s order, with workers that only sleep (the training itself is
+    pinned above): a warm run starts once its own source has finished, and a free slot takes
+    a source run before any warm run, so the third seed's source does not wait behind them."""
+    import subprocess
+    import sys
+
+    from dualteacher.study import compare as cmp
+
+    real_popen = subprocess.Popen
+
+    def sleeper(cmd, **kw):  # the run's name in the command line, then a short sleep
+        return real_popen([sys.executable, "-c", "import time; time.sleep(0.6)"], **kw)
+
+    monkeypatch.setattr(cmp.subprocess, "Popen", sleeper)
+    base = load_config("demo", TINY)
+    todo, needs = [], {}
+    for seed in (0, 1, 2):
+        for name, method, source in (
+            (f"dt_seed{seed}", "dual_teacher", f"sup_seed{seed}"),  # listed first, costlier
+            (f"sup_seed{seed}", "supervised", None),
+        ):
+            todo.append((name, _with_dir(base, method, tmp_path / name)))
+            if source:
+                needs[name] = source
+    cmp._train_in_parallel(todo, 2, tmp_path, needs)
+    printed = capsys.readouterr().out
+    for seed in (0, 1, 2):
+        done = printed.index(f"finished sup_seed{seed}")
+        assert printed.index(f"started dt_seed{seed}") > done
+    assert printed.index("started sup_seed2") < printed.index("started dt_")
+    assert printed.count("started ") == 6 and "FAILED" not in printed
+
+
+def _with_dir(cfg, method: str, out_dir):
+    from dataclasses import replace
+
+    return replace(
+        cfg,
+        method=replace(cfg.method, name=method),
+        train=replace(cfg.train, out_dir=str(out_dir)),
+    )
 
 
 def test_run_curves_count_the_source_runs_seconds_first():
