@@ -28,6 +28,7 @@ import dualteacher.methods.dual_teacher as dt_module
 from dualteacher.config import load_config
 from dualteacher.data.loaders import build_train_loaders
 from dualteacher.data.transforms import denormalize
+from dualteacher.engine.run import build_training
 from dualteacher.engine.trainer import build_run
 from dualteacher.errors import ConfigError
 from dualteacher.methods import StepInfo
@@ -1071,3 +1072,24 @@ def test_paste_labelled_raises_the_confident_share_of_both_branches(k):
             plain = plain_method.training_step(bx, bu, info)
             torch.testing.assert_close(out["loss"], plain["loss"])
     assert ratio["true"] > ratio["false"] + 0.1, ratio
+
+
+@pytest.mark.parametrize(("labelled", "pasted"), [(59, False), (60, True)])
+def test_paste_labelled_null_pastes_from_60_labelled_images(tmp_path, labelled, pasted, capsys):
+    """paste_labelled: null (the recipe's configs): the run turns pasting on from
+    PASTE_MIN_LABELLED labelled images and says so; the run's config keeps null (a resumed run
+    resolves it again), and true / false are kept as written whatever the labelled set."""
+    assert dt_module.PASTE_MIN_LABELLED == 60
+    for name in ("demo", "photos"):
+        assert load_config(name).method.dual_teacher.paste_labelled is None
+    over = [*TINY, "method.dual_teacher.mode=clean", f"data.demo.num_labeled={labelled}"]
+    cfg = load_config("demo", [*over, f"train.out_dir={tmp_path / 'null'}"])
+    run = build_training(cfg)
+    assert run.method.dt.paste_labelled is pasted
+    assert run.cfg.method.dual_teacher.paste_labelled is None
+    said = "on" if pasted else "off"
+    assert f"(paste_labelled: null): {said}, {labelled} labelled images" in capsys.readouterr().out
+    for value in (True, False):
+        cfg = load_config("demo", [*over, f"method.dual_teacher.paste_labelled={value}"])
+        cfg.train.out_dir = str(tmp_path / str(value))
+        assert build_training(cfg, verbose=False).method.dt.paste_labelled is value

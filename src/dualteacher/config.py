@@ -231,10 +231,12 @@ class DualTeacherConfig:
     # also gets half the classes of a random labelled image of the step pasted in (ClassMix's
     # mask on the true mask), with their true labels, confident: a labelled object meets the
     # unlabelled images' backgrounds with a true label, not the teacher's guess (docs/gain.md,
-    # "Coffee beans": ten textures +2 mIoU, two seeds). Off: on the other tuning datasets it
-    # paid less the fewer the labelled images (the demo's 24: -5.1; docs/gain.md, "Labelled
-    # objects pasted"). The pasted pixels are the labelled weak view (no strong jitter).
-    paste_labelled: bool = False
+    # "Coffee beans": ten textures +2 mIoU, two seeds). The pasted pixels are the labelled weak
+    # view (no strong jitter). null (the recipe's configs): true when the labelled set holds at
+    # least PASTE_MIN_LABELLED (60) images, resolved at train start: on the tuning draws it
+    # paid with 60 and 100 labelled images and not with 24 to 40, where the same few objects
+    # fill every mixed image (the demo's 24: -5.1; docs/gain.md, "Labelled objects pasted").
+    paste_labelled: bool | None = False
     # false (official): the student's IC forward on the strong view is its own pass. true: it
     # joins the labelled + mixed batch, one student forward of B + 2 B_u images instead of two
     # (fewer, larger kernels: faster on a CPU, docs/scaling.md); the same losses, except that

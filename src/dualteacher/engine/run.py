@@ -61,6 +61,7 @@ from dualteacher.engine.state import TrainState
 from dualteacher.engine.step import StepRunner
 from dualteacher.errors import CheckpointError, ConfigError, DataError
 from dualteacher.methods import Method, build_seeded_method, seed_all, unread_settings
+from dualteacher.methods.dual_teacher import PASTE_MIN_LABELLED, resolve_paste
 from dualteacher.methods.losses import class_shares, class_weights
 from dualteacher.models.windows import check_eval_config
 
@@ -152,6 +153,23 @@ def _setup_process(cfg: Config, training: bool) -> tuple[torch.device, DistInfo]
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     return device, dist
+
+
+def _with_paste_resolved(cfg: Config, bundle: DataBundle | None, verbose: bool) -> Config:
+    """``cfg`` with ``method.dual_teacher.paste_labelled: null`` made true or false from the
+    labelled set's size (``resolve_paste``); without data (``bench``), or as set, unchanged."""
+    dt = cfg.method.dual_teacher
+    if cfg.method.name != "dual_teacher" or dt.paste_labelled is not None or bundle is None:
+        return cfg
+    n = len(bundle.labeled)
+    resolved = resolve_paste(dt, n)
+    if verbose:
+        print(
+            f"labelled objects pasted into the mixed images (paste_labelled: null): "
+            f"{'on' if resolved.paste_labelled else 'off'}, {n} labelled images "
+            f"(on from {PASTE_MIN_LABELLED})"
+        )
+    return replace(cfg, method=replace(cfg.method, dual_teacher=resolved))
 
 
 def _build_method(
@@ -425,7 +443,12 @@ def build_training(
             changes = data_changes(resume[1].get("data"), fingerprint)
             check_resume_config(resume[1], cfg, resume[0], changes)
     loaded = resume is not None or source is not None  # model.pretrained is never read then
-    method = _build_method(without_pretrained(cfg) if loaded else cfg, num_classes, device, verbose)
+    # the method's settings with paste_labelled: null resolved from the labelled set's size;
+    # the run's config keeps null (a resumed run resolves it again from the same data)
+    method_cfg = _with_paste_resolved(cfg, bundle, verbose and dist.is_main)
+    method = _build_method(
+        without_pretrained(method_cfg) if loaded else method_cfg, num_classes, device, verbose
+    )
     record = init_from.load_source(method, cfg, *source) if source is not None else None
     weighted = cfg.method.class_weights != ClassWeights.none
     auto = cfg.data.strong.colour == StrongColour.auto and method.needs_strong_view
