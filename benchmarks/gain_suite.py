@@ -545,13 +545,15 @@ def run_suite(
     out = Path(out)
     sizes = {k: v for k, v in (sizes or {}).items() if v is not None}
     methods = _methods(steps_sup, steps_dt, warm_start)
-    first = parse_run_specs(methods[:1])[0].dirname  # the first supervised row's run folders
+    # run folder names of the supervised rows: the first run, and supervised continued
+    first, *others = [spec.dirname for spec in parse_run_specs(methods)]
+    continued = others[-1] if warm_start else None
     rows = []
     for draw in DRAWS[split]:
         for ds in select(datasets):
             where = dataset_dir(out, ds.name, draw)
             if supervised_from is not None:
-                copy_supervised(Path(supervised_from), out, split, ds.name, draw, first)
+                copy_supervised(Path(supervised_from), out, split, ds.name, draw, first, continued)
             print(f"\n##### {ds.name} (draw {draw}): {where}")
             meta = write_dataset(ds, draw, where, **sizes)
             cfg = load_config(
@@ -642,7 +644,7 @@ def merge_rows(path: Path, settings: dict, rows: list[dict]) -> list[dict]:
 
 
 def copy_supervised(
-    source: Path, out: Path, split: str, name: str, draw: int, first: str = "supervised"
+    source: Path, out: Path, split: str, name: str, draw: int, first: str, continued: str | None
 ) -> None:
     """Copy ``source``'s dataset folder and supervised run folders of one dataset and draw
     into ``out`` (where ``out`` has none of its own). compare then
@@ -651,7 +653,8 @@ def copy_supervised(
     Teacher settings that differ. Copies, not links: no write of this suite reaches
     ``source``.
 
-    ``first``: this suite's first supervised row's folder name (``supervised_0.25x``). A run
+    ``first``, ``continued``: this suite's folder names of its first supervised row
+    (``supervised_0.25x``) and of supervised continued (None without one). A run
     folder's name carries the ratio of the supervised steps to Dual Teacher's, so a suite of
     another Dual Teacher budget names the same 1200-step runs otherwise: the source's first
     runs are copied under this suite's name (a run of other steps is then refused by compare's
@@ -665,8 +668,8 @@ def copy_supervised(
         head, seed_sep, seed = d.name.rpartition("_seed")
         if not seed_sep:  # one seed: compare names the folder without the suffix
             head = d.name
-        if "_from_" in head:
-            if head == f"supervised_from_{first}":
+        if "_from_" in head:  # a continued run: its steps are the Dual Teacher budget's
+            if head == continued:
                 pairs.append((d, out / split / runs.name / d.name))
         else:
             pairs.append((d, out / split / runs.name / f"{first}{seed_sep}{seed}"))
